@@ -1,0 +1,332 @@
+"""Gaussian diffusion in the sub-band space: schedule, forward noising, training loss and samplers.
+
+The network predicts the clean sub-bands x0 directly (cWDM's ``predict_xstart``). Notation follows
+Ho et al. (2020), "Denoising Diffusion Probabilistic Models" (DDPM), and Song et al. (2021), "Denoising
+Diffusion Implicit Models" (DDIM):
+
+    alpha_bar_t   cumulative product of (1 - beta_s) for s <= t        (``alphas_cumprod``)
+    q(x_t | x_0)  = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)      DDPM eq. 4
+    mu_t          = coef1_t x_0 + coef2_t x_t                          DDPM eq. 7
+    beta_tilde_t  = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)  DDPM eq. 7
+
+The schedule is data: tensors computed once in float64 (:class:`StepTables`), copied to the sampling
+device as float32 before a loop starts, so that no step synchronises host and device. Samplers are short
+free functions over ``(denoise, x, tables)`` reporting through a ``callback``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from brasyn.bands import clip_bands
+
+__all__ = [
+    "Diffusion",
+    "StepTables",
+    "SAMPLERS",
+    "VARIANCES",
+    "beta_schedule",
+    "spaced_timesteps",
+    "sample_ancestral",
+    "sample_ddim",
+]
+
+SAMPLERS = ("ddpm", "ddim")
+VARIANCES = ("fixed_large", "fixed_small")
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``denoise(x_t, t) -> x0``: the model's (clipped) prediction of the clean sub-bands."""
+Callback = Callable[[dict[str, Any]], None]
+
+
+def beta_schedule(name: str, steps: int) -> torch.Tensor:
+    """Betas in float64. "linear" is the DDPM schedule (1e-4 to 0.02 for 1000 steps, rescaled for
+    other lengths); "cosine" is Nichol & Dhariwal (2021), eq. 17, capped at 0.999."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if name == "linear":
+        scale = 1000.0 / steps
+        return torch.linspace(scale * 1e-4, scale * 0.02, steps, dtype=torch.float64)
+    if name == "cosine":
+        s = torch.arange(steps + 1, dtype=torch.float64) / steps
+        alpha_bar = torch.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+        return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+    raise ValueError(f"unknown noise schedule {name!r}; choose 'linear' or 'cosine'")
+
+
+def spaced_timesteps(total: int, steps: int) -> list[int]:
+    """``steps`` model timesteps spread evenly over 0 .. total-1, both ends included, ascending."""
+    if not 1 <= steps <= total:
+        raise ValueError(f"steps must be between 1 and {total}, got {steps}")
+    if steps == 1:
+        return [total - 1]
+    return [round(i * (total - 1) / (steps - 1)) for i in range(steps)]
+
+
+@dataclass(frozen=True)
+class StepTables:
+    """Per-step coefficients of a (possibly respaced) chain; entry ``i`` belongs to model timestep
+    ``timesteps[i]``, and the step from index ``i`` leads to index ``i - 1`` (to x0 at ``i = 0``)."""
+
+    timesteps: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    alphas_cumprod_prev: torch.Tensor
+    betas: torch.Tensor
+    sqrt_alphas_cumprod: torch.Tensor
+    sqrt_one_minus_alphas_cumprod: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_log_variance_clipped: torch.Tensor
+    posterior_mean_coef1: torch.Tensor
+    posterior_mean_coef2: torch.Tensor
+    fixed_large_variance: torch.Tensor
+    """beta_t, with the posterior variance of step 1 at step 0 (the official "fixed large")."""
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> StepTables:
+        ac = alphas_cumprod.to(torch.float64)
+        ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
+        # Respacing keeps alpha_bar at the kept steps; the betas of the shorter chain follow from it.
+        betas = 1 - ac / ac_prev
+        posterior_variance = betas * (1 - ac_prev) / (1 - ac)
+        # The posterior variance is 0 at step 0; its log is clipped to the value at step 1.
+        first = posterior_variance[1:2] if len(ac) > 1 else betas[:1]
+        fixed_large = torch.cat([first, betas[1:]])
+        return cls(
+            timesteps=timesteps.to(torch.long),
+            alphas_cumprod=ac,
+            alphas_cumprod_prev=ac_prev,
+            betas=betas,
+            sqrt_alphas_cumprod=ac.sqrt(),
+            sqrt_one_minus_alphas_cumprod=(1 - ac).sqrt(),
+            posterior_variance=posterior_variance,
+            posterior_log_variance_clipped=torch.cat([first, posterior_variance[1:]]).log(),
+            posterior_mean_coef1=betas * ac_prev.sqrt() / (1 - ac),
+            posterior_mean_coef2=(1 - ac_prev) * (1 - betas).sqrt() / (1 - ac),
+            fixed_large_variance=fixed_large,
+        )
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> StepTables:
+        """A copy on ``device``; coefficients in ``dtype``, timesteps stay integers."""
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            target_dtype = value.dtype if f.name == "timesteps" else dtype
+            moved[f.name] = value.to(device=device, dtype=target_dtype)
+        return StepTables(**moved)
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+
+def _at(table: torch.Tensor, index: torch.Tensor | int, ndim: int) -> torch.Tensor:
+    """Coefficient(s) for a step index (int) or a batch of indices, shaped to broadcast over x."""
+    value = table[index]
+    return value.reshape(-1, *([1] * (ndim - 1))) if value.dim() else value
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+@torch.no_grad()
+def sample_ancestral(
+    denoise: Denoise,
+    x: torch.Tensor,
+    tables: StepTables,
+    variance: str = "fixed_large",
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling, DDPM Algorithm 2 with an x0-predicting model: x_{t-1} ~ N(mu_t, sigma_t^2)."""
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}")
+    std = tables.fixed_large_variance if variance == "fixed_large" else tables.posterior_variance
+    std = std.sqrt()
+    batch = x.shape[0]
+    for i in reversed(range(len(tables))):
+        t = tables.timesteps[i].expand(batch)
+        x0 = denoise(x, t)
+        # 1. posterior mean, DDPM eq. 7, with the predicted x0
+        x_new = tables.posterior_mean_coef1[i] * x0 + tables.posterior_mean_coef2[i] * x
+        # 2. noise on every step but the last
+        if i > 0:
+            x_new = x_new + std[i] * _randn_like(x, generator)
+        x = x_new
+        if callback is not None:
+            callback({"i": len(tables) - 1 - i, "t": t, "x": x, "pred_xstart": x0})
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(
+    denoise: Denoise,
+    x: torch.Tensor,
+    tables: StepTables,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """DDIM sampling, Song et al. (2021) eq. 12; ``eta = 0`` is deterministic, ``eta = 1`` is
+    ancestral sampling with the posterior variance."""
+    ac, ac_prev = tables.alphas_cumprod, tables.alphas_cumprod_prev
+    # eq. 16: sigma_t(eta)
+    sigma = eta * ((1 - ac_prev) / (1 - ac) * (1 - ac / ac_prev)).sqrt()
+    eps_coef = (1 - ac_prev - sigma**2).clamp(min=0).sqrt()
+    batch = x.shape[0]
+    for i in reversed(range(len(tables))):
+        t = tables.timesteps[i].expand(batch)
+        x0 = denoise(x, t)
+        # 1. the noise the model's x0 implies
+        eps = (x - tables.sqrt_alphas_cumprod[i] * x0) / tables.sqrt_one_minus_alphas_cumprod[i]
+        # 2. "predicted x0" + "direction pointing to x_t" (+ random noise), eq. 12
+        x_new = ac_prev[i].sqrt() * x0 + eps_coef[i] * eps
+        if eta > 0 and i > 0:
+            x_new = x_new + sigma[i] * _randn_like(x, generator)
+        x = x_new
+        if callback is not None:
+            callback({"i": len(tables) - 1 - i, "t": t, "x": x, "pred_xstart": x0})
+    return x
+
+
+class Diffusion:
+    """The noise schedule of cWDM and the operations on it.
+
+    ``tables`` holds the float64 schedule over all ``steps`` (``betas``, ``alphas_cumprod``,
+    ``posterior_variance`` ...); float32 copies are made once per device when needed.
+    """
+
+    def __init__(self, steps: int = 1000, schedule: str = "linear") -> None:
+        self.num_steps = steps
+        self.schedule = schedule
+        betas = beta_schedule(schedule, steps)
+        self.tables = StepTables.from_alphas_cumprod(torch.cumprod(1 - betas, dim=0), torch.arange(steps))
+        self._device_tables: dict[tuple[torch.device, torch.dtype], StepTables] = {}
+
+    def tables_on(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> StepTables:
+        key = (torch.device(device), dtype)
+        if key not in self._device_tables:
+            self._device_tables[key] = self.tables.to(device, dtype)
+        return self._device_tables[key]
+
+    def respaced(self, steps: int) -> StepTables:
+        """Tables of a chain that visits ``steps`` evenly spaced timesteps (float64, on the CPU)."""
+        if steps == self.num_steps:
+            return self.tables
+        kept = torch.tensor(spaced_timesteps(self.num_steps, steps))
+        return StepTables.from_alphas_cumprod(self.tables.alphas_cumprod[kept], kept)
+
+    # Training ---------------------------------------------------------------------------------
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise (DDPM eq. 4)."""
+        tables = self.tables_on(x0.device)
+        return (
+            _at(tables.sqrt_alphas_cumprod, t, x0.dim()) * x0
+            + _at(tables.sqrt_one_minus_alphas_cumprod, t, x0.dim()) * noise
+        )
+
+    def training_loss(
+        self,
+        model: nn.Module,
+        x0: torch.Tensor,
+        cond: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean squared error between the predicted and the true clean sub-bands.
+
+        ``x0`` and ``cond`` are model sub-bands (LLL/3); ``noise`` is the DWT of image-space Gaussian
+        noise (its LLL not divided by 3), as the official training draws it.
+        """
+        x_t = self.q_sample(x0, t, noise)
+        prediction = model(torch.cat([x_t, cond], dim=1), t)
+        return torch.mean((prediction.float() - x0) ** 2)
+
+    # Sampling ---------------------------------------------------------------------------------
+
+    def p_mean_variance(
+        self,
+        model: nn.Module,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        clip: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Mean, variance ("fixed large") and x0 prediction of p(x_{t-1} | x_t) for the official model.
+
+        With ``clip`` the predicted x0 is clamped to [0, 1] in image space before the posterior mean.
+        """
+        tables = self.tables_on(x_t.device)
+        x0 = model(torch.cat([x_t, cond], dim=1), t).float()
+        if clip:
+            x0 = clip_bands(x0)
+        ndim = x_t.dim()
+        mean = (
+            _at(tables.posterior_mean_coef1, t, ndim) * x0 + _at(tables.posterior_mean_coef2, t, ndim) * x_t
+        )
+        variance = _at(tables.fixed_large_variance, t, ndim).expand_as(x_t)
+        return {
+            "mean": mean,
+            "variance": variance,
+            "log_variance": variance.log(),
+            "pred_xstart": x0,
+        }
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: nn.Module,
+        cond: torch.Tensor,
+        shape: tuple[int, ...] | torch.Size,
+        sampler: str = "ddpm",
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: Callback | None = None,
+        eta: float = 0.0,
+        clip: bool = True,
+        variance: str = "fixed_large",
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Clean target sub-bands (``shape``, float32) sampled given the condition sub-bands ``cond``.
+
+        ``sampler`` "ddpm" is the official ancestral sampler (1000 steps unless ``steps`` respaces it);
+        "ddim" is deterministic for ``eta = 0``. ``noise`` replaces the initial Gaussian draw.
+        ``progress`` receives a dict (``i``, ``steps``, ``t``, ``x``, ``pred_xstart``) after every step.
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+        steps = self.num_steps if steps is None else steps
+        device = cond.device
+        if generator is not None and generator.device.type != device.type:
+            raise ValueError(
+                f"the generator is on {generator.device} but sampling runs on {device}; "
+                f"create it with torch.Generator(device={str(device)!r})"
+            )
+        tables = self.respaced(steps).to(device)
+        if noise is None:
+            x = torch.randn(tuple(shape), generator=generator, device=device, dtype=torch.float32)
+        else:
+            if tuple(noise.shape) != tuple(shape):
+                raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
+            x = noise.to(device=device, dtype=torch.float32)
+
+        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            x0 = model(torch.cat([x_t.to(cond.dtype), cond], dim=1), t).float()
+            return clip_bands(x0) if clip else x0
+
+        callback = None
+        if progress is not None:
+            total = len(tables)
+
+            def callback(info: dict[str, Any]) -> None:
+                progress({**info, "steps": total})
+
+        if sampler == "ddpm":
+            return sample_ancestral(denoise, x, tables, variance, generator, callback)
+        return sample_ddim(denoise, x, tables, eta, generator, callback)

@@ -1,0 +1,258 @@
+import pytest
+import torch
+
+from brasyn.bands import bands_to_image, clip_bands, image_to_bands
+from brasyn.diffusion import Diffusion, sample_ancestral, sample_ddim, spaced_timesteps
+from brasyn.unet import Denoiser
+from brasyn.wavelet import dwt3
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def diffusion() -> Diffusion:
+    return Diffusion(steps=1000, schedule="linear")
+
+
+@pytest.fixture(scope="module")
+def small_model() -> Denoiser:
+    """A cheap network with non-zero random weights, for properties that hold for any denoiser."""
+    model = Denoiser(
+        in_channels=32, out_channels=8, model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=4
+    )
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    return model.eval()
+
+
+def _cond(shape=(1, 24, 4, 4, 4), seed=5):
+    images = torch.rand(
+        shape[0], shape[1] // 8, *(2 * s for s in shape[2:]), generator=torch.Generator().manual_seed(seed)
+    )
+    return image_to_bands(images)
+
+
+def test_schedule_equals_golden_in_float64(diffusion, golden):
+    for name, expected in golden["schedule"].items():
+        ours = getattr(diffusion.tables, name)
+        assert ours.dtype == torch.float64
+        assert (ours - expected).abs().max() <= 1e-10, name
+
+
+def test_p_mean_variance_matches_golden_with_and_without_clipping(diffusion, golden, golden_model):
+    cond = golden["conditioning"]["cond"]
+    with torch.no_grad():
+        for t, step in golden["steps"].items():
+            tt = torch.tensor([int(t)])
+            out = diffusion.p_mean_variance(golden_model, golden["x_t"], tt, cond, clip=True)
+            assert (out["mean"] - step["mean"]).abs().max() <= TOL, t
+            assert (out["log_variance"] - step["log_variance"]).abs().max() <= TOL, t
+            assert (out["pred_xstart"] - step["pred_xstart_clipped"]).abs().max() <= TOL, t
+            noclip = diffusion.p_mean_variance(golden_model, golden["x_t"], tt, cond, clip=False)
+            assert (noclip["mean"] - step["mean_noclip"]).abs().max() <= TOL, t
+
+
+def test_conditioning_helpers_match_golden(golden):
+    cond = image_to_bands(golden["conditioning"]["images"])
+    assert cond.shape == (1, 24, 16, 16, 16)
+    torch.testing.assert_close(cond, golden["conditioning"]["cond"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(bands_to_image(cond), golden["conditioning"]["images"], atol=1e-6, rtol=0)
+    for step in golden["steps"].values():
+        torch.testing.assert_close(
+            clip_bands(step["model_output"]), step["pred_xstart_clipped"], atol=1e-6, rtol=0
+        )
+
+
+def test_training_loss_reproduces_golden(diffusion, golden, golden_model):
+    tr = golden["training"]
+    x0 = image_to_bands(tr["target"])
+    torch.testing.assert_close(x0, tr["x_start_wavelet"], atol=1e-6, rtol=0)
+    t = torch.as_tensor(tr["t"]).reshape(1)
+    noise = dwt3(tr["noise_image"])
+    torch.testing.assert_close(diffusion.q_sample(x0, t, noise), tr["x_t"], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        loss = diffusion.training_loss(golden_model, x0, golden["conditioning"]["cond"], t, noise)
+    assert loss.dim() == 0
+    assert abs(loss.item() - tr["mse"].item()) <= 1e-5 * tr["mse"].item()
+
+
+def test_training_loss_has_gradients_for_every_parameter(diffusion, small_model):
+    model = Denoiser(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=4)
+    x0 = image_to_bands(torch.rand(2, 1, 8, 8, 8))
+    loss = diffusion.training_loss(
+        model, x0, _cond((2, 24, 4, 4, 4)), torch.tensor([3, 900]), torch.randn_like(x0)
+    )
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def _record():
+    trace = []
+    return trace, lambda info: trace.append(info["x"].clone())
+
+
+def test_ddpm_sampler_follows_p_mean_variance_step_by_step(diffusion, small_model):
+    cond = _cond()
+    shape = (1, 8, 4, 4, 4)
+    trace, callback = _record()
+    ours = diffusion.sample(
+        small_model, cond, shape, "ddpm", generator=torch.Generator().manual_seed(11), progress=callback
+    )
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(shape, generator=gen)
+    with torch.no_grad():
+        for i, t in enumerate(range(999, -1, -1)):
+            out = diffusion.p_mean_variance(small_model, x, torch.tensor([t]), cond)
+            x = out["mean"]
+            if t > 0:
+                x = x + torch.exp(0.5 * out["log_variance"]) * torch.randn(shape, generator=gen)
+            assert (trace[i] - x).abs().max() <= TOL, f"step {i} (t={t})"
+    assert len(trace) == 1000
+    torch.testing.assert_close(ours, trace[-1], atol=0, rtol=0)
+
+
+def test_ddim_with_eta_one_is_ancestral_sampling_with_posterior_variance(diffusion, small_model):
+    cond = _cond(seed=6)
+    shape = (1, 8, 4, 4, 4)
+    tables = diffusion.tables
+
+    def denoise(x, t):
+        return clip_bands(small_model(torch.cat([x, cond], 1), t))
+
+    runs = []
+    for sampler in ("ancestral", "ddim"):
+        trace, callback = _record()
+        gen = torch.Generator().manual_seed(3)
+        x = torch.randn(shape, generator=gen)
+        if sampler == "ancestral":
+            sample_ancestral(denoise, x, tables, variance="fixed_small", generator=gen, callback=callback)
+        else:
+            sample_ddim(denoise, x, tables, eta=1.0, generator=gen, callback=callback)
+        runs.append(trace)
+    assert len(runs[0]) == len(runs[1]) == 1000
+    for i, (a, b) in enumerate(zip(*runs, strict=True)):
+        assert (a - b).abs().max() <= TOL, f"step {i}"
+
+
+def test_ddim_eta_zero_is_deterministic_and_clipped_on_the_golden_model(diffusion, golden, golden_model):
+    cond = golden["conditioning"]["cond"]
+    shape = (1, 8, 16, 16, 16)
+    steps_seen = []
+
+    def run(seed):
+        return diffusion.sample(
+            golden_model,
+            cond,
+            shape,
+            "ddim",
+            steps=20,
+            generator=torch.Generator().manual_seed(seed),
+            progress=lambda info: steps_seen.append((info["i"], info["steps"])),
+        )
+
+    a, b, c = run(1), run(1), run(2)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert steps_seen[:20] == [(i, 20) for i in range(20)]
+    image = bands_to_image(a)
+    assert image.min() >= -1e-5 and image.max() <= 1 + 1e-5
+    assert torch.isfinite(a).all()
+
+
+def test_ddim_eta_zero_draws_no_noise_after_the_start(diffusion, small_model):
+    cond = _cond()
+    noise = torch.randn(1, 8, 4, 4, 4)
+    a = diffusion.sample(
+        small_model,
+        cond,
+        noise.shape,
+        "ddim",
+        steps=10,
+        noise=noise,
+        generator=torch.Generator().manual_seed(1),
+    )
+    b = diffusion.sample(
+        small_model,
+        cond,
+        noise.shape,
+        "ddim",
+        steps=10,
+        noise=noise,
+        generator=torch.Generator().manual_seed(2),
+    )
+    assert torch.equal(a, b)
+
+
+def test_respaced_ancestral_chain_keeps_alphas_cumprod_at_kept_steps(diffusion):
+    tables = diffusion.respaced(50)
+    kept = tables.timesteps
+    assert kept[0] == 0 and kept[-1] == 999 and len(kept) == 50
+    torch.testing.assert_close(tables.alphas_cumprod, diffusion.tables.alphas_cumprod[kept])
+    # the short chain's betas compose to the same alpha_bar
+    torch.testing.assert_close(torch.cumprod(1 - tables.betas, 0), tables.alphas_cumprod)
+    assert diffusion.respaced(1000) is diffusion.tables
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 25), ("ddim", 7), ("ddim", 1)])
+def test_short_chains_run_and_end_on_a_clipped_prediction(diffusion, small_model, sampler, steps):
+    trace = []
+    out = diffusion.sample(
+        small_model,
+        _cond(),
+        (1, 8, 4, 4, 4),
+        sampler,
+        steps=steps,
+        generator=torch.Generator().manual_seed(0),
+        progress=lambda info: trace.append(info),
+    )
+    assert len(trace) == steps
+    torch.testing.assert_close(out, trace[-1]["pred_xstart"], atol=1e-6, rtol=0)
+    # a one-step chain predicts x0 straight from t = 999; longer ones end at t = 0
+    assert int(trace[-1]["t"][0]) == (0 if steps > 1 else 999)
+
+
+def test_spaced_timesteps():
+    assert spaced_timesteps(1000, 1000) == list(range(1000))
+    assert spaced_timesteps(1000, 2) == [0, 999]
+    assert spaced_timesteps(10, 4) == [0, 3, 6, 9]
+    assert len(set(spaced_timesteps(1000, 999))) == 999
+    with pytest.raises(ValueError):
+        spaced_timesteps(1000, 0)
+    with pytest.raises(ValueError):
+        spaced_timesteps(1000, 1001)
+
+
+def test_sampling_loop_never_reads_values_back_to_the_host(diffusion):
+    # Tensors on the meta device have no values: any .item(), .tolist(), numpy conversion or
+    # data-dependent branch in the loop would raise here.
+    with torch.device("meta"):
+        model = Denoiser(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=4)
+        cond = torch.empty(1, 24, 4, 4, 4)
+    for sampler in ("ddpm", "ddim"):
+        out = diffusion.sample(model, cond, (1, 8, 4, 4, 4), sampler, steps=5)
+        assert out.device.type == "meta" and out.shape == (1, 8, 4, 4, 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sampling_loop_has_no_cuda_synchronisation(diffusion):
+    model = Denoiser(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=4).cuda()
+    cond = torch.rand(1, 24, 4, 4, 4, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    diffusion.sample(model, cond, (1, 8, 4, 4, 4), "ddpm", steps=3, generator=gen)  # warm-up, table copies
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for sampler in ("ddpm", "ddim"):
+            diffusion.sample(model, cond, (1, 8, 4, 4, 4), sampler, steps=5, generator=gen)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_bad_arguments_are_refused_with_the_choices(diffusion, small_model):
+    with pytest.raises(ValueError, match="ddpm"):
+        diffusion.sample(small_model, _cond(), (1, 8, 4, 4, 4), "euler")
+    with pytest.raises(ValueError, match="expected"):
+        diffusion.sample(small_model, _cond(), (1, 8, 4, 4, 4), noise=torch.zeros(1, 8, 2, 2, 2))
+    with pytest.raises(ValueError, match="cosine"):
+        Diffusion(schedule="quadratic")

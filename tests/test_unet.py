@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from brasyn.unet import PRESETS, Denoiser, DenoiserConfig, GroupNorm32, timestep_embedding
+
+
+def _key_lines(model: torch.nn.Module) -> list[str]:
+    return [f"{k} {tuple(v.shape)}" for k, v in model.state_dict().items()]
+
+
+def test_official_denoiser_has_the_official_keys_and_shapes(shared_dir):
+    reference = (shared_dir / "reference" / "official_state_dict_keys.txt").read_text().splitlines()
+    with torch.device("meta"):
+        model = Denoiser()
+    assert _key_lines(model) == reference
+    assert sum(p.numel() for p in model.parameters()) == 81_511_048
+    assert not list(model.buffers())
+
+
+def test_golden_weights_load_strictly_and_reproduce_official_outputs(golden, golden_model):
+    x = torch.cat([golden["x_t"], golden["conditioning"]["cond"]], dim=1)
+    with torch.no_grad():
+        for t, step in golden["steps"].items():
+            out = golden_model(x, torch.tensor([int(t)]))
+            assert (out - step["model_output"]).abs().max() <= 1e-4, f"t={t}"
+
+
+def test_fresh_denoiser_outputs_zeros_because_its_last_layers_are_zero():
+    model = Denoiser(model_channels=8, num_groups=4)
+    for name, p in model.named_parameters():
+        if p.dim() < 2:  # biases and norm shifts start at zero anyway
+            continue
+        is_zero = bool((p == 0).all())
+        expected = name.startswith("out.2.") or ".out_layers.3." in name
+        assert is_zero == expected, name
+    assert (model.out[2].bias == 0).all()
+    out = model(torch.randn(1, 32, 16, 16, 16), torch.tensor([5]))
+    assert out.shape == (1, 8, 16, 16, 16)
+    assert (out == 0).all()
+
+
+def test_other_sizes_and_batches_work():
+    model = Denoiser(
+        in_channels=4, out_channels=2, model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=2
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    x = torch.randn(3, 4, 4, 6, 8)
+    out = model(x, torch.tensor([0, 10, 999]))
+    assert out.shape == (3, 2, 4, 6, 8)
+    # each batch element is independent of the others
+    single = model(x[1:2], torch.tensor([10]))
+    torch.testing.assert_close(out[1:2], single, atol=1e-5, rtol=1e-5)
+
+
+def test_spatial_size_not_divisible_is_refused_with_the_divisor():
+    model = Denoiser(model_channels=8, num_groups=4)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        model(torch.zeros(1, 32, 16, 16, 24 + 4), torch.tensor([1]))
+
+
+def test_to_returns_the_module_and_moves_parameters():
+    model = Denoiser(model_channels=8, num_groups=4)
+    moved = model.to(torch.float64)
+    assert moved is model
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+
+
+def test_group_norm_is_computed_in_float32_for_low_precision_inputs():
+    norm = GroupNorm32(2, 4)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(1, 4, 4, 4, 4) * 100 + 300
+    expected = torch.nn.functional.group_norm(x.bfloat16().float(), 2, norm.weight, norm.bias, 1e-5)
+    out = norm(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected.bfloat16(), atol=0, rtol=0)
+
+
+def test_whole_model_runs_in_bfloat16():
+    model = Denoiser(model_channels=8, num_groups=4).to(torch.bfloat16)
+    out = model(torch.randn(1, 32, 16, 16, 16, dtype=torch.bfloat16), torch.tensor([3]))
+    assert out.dtype == torch.bfloat16
+
+
+def test_timestep_embedding_is_cos_then_sin():
+    emb = timestep_embedding(torch.tensor([0, 7]), 8)
+    assert emb.shape == (2, 8)
+    torch.testing.assert_close(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(4) / 4)
+    torch.testing.assert_close(emb[1], torch.cat([torch.cos(7 * freqs), torch.sin(7 * freqs)]))
+
+
+def test_config_validation_and_presets():
+    with pytest.raises(ValueError, match="divisible"):
+        DenoiserConfig(model_channels=10, num_groups=4)
+    assert PRESETS["official"] == DenoiserConfig()
+    for config in PRESETS.values():
+        assert DenoiserConfig.from_dict({**config.to_dict(), "unrelated": 1}) == config
+        Denoiser.from_config(config)  # builds
