@@ -1,0 +1,386 @@
+"""The command line shared by ``entrypoint.py``, ``python -m brasyn`` and the MLCube ``infer`` task.
+
+Three forms:
+
+* no arguments: ``/input`` to ``/output`` (the Docker form; ``BRASYN_INPUT`` / ``BRASYN_OUTPUT`` override);
+* ``--input DIR --output DIR [options]``;
+* ``infer --data_path DIR --output_path DIR [--weights PATH] [--parameters_file FILE]`` (MLCube), and
+  ``hotfix``, which does nothing.
+
+Exit status: 0 when every case was written or skipped, 1 when any case failed (after all others ran),
+2 when the run could not start (bad arguments, missing folders or weights), 143 when stopped by SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brasyn import __version__
+from brasyn.cases import Case, discover
+from brasyn.diffusion import SAMPLERS
+from brasyn.errors import BrasynError, CaseError, WeightsError
+from brasyn.intensity import OUTPUT_THRESHOLD
+from brasyn.modalities import MODALITIES, Modality
+from brasyn.preprocess import to_model
+from brasyn.preview import mosaic, write_png
+from brasyn.runtime import select_device, writable_cache_environment
+from brasyn.synthesize import CaseResult, Prepared, SynthesisSettings, Synthesizer
+from brasyn.volumes import remove_stale_temporaries
+from brasyn.weights import WeightStore
+
+__all__ = ["DEFAULT_WEIGHTS", "main"]
+
+log = logging.getLogger("brasyn")
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+"""The weights folder shipped beside the package (baked into the container image)."""
+PARAMETER_KEYS = {"sampler", "steps", "seed", "device", "eta", "naming", "target"}
+EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE, EXIT_TERMINATED = 0, 1, 2, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: stop after cleaning up the case in progress."""
+
+
+class UsageError(BrasynError):
+    """The run cannot start: the message says why and what to do."""
+
+
+def _default_weights() -> Path:
+    env = os.environ.get("BRASYN_WEIGHTS")
+    return Path(env) if env else DEFAULT_WEIGHTS
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="ddpm",
+        help="ddpm: the official 1000-step ancestral sampler; ddim: deterministic, few steps",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=1000,
+        help="sampling steps (default 1000; e.g. --sampler ddim --steps 50)",
+    )
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise, 0 = deterministic")
+    parser.add_argument(
+        "--seed", type=int, default=42, help="run seed; each case's seed follows from it and the case id"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (GPU with the most free memory, else CPU), cpu, cuda, cuda:N"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="brasyn",
+        description="Synthesise the missing MR contrast (t1n, t1c, t2w or t2f) of every case folder.",
+        epilog="MLCube form: brasyn infer --data_path DIR --output_path DIR [--weights PATH] "
+        "[--parameters_file FILE]",
+    )
+    parser.add_argument(
+        "--input",
+        type=Path,
+        default=None,
+        help="folder of case folders (or one case's files); default $BRASYN_INPUT or /input",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="folder for the synthetic files, one per case; default $BRASYN_OUTPUT or /output",
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="weights folder with manifest.json; default $BRASYN_WEIGHTS or the bundled weights",
+    )
+    _add_run_options(parser)
+    parser.add_argument(
+        "--target",
+        choices=[m.value for m in MODALITIES],
+        help="synthesise this contrast even in complete cases (pseudo-validation)",
+    )
+    parser.add_argument(
+        "--naming",
+        choices=("input", "brats2023"),
+        default="input",
+        help="output names like the case's inputs (default) or always <case>-<contrast>.nii.gz",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing outputs instead of skipping"
+    )
+    parser.add_argument("--report", type=Path, help="write a JSON report here (outside the output folder)")
+    parser.add_argument(
+        "--extras", type=Path, help="write a PNG preview per case here (outside the output folder)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log detail (-vv: debug)")
+    parser.add_argument("--version", action="version", version=f"brasyn {__version__}")
+    return parser
+
+
+def build_mlcube_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brasyn infer", description="MLCube inference task")
+    parser.add_argument("--data_path", type=Path, required=True, help="input folder of case folders")
+    parser.add_argument("--output_path", type=Path, required=True, help="output folder")
+    parser.add_argument("--weights", type=Path, default=None, help="weights folder (or its manifest.json)")
+    parser.add_argument(
+        "--parameters_file", type=Path, default=None, help="YAML with sampler, steps, seed, device"
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    return parser
+
+
+def _read_parameters(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read the parameters file {path}: {exc}") from exc
+    if not isinstance(values, dict):
+        raise UsageError(f"the parameters file {path} must hold a mapping such as 'sampler: ddim'")
+    unknown = set(values) - PARAMETER_KEYS
+    if unknown:
+        log.warning("ignoring unknown keys in %s: %s", path.name, ", ".join(sorted(map(str, unknown))))
+    return {k: v for k, v in values.items() if k in PARAMETER_KEYS}
+
+
+def _mlcube_to_args(argv: list[str]) -> argparse.Namespace:
+    ml = build_mlcube_parser().parse_args(argv)
+    args = build_parser().parse_args([])
+    args.input, args.output, args.verbose = ml.data_path, ml.output_path, ml.verbose
+    if ml.weights is not None:
+        args.weights = ml.weights.parent if ml.weights.is_file() else ml.weights
+    if ml.parameters_file is not None:
+        for key, value in _read_parameters(ml.parameters_file).items():
+            setattr(args, key, value)
+    return args
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    if not args.input.is_dir():
+        raise UsageError(f"the input folder {args.input} does not exist (mount it, e.g. -v DATA:/input:ro)")
+    if _inside(args.output, args.input):
+        raise UsageError(
+            f"the output folder {args.output} lies inside the input folder {args.input}; "
+            "choose a separate folder (brasyn never writes into its input)"
+        )
+    for name in ("report", "extras"):
+        path = getattr(args, name)
+        if path is not None and _inside(path, args.output):
+            raise UsageError(
+                f"--{name} {path} lies inside the output folder, which must hold only the "
+                "synthetic images; put it elsewhere"
+            )
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {args.output}: {exc.strerror}") from exc
+    if not os.access(args.output, os.W_OK):
+        raise UsageError(
+            f"the output folder {args.output} is not writable by this user (uid {os.getuid()}); "
+            "mount it writable or choose another folder"
+        )
+
+
+def _settings(args: argparse.Namespace) -> SynthesisSettings:
+    try:
+        return SynthesisSettings(
+            sampler=str(args.sampler),
+            steps=int(args.steps),
+            eta=float(args.eta),
+            seed=int(args.seed),
+            progress=not args.no_progress,
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+@contextmanager
+def _terminate_on_sigterm() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _previewer(folder: Path | None):
+    if folder is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def preview(case: Case, prepared: Prepared, model_space) -> None:
+        # show the synthetic image as written: thresholded, zero outside the brain
+        shown = np.where(
+            (model_space > OUTPUT_THRESHOLD) & (to_model(prepared.brain, prepared.geometry) > 0),
+            model_space,
+            0.0,
+        )
+        volumes = [*prepared.images, shown]
+        write_png(folder / f"{case.id}-{case.target}.png", mosaic(volumes))
+
+    return preview
+
+
+def _log_result(result: CaseResult) -> None:
+    line = f"[{result.status}] {result.case}: {result.message}"
+    if result.status == "written":
+        line += f" ({result.seconds:.1f} s, {result.device}, peak {result.peak_memory_mib:.0f} MiB)"
+        log.info(line)
+    elif result.status == "skipped":
+        log.info(line)
+    else:
+        log.error(line)
+
+
+def _table(results: list[CaseResult]) -> str:
+    rows = [("case", "status", "target", "seconds", "message")]
+    rows += [(r.case, r.status, r.target or "-", f"{r.seconds:.1f}", r.message) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        for row in rows
+    )
+
+
+def _write_report(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".brasyn-report-", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(report, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Everything after argument parsing; returns the exit status."""
+    started = dt.datetime.now(dt.timezone.utc)
+    args.input = args.input or Path(os.environ.get("BRASYN_INPUT", "/input"))
+    args.output = args.output or Path(os.environ.get("BRASYN_OUTPUT", "/output"))
+    args.weights = args.weights or _default_weights()
+    settings = _settings(args)
+    _check_paths(args)
+    try:
+        weights = WeightStore(args.weights)
+    except WeightsError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        device = select_device(str(args.device))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    target = Modality(args.target) if args.target else None
+    found = discover(args.input, target=target, naming=args.naming)
+    remove_stale_temporaries(args.output)
+    log.info(
+        "%d case(s) in %s; weights %s; %s, %d steps, seed %d, on %s",
+        len(found),
+        args.input,
+        weights.folder,
+        settings.sampler,
+        settings.steps,
+        settings.seed,
+        device,
+    )
+
+    synthesizer = Synthesizer(weights, device, settings)
+    preview = _previewer(args.extras)
+    results: list[CaseResult] = []
+    interrupted = False
+    with _terminate_on_sigterm():
+        try:
+            for item in found:
+                if isinstance(item, CaseError):
+                    result = CaseResult(
+                        case=item.case,
+                        status="failed",
+                        message=item.message,
+                        files=[str(f) for f in item.files],
+                    )
+                else:
+                    result = synthesizer.process(item, args.output, overwrite=args.overwrite, preview=preview)
+                results.append(result)
+                _log_result(result)
+        except (Terminated, KeyboardInterrupt):
+            interrupted = True
+            log.error("stopped by a signal; the case in progress was discarded, finished cases are kept")
+
+    counts = {s: sum(r.status == s for r in results) for s in ("written", "skipped", "failed")}
+    if results:
+        sys.stderr.write(_table(results) + "\n")
+    log.info("%d written, %d skipped, %d failed", counts["written"], counts["skipped"], counts["failed"])
+    if args.report is not None:
+        _write_report(
+            args.report,
+            {
+                "brasyn_version": __version__,
+                "started": started.isoformat(),
+                "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "input": str(args.input),
+                "output": str(args.output),
+                "weights": str(weights.folder),
+                "device": str(device),
+                "settings": asdict(settings),
+                "interrupted": interrupted,
+                "summary": counts,
+                "cases": [r.to_dict() for r in results],
+            },
+        )
+    if interrupted:
+        return EXIT_TERMINATED
+    return EXIT_FAILED_CASES if counts["failed"] else EXIT_OK
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity < 2 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("brasyn")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for key, value in writable_cache_environment().items():
+        os.environ[key] = value
+    if argv[:1] == ["hotfix"]:
+        return EXIT_OK
+    _configure_logging(0)
+    try:
+        args = _mlcube_to_args(argv[1:]) if argv[:1] == ["infer"] else build_parser().parse_args(argv)
+        _configure_logging(args.verbose)
+        return run(args)
+    except SystemExit as exc:  # argparse has printed its message
+        return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
+    except BrasynError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE

@@ -1,0 +1,114 @@
+"""Where and how the maths runs: device choice, per-case seeds, peak memory."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import resource
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["GpuInfo", "case_generator", "case_seed", "peak_memory_mib", "reset_peak_memory", "select_device"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    """CUDA index as torch sees it (after CUDA_VISIBLE_DEVICES)."""
+    name: str
+    free_bytes: int
+
+
+def _gpus_by_free_memory() -> list[GpuInfo]:
+    """Visible GPUs with their free memory, read through NVML without creating CUDA contexts."""
+    import pynvml  # nvidia-ml-py; only needed where CUDA is
+
+    pynvml.nvmlInit()
+    try:
+        infos = []
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            uuid = str(props.uuid)
+            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+            free = int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+            infos.append(GpuInfo(index, props.name, free))
+        return infos
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def pick_gpu(gpus: list[GpuInfo]) -> GpuInfo:
+    """The GPU with the most free memory (the lowest index on ties)."""
+    return max(gpus, key=lambda g: (g.free_bytes, -g.index))
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    """``auto``: the visible GPU with the most free memory, else the CPU (with a warning);
+    ``cpu``, ``cuda`` or ``cuda:N``: exactly that, or a ValueError saying why it cannot be used."""
+    spec = spec.strip().lower()
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec} was asked for, but no CUDA GPU is visible (is --gpus passed?)")
+        device = torch.device(spec)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) are visible")
+        return device
+    if spec != "auto":
+        raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        try:
+            gpu = pick_gpu(_gpus_by_free_memory())
+            log.info("using GPU %d (%s, %.1f GiB free)", gpu.index, gpu.name, gpu.free_bytes / 2**30)
+            return torch.device("cuda", gpu.index)
+        except Exception as exc:  # NVML missing or unusable: torch's own view is still fine
+            log.info("NVML unavailable (%s); using cuda:0", exc)
+            return torch.device("cuda", 0)
+    log.warning(
+        "no usable GPU found: running on the CPU with %d threads; a full 1000-step case takes hours there, "
+        "use --sampler ddim --steps 20 for a quick result",
+        torch.get_num_threads(),
+    )
+    return torch.device("cpu")
+
+
+def case_seed(seed: int, case_id: str) -> int:
+    """A seed for one case, fixed by the run's seed and the case id alone (not by batch order)."""
+    digest = hashlib.sha256(f"{seed}:{case_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def case_generator(seed: int, case_id: str, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(case_seed(seed, case_id))
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak GPU memory allocated on ``device`` since the last reset, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def writable_cache_environment() -> dict[str, str]:
+    """Cache variables pointed at a writable place when the process has no usable home (container
+    started with an arbitrary uid): torch and others must never try to write to '/' or a missing home."""
+    import tempfile
+
+    changes = {}
+    home = os.environ.get("HOME", "")
+    if not home or not os.access(home, os.W_OK):
+        base = tempfile.gettempdir()
+        for var in ("HOME", "XDG_CACHE_HOME", "TORCH_HOME", "MPLCONFIGDIR"):
+            if var == "HOME" or not os.environ.get(var):
+                changes[var] = base if var == "HOME" else os.path.join(base, var.lower())
+    return changes

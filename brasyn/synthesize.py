@@ -1,0 +1,239 @@
+"""One case end to end: load the three present contrasts, bring them into model space, sample the
+missing one, bring it back onto the input grid and scale, and write it.
+
+:class:`Synthesizer` is built once per run (settings in, weights loaded lazily and cached) and then
+works at three levels: :meth:`Synthesizer.process` (a discovered case, to a file),
+:meth:`Synthesizer.synthesize` (loaded volumes, to an array on their grid) and
+:meth:`Synthesizer.sample_images` (a model-space tensor, to a model-space tensor).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from brasyn.bands import bands_to_image, image_to_bands
+from brasyn.cases import Case
+from brasyn.diffusion import SAMPLERS, Diffusion
+from brasyn.errors import CaseError, WeightsError
+from brasyn.intensity import estimate_scale, high_percentile, restore_intensity
+from brasyn.modalities import Modality, conditions_for
+from brasyn.preprocess import Geometry, prepare, restore_geometry
+from brasyn.runtime import case_generator, peak_memory_mib, reset_peak_memory
+from brasyn.volumes import Volume, check_same_grid, load_volume, write_volume
+from brasyn.weights import WeightStore
+
+__all__ = ["CaseResult", "SynthesisSettings", "Synthesizer"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    """How to sample; the defaults are the official cWDM inference."""
+
+    sampler: str = "ddpm"
+    """"ddpm" (ancestral, as the official code) or "ddim" (deterministic with eta 0)."""
+    steps: int = 1000
+    """Number of sampling steps (1000 is the full chain; fewer respaces it)."""
+    eta: float = 0.0
+    """DDIM noise (0: deterministic)."""
+    seed: int = 42
+    """Run seed; each case's generator is derived from it and the case id."""
+    progress: bool = True
+    """Draw a progress bar per case on stderr."""
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case; one row of the run report."""
+
+    case: str
+    status: str
+    """"written", "skipped" or "failed"."""
+    target: str | None = None
+    output: str | None = None
+    seconds: float = 0.0
+    device: str | None = None
+    peak_memory_mib: float | None = None
+    message: str = ""
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Prepared:
+    """A case in model space, with what is needed to go back."""
+
+    images: np.ndarray
+    """(3, D, H, W) float32 in [0, 1], the conditions in the model's order."""
+    geometry: Geometry
+    brain: np.ndarray
+    reference: Volume
+    condition_percentiles: dict[Modality, float]
+
+
+class Synthesizer:
+    """Synthesises missing contrasts with one checkpoint per target, loaded once and reused."""
+
+    def __init__(self, weights: WeightStore, device: torch.device, settings: SynthesisSettings) -> None:
+        self.weights = weights
+        self.device = device
+        self.settings = settings
+        self._diffusions: dict[tuple[int, str], Diffusion] = {}
+
+    # --- tensor level ------------------------------------------------------------------------
+
+    def diffusion_for(self, target: Modality) -> Diffusion:
+        """The noise schedule the checkpoint for ``target`` was trained with."""
+        settings = self.weights.info(target).diffusion
+        key = (int(settings.get("steps", 1000)), str(settings.get("schedule", "linear")))
+        if key not in self._diffusions:
+            self._diffusions[key] = Diffusion(steps=key[0], schedule=key[1])
+        return self._diffusions[key]
+
+    def steps_for(self, target: Modality) -> int:
+        """Sampling steps for ``target``: as asked, at most the length of its training chain."""
+        return min(self.settings.steps, self.diffusion_for(target).num_steps)
+
+    @torch.inference_mode()
+    def sample_images(
+        self,
+        images: torch.Tensor,
+        target: Modality,
+        generator: torch.Generator | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> torch.Tensor:
+        """(1, 3, D, H, W) [0, 1] conditions in model space to the (1, 1, D, H, W) [0, 1] target."""
+        model = self.weights.load(target, self.device)
+        info = self.weights.info(target)
+        diffusion = self.diffusion_for(target)
+        cond = image_to_bands(images.to(self.device, torch.float32))
+        shape = (cond.shape[0], info.config.out_channels, *cond.shape[2:])
+        bands = diffusion.sample(
+            model,
+            cond,
+            shape,
+            sampler=self.settings.sampler,
+            steps=self.steps_for(target),
+            generator=generator,
+            progress=progress,
+            eta=self.settings.eta,
+        )
+        return bands_to_image(bands).clamp_(0.0, 1.0)
+
+    # --- array level -------------------------------------------------------------------------
+
+    def prepare(self, volumes: dict[Modality, Volume], target: Modality, case_id: str) -> Prepared:
+        """Checks the grid and brings the three conditions (model order) into model space."""
+        order = conditions_for(target)
+        missing = [m for m in order if m not in volumes]
+        if missing:
+            raise CaseError(case_id, f"no {', '.join(missing)} volume to condition {target} on")
+        check_same_grid({m.value: volumes[m] for m in order}, case_id)
+        stored = [volumes[m].data for m in order]
+        reference = volumes[order[0]]
+        images, geometry, brain = prepare(stored, reference.affine)
+        percentiles = {m: high_percentile(volumes[m].data) for m in order}
+        return Prepared(images, geometry, brain, reference, percentiles)
+
+    def synthesize(
+        self,
+        volumes: dict[Modality, Volume],
+        target: Modality,
+        case_id: str,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> tuple[np.ndarray, Prepared, np.ndarray]:
+        """The target contrast on the grid and intensity scale of the inputs.
+
+        Returns it with the prepared case and the model-space [0, 1] result (for previews).
+        """
+        prepared = self.prepare(volumes, target, case_id)
+        generator = case_generator(self.settings.seed, case_id, self.device)
+        images = torch.from_numpy(prepared.images)[None]
+        try:
+            model_space = self.sample_images(images, target, generator, progress)
+        except WeightsError as exc:
+            raise CaseError(case_id, str(exc)) from exc
+        model_space_np = model_space[0, 0].float().cpu().numpy()
+        on_grid = restore_geometry(model_space_np, prepared.geometry)
+        ratios = {m.value: r for m, r in self.weights.info(target).intensity_ratios.items()}
+        scale = estimate_scale({m.value: p for m, p in prepared.condition_percentiles.items()}, ratios)
+        return restore_intensity(on_grid, scale, prepared.brain), prepared, model_space_np
+
+    # --- case level --------------------------------------------------------------------------
+
+    def process(
+        self,
+        case: Case,
+        output_dir: Path,
+        overwrite: bool = False,
+        preview: Callable[[Case, Prepared, np.ndarray], None] | None = None,
+    ) -> CaseResult:
+        """Synthesise and write one case; never raises for a problem of the case itself."""
+        start = time.perf_counter()
+        result = CaseResult(case=case.id, status="failed", device=str(self.device))
+        result.files = [str(p) for p in case.files.values()]
+        if case.target is None or case.output_name is None:
+            result.status, result.message = "skipped", case.skip_reason or "nothing to synthesise"
+            return result
+        result.target = case.target.value
+        output = output_dir / case.output_name
+        result.output = str(output)
+        if output.exists() and not overwrite:
+            result.status = "skipped"
+            result.message = f"{output.name} already exists (use --overwrite to replace it)"
+            return result
+        reset_peak_memory(self.device)
+        bar = None
+        try:
+            volumes = {m: load_volume(p, case.id) for m, p in case.conditions.items()}
+            if self.settings.progress:
+                bar = tqdm(
+                    total=self.steps_for(case.target),
+                    desc=f"{case.id} {case.target}",
+                    file=sys.stderr,
+                    leave=False,
+                    mininterval=0.5 if sys.stderr.isatty() else 30.0,
+                )
+            progress = (lambda info: bar.update(1)) if bar is not None else None
+            data, prepared, model_space = self.synthesize(volumes, case.target, case.id, progress)
+            if not np.any(data):
+                raise CaseError(
+                    case.id,
+                    "the synthetic image is empty (all voxels 0); check the inputs and the weights "
+                    f"({self.weights.folder})",
+                    case.files.values(),
+                )
+            write_volume(data, prepared.reference, output, description=f"brasyn synthetic {case.target}")
+            if preview is not None:
+                preview(case, prepared, model_space)
+        except CaseError as exc:
+            result.message = exc.message
+            result.files = [str(p) for p in (exc.files or case.files.values())]
+            return result
+        finally:
+            if bar is not None:
+                bar.close()
+            result.seconds = round(time.perf_counter() - start, 3)
+            result.peak_memory_mib = round(peak_memory_mib(self.device), 1)
+        result.status = "written"
+        result.message = f"{case.target} written to {output.name}"
+        return result

@@ -1,0 +1,54 @@
+"""Synthetic test volumes and folders, made by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
+
+
+def phantom(shape=(48, 56, 40), seed=0, scale=1000.0, centre=None, radii=None) -> np.ndarray:
+    """A skull-stripped-looking volume: a noisy ellipsoid 'brain' with a brighter 'lesion', 0 outside."""
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    centre = centre or [n / 2 for n in shape]
+    radii = radii or [n * 0.35 for n in shape]
+    r2 = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True))
+    brain = r2 < 1
+    lesion = (
+        sum(((g - c - r * 0.3) / (r * 0.2)) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) < 1
+    )
+    data = np.where(brain, scale * (0.4 + 0.2 * rng.random(shape)), 0.0)
+    data[lesion & brain] *= 1.8
+    return data.astype(np.float32)
+
+
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray = BRATS_AFFINE, dtype=None) -> Path:
+    image = nib.Nifti1Image(data, affine)
+    image.header.set_qform(affine, code=1)
+    image.header.set_sform(affine, code=1)
+    if dtype is not None:
+        image.set_data_dtype(dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(path))
+    return path
+
+
+def make_case(
+    folder: Path,
+    case_id: str,
+    contrasts=("t1n", "t1c", "t2w"),
+    shape=(48, 56, 40),
+    seed=0,
+    affine: np.ndarray = BRATS_AFFINE,
+    pattern="{case}-{m}.nii.gz",
+) -> dict[str, Path]:
+    """A case folder with the given contrasts as BraTS 2023-named phantoms (different scale each)."""
+    paths = {}
+    for i, m in enumerate(contrasts):
+        data = phantom(shape, seed=seed + i, scale=200.0 * (i + 1))
+        paths[m] = save_nifti(folder / case_id / pattern.format(case=case_id, m=m), data, affine)
+    return paths

@@ -1,0 +1,509 @@
+"""The main job end to end: folders of cases in, one synthetic NIfTI per case out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from brasyn.cli import main
+from brasyn.modalities import conditions_for, modality_from_alias
+from brasyn.weights import WeightStore, init_random
+from tests.helpers import make_case, phantom, save_nifti
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--sampler", "ddim", "--steps", "2", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("weights")
+    init_random(folder, "tiny", seed=0)
+    return folder
+
+
+def _tree_digest(folder: Path) -> dict[str, tuple[str, float, int]]:
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        st = path.stat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        out[str(path.relative_to(folder))] = (digest, st.st_mtime, st.st_mode)
+    return out
+
+
+def _good_cases(root: Path) -> dict[str, dict[str, Path]]:
+    return {
+        "BraTS-GLI-00001-000": make_case(root, "BraTS-GLI-00001-000", ("t1n", "t1c", "t2w"), seed=1),
+        "BraTS-GLI-00002-000": make_case(root, "BraTS-GLI-00002-000", ("t1c", "t2w", "t2f"), seed=2),
+        "BraTS2021_00003": make_case(
+            root, "BraTS2021_00003", ("t1", "t1ce", "flair"), seed=3, pattern="{case}_{m}.nii.gz"
+        ),
+    }
+
+
+def test_batch_writes_one_file_per_case_on_the_input_grid_and_scale(tmp_path, tiny_weights):
+    inputs, output, report = tmp_path / "in", tmp_path / "out", tmp_path / "report.json"
+    cases = _good_cases(inputs)
+    before = _tree_digest(inputs)
+    code = main(
+        [
+            "--input",
+            str(inputs),
+            "--output",
+            str(output),
+            "--weights",
+            str(tiny_weights),
+            "--report",
+            str(report),
+            *FAST,
+        ]
+    )
+    assert code == 0
+    expected = {
+        "BraTS-GLI-00001-000-t2f.nii.gz",
+        "BraTS-GLI-00002-000-t1n.nii.gz",
+        "BraTS2021_00003_t2.nii.gz",
+    }
+    assert {p.name for p in output.iterdir()} == expected
+    assert _tree_digest(inputs) == before
+
+    store = WeightStore(tiny_weights)
+    for name in expected:
+        case = next(c for c in cases if name.startswith(c))
+        reference = nib.load(next(iter(cases[case].values())))
+        out = nib.load(output / name)
+        assert out.shape == reference.shape
+        np.testing.assert_array_equal(out.affine, reference.affine)
+        assert out.get_data_dtype() == np.float32
+        assert out.dataobj.slope == 1.0 and out.dataobj.inter == 0.0
+        assert int(out.header["sform_code"]) == 1 and int(out.header["qform_code"]) == 1
+        data = np.asanyarray(out.dataobj)
+        inputs_data = [np.asanyarray(nib.load(p).dataobj) for p in cases[case].values()]
+        background = np.all([d == 0 for d in inputs_data], axis=0)
+        assert data.min() >= 0
+        assert not data[background].any()
+        assert data[~background].any()
+        # on the scale the checkpoint's ratios predict from the three inputs, not in [0, 1]
+        target = store_target(name)
+        ratios = store.info(target).intensity_ratios
+        estimates = [ratios[m] * np.percentile(d, 99.9) for m, d in _ordered(cases[case], target).items()]
+        assert 1.5 < data.max() <= np.median(estimates) * (1 + 1e-5)
+
+    saved = json.loads(report.read_text())
+    _validate_report(saved)
+    assert saved["summary"] == {"written": 3, "skipped": 0, "failed": 0}
+
+
+def store_target(output_name: str) -> str:
+    token = output_name.removesuffix(".nii.gz").replace("_", "-").rsplit("-", 1)[-1]
+    return modality_from_alias(token).value
+
+
+def _ordered(files: dict[str, Path], target: str) -> dict:
+    """The three inputs' data by canonical contrast, in the model's condition order."""
+    by_modality = {modality_from_alias(k): v for k, v in files.items()}
+    return {m: np.asanyarray(nib.load(by_modality[m]).dataobj) for m in conditions_for(target)}
+
+
+def _validate_report(report: dict) -> None:
+    import jsonschema
+
+    schema = json.loads((ROOT / "docs" / "report.schema.json").read_text())
+    jsonschema.validate(report, schema)
+
+
+def test_bad_cases_fail_with_their_reason_while_the_others_are_written(tmp_path, tiny_weights):
+    inputs, output, report = tmp_path / "in", tmp_path / "out", tmp_path / "r" / "report.json"
+    make_case(inputs, "good-1", ("t1n", "t1c", "t2w"), seed=1)
+    nan = make_case(inputs, "nan-case", seed=2)
+    data = np.asanyarray(nib.load(nan["t1c"]).dataobj).copy()
+    data[10, 10, 10] = np.nan
+    save_nifti(nan["t1c"], data)
+    trunc = make_case(inputs, "truncated-case", seed=3)
+    raw = trunc["t2w"].read_bytes()
+    trunc["t2w"].write_bytes(raw[: len(raw) // 3])
+    grid = make_case(inputs, "grid-case", seed=4)
+    save_nifti(grid["t2w"], phantom((48, 56, 42), seed=9))
+    four_d = make_case(inputs, "fourd-case", seed=5)
+    save_nifti(four_d["t1n"], np.stack([phantom(seed=5)] * 2, axis=-1))
+    make_case(inputs, "two-contrasts", ("t1n", "t1c"), seed=6)
+    dup = make_case(inputs, "dup-case", seed=7)
+    shutil.copy(dup["t1n"], dup["t1n"].with_name("dup-case_t1.nii"))
+    make_case(inputs, "good-2", ("t1n", "t2w", "t2f"), seed=8)
+    before = _tree_digest(inputs)
+
+    code = main(
+        [
+            "--input",
+            str(inputs),
+            "--output",
+            str(output),
+            "--weights",
+            str(tiny_weights),
+            "--report",
+            str(report),
+            *FAST,
+        ]
+    )
+
+    assert code == 1
+    assert sorted(p.name for p in output.iterdir()) == ["good-1-t2f.nii.gz", "good-2-t1c.nii.gz"]
+    assert _tree_digest(inputs) == before
+    saved = json.loads(report.read_text())
+    _validate_report(saved)
+    by_case = {c["case"]: c for c in saved["cases"]}
+    expectations = {
+        "nan-case": ("NaN", "nan-case-t1c.nii.gz"),
+        "truncated-case": ("truncated or corrupt", "truncated-case-t2w.nii.gz"),
+        "grid-case": ("one voxel grid", "grid-case-t2w.nii.gz"),
+        "fourd-case": ("single 3-D volume", "fourd-case-t1n.nii.gz"),
+        "two-contrasts": ("three of", "two-contrasts-t1n.nii.gz"),
+        "dup-case": ("t1n", "dup-case_t1.nii"),
+    }
+    for case, (words, file_name) in expectations.items():
+        entry = by_case[case]
+        assert entry["status"] == "failed", case
+        assert words in entry["message"], (case, entry["message"])
+        assert file_name in entry["message"] or any(f.endswith(file_name) for f in entry["files"]), case
+    assert saved["summary"] == {"written": 2, "skipped": 0, "failed": 6}
+
+
+def test_second_run_skips_everything_and_overwrite_replaces(tmp_path, tiny_weights):
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    _good_cases(inputs)
+    args = ["--input", str(inputs), "--output", str(output), "--weights", str(tiny_weights), *FAST]
+    assert main(args) == 0
+    first = _tree_digest(output)
+    report = tmp_path / "second.json"
+    assert main([*args, "--report", str(report)]) == 0
+    assert _tree_digest(output) == first
+    statuses = [c["status"] for c in json.loads(report.read_text())["cases"]]
+    assert statuses == ["skipped"] * 3
+    time.sleep(0.01)
+    assert main([*args, "--overwrite"]) == 0
+    after = _tree_digest(output)
+    assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in first.items()}  # same seed, same bytes
+    assert all(after[k][1] >= first[k][1] for k in after)
+
+
+def test_complete_cases_are_skipped_unless_a_target_is_forced(tmp_path, tiny_weights):
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    make_case(inputs, "full", ("t1n", "t1c", "t2w", "t2f"), seed=1)
+    args = ["--input", str(inputs), "--output", str(output), "--weights", str(tiny_weights), *FAST]
+    assert main(args) == 0
+    assert list(output.iterdir()) == []
+    assert main([*args, "--target", "t1c"]) == 0
+    assert [p.name for p in output.iterdir()] == ["full-t1c.nii.gz"]
+
+
+def test_unusable_setup_exits_2_with_a_sentence(tmp_path, tiny_weights, caplog):
+    inputs = tmp_path / "in"
+    make_case(inputs, "c1", seed=1)
+    assert main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), *FAST]) == 2
+    assert main(["--input", str(inputs), "--output", str(inputs / "c1" / "out"), *FAST]) == 2
+    assert not (inputs / "c1" / "out").exists()
+    assert (
+        main(
+            [
+                "--input",
+                str(inputs),
+                "--output",
+                str(tmp_path / "o"),
+                "--weights",
+                str(tmp_path / "none"),
+                *FAST,
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "--input",
+                str(inputs),
+                "--output",
+                str(tmp_path / "o"),
+                "--weights",
+                str(tiny_weights),
+                "--report",
+                str(tmp_path / "o" / "r.json"),
+                *FAST,
+            ]
+        )
+        == 2
+    )
+    assert main(["--input", str(inputs), "--output", str(tmp_path / "o"), "--steps", "0", *FAST[2:]]) == 2
+
+
+def test_missing_checkpoint_fails_only_the_cases_that_need_it(tmp_path):
+    weights = tmp_path / "w"
+    init_random(weights, "tiny", seed=1, targets=["t2f"])
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    make_case(inputs, "needs-t2f", ("t1n", "t1c", "t2w"), seed=1)
+    make_case(inputs, "needs-t1n", ("t1c", "t2w", "t2f"), seed=2)
+    report = tmp_path / "r.json"
+    assert (
+        main(
+            [
+                "--input",
+                str(inputs),
+                "--output",
+                str(output),
+                "--weights",
+                str(weights),
+                "--report",
+                str(report),
+                *FAST,
+            ]
+        )
+        == 1
+    )
+    assert [p.name for p in output.iterdir()] == ["needs-t2f-t2f.nii.gz"]
+    failed = [c for c in json.loads(report.read_text())["cases"] if c["status"] == "failed"]
+    assert [c["case"] for c in failed] == ["needs-t1n"] and "t1n" in failed[0]["message"]
+
+
+def test_extras_previews_are_written_outside_the_output(tmp_path, tiny_weights):
+    inputs, output, extras = tmp_path / "in", tmp_path / "out", tmp_path / "previews"
+    make_case(inputs, "c1", seed=1)
+    assert (
+        main(
+            [
+                "--input",
+                str(inputs),
+                "--output",
+                str(output),
+                "--weights",
+                str(tiny_weights),
+                "--extras",
+                str(extras),
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    assert [p.name for p in extras.iterdir()] == ["c1-t2f.png"]
+    assert (extras / "c1-t2f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in output.iterdir()] == ["c1-t2f.nii.gz"]
+
+
+def test_mlcube_and_no_argument_forms_write_identical_files(tmp_path, tiny_weights, monkeypatch):
+    # a checkpoint trained on a 25-step chain: the default (full-chain ddpm) sampler stays quick
+    weights = tmp_path / "w"
+    shutil.copytree(tiny_weights, weights)
+    manifest = json.loads((weights / "manifest.json").read_text())
+    manifest["checkpoints"]["t2f"]["diffusion"]["steps"] = 25
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    inputs = tmp_path / "in"
+    make_case(inputs, "BraTS-GLI-00009-000", shape=(30, 30, 30), seed=3)  # small: the defaults run 1000 steps
+    assert main(["hotfix"]) == 0
+    code = main(
+        [
+            "infer",
+            f"--data_path={inputs}",
+            f"--output_path={tmp_path / 'mlcube'}",
+            f"--weights={weights / 'manifest.json'}",
+        ]
+    )
+    assert code == 0
+    monkeypatch.setenv("BRASYN_INPUT", str(inputs))
+    monkeypatch.setenv("BRASYN_OUTPUT", str(tmp_path / "plain"))
+    monkeypatch.setenv("BRASYN_WEIGHTS", str(weights))
+    assert main([]) == 0
+    a, b = _tree_digest(tmp_path / "mlcube"), _tree_digest(tmp_path / "plain")
+    assert list(a) == ["BraTS-GLI-00009-000-t2f.nii.gz"]
+    assert {k: v[0] for k, v in a.items()} == {k: v[0] for k, v in b.items()}
+
+
+def test_mlcube_parameters_file_sets_the_sampler(tmp_path, tiny_weights):
+    inputs = tmp_path / "in"
+    make_case(inputs, "c1", seed=3)
+    params = tmp_path / "params" / "parameters.yaml"
+    params.parent.mkdir()
+    params.write_text("sampler: ddim\nsteps: 2\nseed: 7\ndevice: cpu\nunknown_key: 1\n")
+    assert (
+        main(
+            [
+                "infer",
+                f"--data_path={inputs}",
+                f"--output_path={tmp_path / 'a'}",
+                f"--weights={tiny_weights}",
+                f"--parameters_file={params}",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "--input",
+                str(inputs),
+                "--output",
+                str(tmp_path / "b"),
+                "--weights",
+                str(tiny_weights),
+                "--sampler",
+                "ddim",
+                "--steps",
+                "2",
+                "--seed",
+                "7",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "--input",
+                str(inputs),
+                "--output",
+                str(tmp_path / "c"),
+                "--weights",
+                str(tiny_weights),
+                "--sampler",
+                "ddim",
+                "--steps",
+                "2",
+                "--seed",
+                "8",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    a, b, c = (_tree_digest(tmp_path / x) for x in "abc")
+    assert {k: v[0] for k, v in a.items()} == {k: v[0] for k, v in b.items()}
+    assert {k: v[0] for k, v in a.items()} != {k: v[0] for k, v in c.items()}
+    params.write_text("- not a mapping\n")
+    assert (
+        main(
+            [
+                "infer",
+                f"--data_path={inputs}",
+                f"--output_path={tmp_path / 'd'}",
+                f"--parameters_file={params}",
+            ]
+        )
+        == 2
+    )
+
+
+def _entrypoint_env(**extra: str) -> dict[str, str]:
+    """A container-like environment: no HOME, nothing inherited but PATH."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1", **extra}
+
+
+def _other_user_can_run_python() -> bool:
+    """Whether uid 65534 can execute this interpreter (not where it lives under root's home)."""
+    if os.geteuid() != 0:
+        return False
+    probe = (
+        subprocess.run(
+            [sys.executable, "-c", "import brasyn"],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            cwd="/",
+            env=_entrypoint_env(PYTHONPATH=str(ROOT)),
+            capture_output=True,
+            check=False,
+        )
+        if _try_exec()
+        else None
+    )
+    return probe is not None and probe.returncode == 0
+
+
+def _try_exec() -> bool:
+    try:
+        subprocess.run(
+            [sys.executable, "-c", "pass"],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            cwd="/",
+            capture_output=True,
+            check=True,
+        )
+    except (PermissionError, subprocess.CalledProcessError):
+        return False
+    return True
+
+
+def test_entrypoint_runs_as_an_unknown_uid_without_home_and_read_only_input(tmp_path, tiny_weights):
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    _good_cases(inputs)
+    for path in [inputs, *inputs.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    output.mkdir()
+    output.chmod(0o777)
+    tiny_copy = tmp_path / "w"
+    shutil.copytree(tiny_weights, tiny_copy)
+    for path in [tmp_path, tiny_copy, *tiny_copy.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o444)
+    before = _tree_digest(inputs)
+    env = _entrypoint_env(BRASYN_INPUT=str(inputs), BRASYN_OUTPUT=str(output), BRASYN_WEIGHTS=str(tiny_copy))
+    # as a uid with no passwd entry where this interpreter allows it (the container's situation);
+    # otherwise as this user, where the read-only modes still hold for a non-root user
+    other = _other_user_can_run_python()
+    as_user = {"user": 65534, "group": 65534, "extra_groups": []} if other else {}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "entrypoint.py"), *FAST],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **as_user,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(output.iterdir())) == 3
+    assert _tree_digest(inputs) == before
+    if other:
+        assert {p.stat().st_uid for p in output.iterdir()} == {65534}
+
+
+def test_terminated_run_leaves_nothing_partial(tmp_path, tiny_weights):
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    make_case(inputs, "slow", seed=1, shape=(96, 96, 64))
+    env = _entrypoint_env()
+    cmd = [
+        sys.executable,
+        str(ROOT / "entrypoint.py"),
+        "--input",
+        str(inputs),
+        "--output",
+        str(output),
+        "--weights",
+        str(tiny_weights),
+        "--sampler",
+        "ddpm",
+        "--steps",
+        "1000",
+        "--device",
+        "cpu",
+    ]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        seen = ""
+        while time.time() < deadline and "slow t2f" not in seen:  # the progress bar has started
+            seen += proc.stderr.read(1)
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+        assert proc.returncode == (143 if sig == signal.SIGTERM else -signal.SIGKILL)
+        assert list(output.iterdir()) == [], sig
