@@ -32,6 +32,11 @@ def tiny_weights(tmp_path_factory) -> Path:
     return folder
 
 
+def run_fast(inputs: Path, output: Path, weights: Path, *extra: str) -> int:
+    """The main job on CPU with a 2-step DDIM sampler."""
+    return main(["--input", str(inputs), "--output", str(output), "--weights", str(weights), *FAST, *extra])
+
+
 def _tree_digest(folder: Path) -> dict[str, tuple[str, float, int]]:
     out = {}
     for path in sorted(folder.rglob("*")):
@@ -55,19 +60,7 @@ def test_batch_writes_one_file_per_case_on_the_input_grid_and_scale(tmp_path, ti
     inputs, output, report = tmp_path / "in", tmp_path / "out", tmp_path / "report.json"
     cases = _good_cases(inputs)
     before = _tree_digest(inputs)
-    code = main(
-        [
-            "--input",
-            str(inputs),
-            "--output",
-            str(output),
-            "--weights",
-            str(tiny_weights),
-            "--report",
-            str(report),
-            *FAST,
-        ]
-    )
+    code = run_fast(inputs, output, tiny_weights, "--report", str(report))
     assert code == 0
     expected = {
         "BraTS-GLI-00001-000-t2f.nii.gz",
@@ -142,19 +135,7 @@ def test_bad_cases_fail_with_their_reason_while_the_others_are_written(tmp_path,
     make_case(inputs, "good-2", ("t1n", "t2w", "t2f"), seed=8)
     before = _tree_digest(inputs)
 
-    code = main(
-        [
-            "--input",
-            str(inputs),
-            "--output",
-            str(output),
-            "--weights",
-            str(tiny_weights),
-            "--report",
-            str(report),
-            *FAST,
-        ]
-    )
+    code = run_fast(inputs, output, tiny_weights, "--report", str(report))
 
     assert code == 1
     assert sorted(p.name for p in output.iterdir()) == ["good-1-t2f.nii.gz", "good-2-t1c.nii.gz"]
@@ -206,43 +187,26 @@ def test_complete_cases_are_skipped_unless_a_target_is_forced(tmp_path, tiny_wei
     assert [p.name for p in output.iterdir()] == ["full-t1c.nii.gz"]
 
 
-def test_unusable_setup_exits_2_with_a_sentence(tmp_path, tiny_weights, caplog):
+def test_unusable_setup_exits_2_with_a_sentence(tmp_path, tiny_weights, capsys):
     inputs = tmp_path / "in"
     make_case(inputs, "c1", seed=1)
-    assert main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), *FAST]) == 2
-    assert main(["--input", str(inputs), "--output", str(inputs / "c1" / "out"), *FAST]) == 2
+    out = tmp_path / "o"
+    attempts = [
+        ((tmp_path / "nope", out, tiny_weights), "input folder"),
+        ((inputs, inputs / "c1" / "out", tiny_weights), "inside the input folder"),
+        ((inputs, out, tmp_path / "none"), "python -m brasyn.weights"),
+        ((inputs, out, tiny_weights, "--report", str(out / "r.json")), "--report"),
+        ((inputs, out, tiny_weights, "--steps", "0"), "steps must be between 1 and 1000"),
+        ((inputs, out, tiny_weights, "--device", "tpu"), "unknown device"),
+    ]
+    for args, words in attempts:
+        code = run_fast(*args)
+        err = capsys.readouterr().err
+        assert code == 2, words
+        assert words in err, (words, err)
+        assert "Traceback" not in err
     assert not (inputs / "c1" / "out").exists()
-    assert (
-        main(
-            [
-                "--input",
-                str(inputs),
-                "--output",
-                str(tmp_path / "o"),
-                "--weights",
-                str(tmp_path / "none"),
-                *FAST,
-            ]
-        )
-        == 2
-    )
-    assert (
-        main(
-            [
-                "--input",
-                str(inputs),
-                "--output",
-                str(tmp_path / "o"),
-                "--weights",
-                str(tiny_weights),
-                "--report",
-                str(tmp_path / "o" / "r.json"),
-                *FAST,
-            ]
-        )
-        == 2
-    )
-    assert main(["--input", str(inputs), "--output", str(tmp_path / "o"), "--steps", "0", *FAST[2:]]) == 2
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_missing_checkpoint_fails_only_the_cases_that_need_it(tmp_path):
@@ -252,22 +216,7 @@ def test_missing_checkpoint_fails_only_the_cases_that_need_it(tmp_path):
     make_case(inputs, "needs-t2f", ("t1n", "t1c", "t2w"), seed=1)
     make_case(inputs, "needs-t1n", ("t1c", "t2w", "t2f"), seed=2)
     report = tmp_path / "r.json"
-    assert (
-        main(
-            [
-                "--input",
-                str(inputs),
-                "--output",
-                str(output),
-                "--weights",
-                str(weights),
-                "--report",
-                str(report),
-                *FAST,
-            ]
-        )
-        == 1
-    )
+    assert run_fast(inputs, output, weights, "--report", str(report)) == 1
     assert [p.name for p in output.iterdir()] == ["needs-t2f-t2f.nii.gz"]
     failed = [c for c in json.loads(report.read_text())["cases"] if c["status"] == "failed"]
     assert [c["case"] for c in failed] == ["needs-t1n"] and "t1n" in failed[0]["message"]
@@ -276,22 +225,7 @@ def test_missing_checkpoint_fails_only_the_cases_that_need_it(tmp_path):
 def test_extras_previews_are_written_outside_the_output(tmp_path, tiny_weights):
     inputs, output, extras = tmp_path / "in", tmp_path / "out", tmp_path / "previews"
     make_case(inputs, "c1", seed=1)
-    assert (
-        main(
-            [
-                "--input",
-                str(inputs),
-                "--output",
-                str(output),
-                "--weights",
-                str(tiny_weights),
-                "--extras",
-                str(extras),
-                *FAST,
-            ]
-        )
-        == 0
-    )
+    assert run_fast(inputs, output, tiny_weights, "--extras", str(extras)) == 0
     assert [p.name for p in extras.iterdir()] == ["c1-t2f.png"]
     assert (extras / "c1-t2f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in output.iterdir()] == ["c1-t2f.nii.gz"]
