@@ -34,6 +34,7 @@ from brasyn.cases import Case, discover
 from brasyn.diffusion import SAMPLERS
 from brasyn.errors import BrasynError, CaseError, WeightsError
 from brasyn.intensity import OUTPUT_THRESHOLD
+from brasyn.logs import configure_logging
 from brasyn.modalities import MODALITIES, Modality
 from brasyn.preprocess import to_model
 from brasyn.preview import mosaic, write_png
@@ -358,26 +359,16 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_FAILED_CASES if counts["failed"] else EXIT_OK
 
 
-def _configure_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity < 2 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("brasyn")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     for key, value in writable_cache_environment().items():
         os.environ[key] = value
     if argv[:1] == ["hotfix"]:
         return EXIT_OK
-    _configure_logging(0)
+    configure_logging(0)
     try:
         args = _mlcube_to_args(argv[1:]) if argv[:1] == ["infer"] else build_parser().parse_args(argv)
-        _configure_logging(args.verbose)
+        configure_logging(args.verbose)
         return run(args)
     except SystemExit as exc:  # argparse has printed its message
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE

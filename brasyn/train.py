@@ -1,0 +1,416 @@
+"""``python -m brasyn.train``: train the denoiser for one target contrast and add it to a weights folder.
+
+    python -m brasyn.train --data DIR [--data DIR ...] --target t2f --out WEIGHTS_DIR
+        [--config official|small|tiny] [--steps N] [--batch-size B] [--lr 1e-5] [--patch D H W] [--flip]
+        [--val DIR] [--val-every N] [--save-every N] [--resume] [--seed S] [--device D]
+        [--precision fp32|bf16] [--clip-grad G] [--ema DECAY]
+
+The defaults are the official cWDM recipe (full 224x224x160 volumes, AdamW at lr 1e-5, batch 1, uniform t,
+MSE on the sub-bands). Training state (model, optimiser, step, random generators, EMA) is kept in
+``WEIGHTS_DIR/training/<target>/state.pt`` every ``--save-every`` steps and on SIGTERM; ``--resume``
+continues from it exactly. ``log.jsonl`` beside it records the loss (and the validation SSIM). The final
+weights are written as ``<target>.pt`` with a manifest entry (config, sha256, command, data, intensity
+ratios).
+
+Started by ``torchrun``, it trains with DistributedDataParallel (NCCL on GPU, gloo on CPU), each rank on
+its own share of the cases; rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import logging
+import os
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from brasyn.bands import bands_to_image, image_to_bands
+from brasyn.diffusion import Diffusion
+from brasyn.errors import BrasynError, CaseError
+from brasyn.logs import configure_logging
+from brasyn.modalities import MODALITIES, Modality
+from brasyn.runtime import select_device
+from brasyn.training_data import TrainingSet, find_training_cases, load_training_case
+from brasyn.unet import PRESETS, Denoiser
+from brasyn.wavelet import dwt3
+from brasyn.weights import save_checkpoint
+
+__all__ = ["Trainer", "TrainSettings", "main"]
+
+log = logging.getLogger("brasyn.train")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    target: Modality
+    config: str = "official"
+    steps: int = 1000
+    batch_size: int = 1
+    lr: float = 1e-5
+    patch: tuple[int, int, int] | None = None
+    flip: bool = False
+    seed: int = 0
+    precision: str = "fp32"
+    clip_grad: float = 0.0
+    """Maximum gradient norm; 0 leaves gradients alone (the official recipe)."""
+    ema: float = 0.0
+    """EMA decay of the weights (e.g. 0.999); 0 keeps none (the official recipe)."""
+    save_every: int = 1000
+    val_every: int = 0
+    val_steps: int = 10
+    """DDIM steps of the validation sampler."""
+
+
+class Stop(BaseException):
+    """SIGTERM: write a last checkpoint and leave."""
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+class Trainer:
+    """Owns the model, optimiser, generators and the training state file of one target."""
+
+    def __init__(
+        self,
+        settings: TrainSettings,
+        data: TrainingSet,
+        out: Path,
+        device: torch.device,
+        val: TrainingSet | None = None,
+        command: str = "",
+    ) -> None:
+        self.settings = settings
+        self.data = data
+        self.val = val
+        self.out = out
+        self.device = device
+        self.command = command
+        self.rank, self.world, _ = _distributed()
+        self.work = out / "training" / settings.target.value
+        self.diffusion = Diffusion()
+        torch.manual_seed(settings.seed)  # parameter init only; every draw in the loop uses self.generator
+        self.model = Denoiser.from_config(PRESETS[settings.config]).to(device)
+        self.ema = copy.deepcopy(self.model).eval() if settings.ema > 0 else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr)
+        self.generator = torch.Generator().manual_seed(settings.seed * 1000 + self.rank)
+        self.step = 0
+        self.network: nn.Module = self.model
+        if self.world > 1:
+            self.network = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.work / "state.pt"
+
+    def save_state(self) -> None:
+        if self.rank != 0:
+            return
+        self.work.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "config": PRESETS[self.settings.config].to_dict(),
+            "target": self.settings.target.value,
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.state_path)
+        log.info("saved training state at step %d to %s", self.step, self.state_path)
+
+    def load_state(self) -> None:
+        if not self.state_path.is_file():
+            raise BrasynError(f"--resume: no training state at {self.state_path}; start without --resume")
+        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        if (
+            state["target"] != self.settings.target.value
+            or state["config"] != PRESETS[self.settings.config].to_dict()
+        ):
+            raise BrasynError(
+                f"--resume: {self.state_path} holds a {state['target']} model with another config; "
+                "use the same --target and --config as the interrupted run"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step = int(state["step"])
+        # every rank continues from rank 0's state, with its own stream
+        if self.rank:
+            self.generator.manual_seed(self.settings.seed * 1000 + self.rank + self.step)
+        log.info("resumed at step %d from %s", self.step, self.state_path)
+
+    # --- one step ----------------------------------------------------------------------------
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """The official objective: MSE between predicted and true clean sub-bands at a uniform t."""
+        batch = batch.to(self.device, non_blocking=True)
+        cond = image_to_bands(batch[:, :3])
+        x0 = image_to_bands(batch[:, 3:])
+        n = batch.shape[0]
+        t = torch.randint(self.diffusion.num_steps, (n,), generator=self.generator).to(self.device)
+        noise = dwt3(torch.randn(batch[:, 3:].shape, generator=self.generator).to(self.device))
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.settings.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            return self.diffusion.training_loss(self.network, x0, cond, t, noise)
+
+    def train_step(self) -> float:
+        self.network.train()
+        batch = self.data.sample(self.settings.batch_size, self.generator)
+        loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.settings.clip_grad > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad)
+        self.optimizer.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                    e.lerp_(p, 1.0 - self.settings.ema)
+        self.step += 1
+        return float(loss.detach())
+
+    # --- validation --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def validate(self) -> float:
+        """Mean SSIM (model space, [0, 1]) of a fast DDIM synthesis on the validation cases."""
+        from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+        assert self.val is not None
+        model = (self.ema or self.model).eval()
+        scores = []
+        for case in self.val.cases:
+            images = torch.from_numpy(case.stack).to(self.device)[None]
+            cond = image_to_bands(images[:, :3])
+            gen = torch.Generator(device=self.device).manual_seed(0)
+            bands = self.diffusion.sample(
+                model, cond, (1, 8, *cond.shape[2:]), "ddim", steps=self.settings.val_steps, generator=gen
+            )
+            pred = bands_to_image(bands).clamp(0, 1)
+            scores.append(float(ssim(pred.float().cpu(), images[:, 3:].float().cpu(), data_range=1.0)))
+        return float(np.mean(scores))
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        self.work.mkdir(parents=True, exist_ok=True)
+        with open(self.work / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def run(self, progress: bool = True) -> list[float]:
+        """Train up to ``settings.steps``; returns this call's losses."""
+        s = self.settings
+        losses: list[float] = []
+        bar = tqdm(
+            total=s.steps,
+            initial=self.step,
+            desc=f"train {s.target}",
+            file=sys.stderr,
+            disable=not progress or self.rank != 0,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        )
+        start, done_here = time.perf_counter(), 0
+        try:
+            while self.step < s.steps:
+                loss = self.train_step()
+                losses.append(loss)
+                done_here += 1
+                rate = done_here / (time.perf_counter() - start)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.2f}")
+                record: dict[str, Any] = {"step": self.step, "loss": loss, "steps_per_s": rate}
+                if self.val is not None and s.val_every and self.step % s.val_every == 0:
+                    record["val_ssim"] = self.validate()
+                    log.info("step %d: validation SSIM %.4f", self.step, record["val_ssim"])
+                self._log(record)
+                if s.save_every and self.step % s.save_every == 0 and self.step < s.steps:
+                    self.save_state()
+        except Stop:
+            log.warning("stopped by SIGTERM at step %d: saving the training state", self.step)
+            self.save_state()
+            raise
+        finally:
+            bar.close()
+        self.save_state()
+        return losses
+
+    def export(self) -> None:
+        """The trained (EMA when kept) weights into the weights folder, with a manifest entry."""
+        if self.rank != 0:
+            return
+        save_checkpoint(
+            self.out,
+            (self.ema or self.model).eval(),
+            self.settings.target,
+            intensity_ratios=self.data.intensity_ratios(self.settings.target),
+            provenance={
+                "source": "brasyn.train",
+                "command": self.command,
+                "steps": self.step,
+                "recipe": {
+                    k: (list(v) if isinstance(v, tuple) else v)
+                    for k, v in vars(self.settings).items()
+                    if k != "target"
+                },
+                "data": {"cases": [c.id for c in self.data.cases], "world_size": self.world},
+            },
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m brasyn.train", description="Train a cWDM denoiser for one target contrast."
+    )
+    p.add_argument(
+        "--data", type=Path, action="append", required=True, help="folder of complete cases (repeatable)"
+    )
+    p.add_argument("--target", required=True, choices=[m.value for m in MODALITIES])
+    p.add_argument("--out", type=Path, required=True, help="weights folder to add the checkpoint to")
+    p.add_argument("--config", choices=sorted(PRESETS), default="official")
+    p.add_argument("--steps", type=int, default=1000, help="total optimiser steps")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument(
+        "--patch",
+        type=int,
+        nargs=3,
+        metavar=("D", "H", "W"),
+        help="random patches of this size (multiples of 32) instead of whole volumes",
+    )
+    p.add_argument("--flip", action="store_true", help="random flips along each axis")
+    p.add_argument("--val", type=Path, help="folder of complete cases to measure SSIM on")
+    p.add_argument("--val-every", type=int, default=0, help="validate every N steps (with --val)")
+    p.add_argument("--val-steps", type=int, default=10, help="DDIM steps of the validation sampler")
+    p.add_argument("--save-every", type=int, default=1000, help="write the training state every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from the saved training state")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--clip-grad", type=float, default=0.0)
+    p.add_argument("--ema", type=float, default=0.0)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _device(spec: str, local_rank: int, world: int) -> torch.device:
+    if world > 1 and spec == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    return select_device(spec)
+
+
+def _load_all(cases: list, target: Modality) -> list:
+    """Cases in model space; one that fails its checks is skipped with the reason."""
+    loaded = []
+    for case in cases:
+        try:
+            loaded.append(load_training_case(case, target))
+        except CaseError as exc:
+            log.warning("skipping %s", exc)
+    if not loaded:
+        raise BrasynError("none of the training cases passed the checks (see the warnings above)")
+    return loaded
+
+
+def train(args: argparse.Namespace, command: str) -> int:
+    rank, world, local_rank = _distributed()
+    target = Modality(args.target)
+    settings = TrainSettings(
+        target=target,
+        config=args.config,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patch=tuple(args.patch) if args.patch else None,
+        flip=args.flip,
+        seed=args.seed,
+        precision=args.precision,
+        clip_grad=args.clip_grad,
+        ema=args.ema,
+        save_every=args.save_every,
+        val_every=args.val_every,
+        val_steps=args.val_steps,
+    )
+    device = _device(args.device, local_rank, world)
+    if world > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    try:
+        cases = find_training_cases(args.data)
+        mine = cases[rank::world] or cases
+        log.info("rank %d/%d: %d of %d training case(s) on %s", rank, world, len(mine), len(cases), device)
+        data = TrainingSet(_load_all(mine, target), settings.patch, settings.flip)
+        val = None
+        if args.val is not None:
+            val = TrainingSet(_load_all(find_training_cases([args.val]), target))
+        trainer = Trainer(settings, data, args.out, device, val, command)
+        if args.resume:
+            trainer.load_state()
+        trainer.run(progress=not args.no_progress)
+        trainer.export()
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    configure_logging()
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return 0 if exc.code in (0, None) else 2
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Stop()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return train(args, "python -m brasyn.train " + shlex.join(argv))
+    except Stop:
+        return 143
+    except (BrasynError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

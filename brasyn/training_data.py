@@ -1,0 +1,130 @@
+"""Training examples: complete cases in model space, with the same discovery, checks and preprocessing as
+inference, cut into random patches and flipped when asked.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brasyn.cases import Case, discover
+from brasyn.errors import BrasynError, CaseError
+from brasyn.intensity import high_percentile
+from brasyn.modalities import MODALITIES, Modality, conditions_for
+from brasyn.preprocess import MULTIPLE, prepare
+from brasyn.volumes import check_same_grid, load_volume
+
+__all__ = ["TrainingCase", "TrainingSet", "find_training_cases"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingCase:
+    """One complete case in model space: the three conditions then the target, (4, D, H, W) in [0, 1]."""
+
+    id: str
+    stack: np.ndarray
+    brain: np.ndarray
+    """Model-space mask of voxels where any contrast is non-zero (patch centres are drawn from it)."""
+    percentiles: dict[Modality, float]
+    """99.9th percentile of each contrast in its own units."""
+
+
+def find_training_cases(folders: list[Path]) -> list[Case]:
+    """Complete cases (all four contrasts) under ``folders``; others are skipped with a warning."""
+    complete: list[Case] = []
+    for folder in folders:
+        for item in discover(folder, target=Modality.T1N):
+            if isinstance(item, CaseError):
+                log.warning("skipping %s: %s", item.case, item.message)
+            elif len(item.files) < 4:
+                missing = [m.value for m in MODALITIES if m not in item.files]
+                log.warning(
+                    "skipping %s: no %s (training needs all four contrasts)", item.id, ", ".join(missing)
+                )
+            else:
+                complete.append(item)
+    if not complete:
+        raise BrasynError(
+            f"no usable training case in {', '.join(map(str, folders))}: each case folder needs all four "
+            "contrasts (t1n, t1c, t2w, t2f) on one grid"
+        )
+    return complete
+
+
+def load_training_case(case: Case, target: Modality) -> TrainingCase:
+    """Load, check and preprocess one case exactly as inference does, plus its target contrast."""
+    order = [*conditions_for(target), target]
+    volumes = {m: load_volume(case.files[m], case.id) for m in order}
+    check_same_grid({m.value: v for m, v in volumes.items()}, case.id)
+    stack, _, _ = prepare([volumes[m].data for m in order], volumes[order[0]].affine)
+    brain = stack.any(axis=0)
+    percentiles = {m: high_percentile(v.data) for m, v in volumes.items()}
+    return TrainingCase(case.id, stack, brain, percentiles)
+
+
+class TrainingSet:
+    """Random (conditions, target) examples drawn with an explicit generator, so a resumed run draws
+    exactly what an uninterrupted one would."""
+
+    def __init__(
+        self, cases: list[TrainingCase], patch: tuple[int, int, int] | None = None, flip: bool = False
+    ) -> None:
+        if not cases:
+            raise ValueError("a TrainingSet needs at least one case")
+        if patch is not None and any(p % MULTIPLE or p <= 0 for p in patch):
+            raise ValueError(f"--patch sizes must be positive multiples of {MULTIPLE}, got {patch}")
+        self.cases = cases
+        self.patch = patch
+        self.flip = flip
+
+    def intensity_ratios(self, target: Modality) -> dict[Modality, float]:
+        """Median over cases of p99.9(target) / p99.9(condition), for restoring the scale at inference."""
+        ratios = {}
+        for condition in conditions_for(target):
+            values = [
+                c.percentiles[target] / c.percentiles[condition]
+                for c in self.cases
+                if c.percentiles[condition] > 0 and c.percentiles[target] > 0
+            ]
+            ratios[condition] = float(np.median(values)) if values else 1.0
+        return ratios
+
+    def _window(self, case: TrainingCase, generator: torch.Generator) -> tuple[slice, slice, slice]:
+        shape = case.stack.shape[1:]
+        if self.patch is None:
+            return tuple(slice(0, n) for n in shape)  # type: ignore[return-value]
+        size = [min(p, n) for p, n in zip(self.patch, shape, strict=True)]
+        # centre patches on brain voxels: a uniform draw would mostly see background
+        voxels = np.flatnonzero(case.brain)
+        if len(voxels):
+            pick = int(torch.randint(len(voxels), (1,), generator=generator))
+            centre = np.unravel_index(voxels[pick], shape)
+        else:
+            centre = tuple(int(torch.randint(n, (1,), generator=generator)) for n in shape)
+        starts = [min(max(int(c) - s // 2, 0), n - s) for c, s, n in zip(centre, size, shape, strict=True)]
+        return tuple(slice(a, a + s) for a, s in zip(starts, size, strict=True))  # type: ignore[return-value]
+
+    def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """(batch, 4, D, H, W) float32: three conditions then the target."""
+        examples = []
+        for _ in range(batch):
+            case = self.cases[int(torch.randint(len(self.cases), (1,), generator=generator))]
+            window = self._window(case, generator)
+            example = torch.from_numpy(np.ascontiguousarray(case.stack[(slice(None), *window)]))
+            if self.flip:
+                axes = [d + 1 for d in range(3) if bool(torch.randint(2, (1,), generator=generator))]
+                if axes:
+                    example = example.flip(axes)
+            examples.append(example)
+        if len({tuple(e.shape) for e in examples}) > 1:
+            raise BrasynError(
+                "the training cases have different model-space sizes, so they cannot share a batch: "
+                "use --patch D H W or --batch-size 1"
+            )
+        return torch.stack(examples)

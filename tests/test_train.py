@@ -1,0 +1,178 @@
+"""Training: the loss falls, a resumed run is the uninterrupted one, the result loads in the pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from brasyn.cli import main as synthesize_main
+from brasyn.train import main as train_main
+from brasyn.weights import WeightStore
+from tests.helpers import make_case
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL = ("t1n", "t1c", "t2w", "t2f")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train-data")
+    for i in range(2):
+        make_case(root, f"case{i}", ALL, seed=10 * i, shape=(40, 48, 36))
+    make_case(root, "incomplete", ("t1n", "t1c", "t2w"), seed=99, shape=(40, 48, 36))
+    return root
+
+
+def _args(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return [
+        "--data",
+        str(data),
+        "--target",
+        "t2f",
+        "--out",
+        str(out),
+        "--config",
+        "tiny",
+        "--steps",
+        str(steps),
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--patch",
+        "32",
+        "32",
+        "32",
+        *extra,
+    ]
+
+
+def _losses(out: Path) -> list[float]:
+    lines = (out / "training" / "t2f" / "log.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+def test_loss_falls_and_the_checkpoint_synthesises_a_case(data, tmp_path):
+    out = tmp_path / "w"
+    assert train_main(_args(data, out, 40)) == 0
+    losses = _losses(out)
+    assert len(losses) == 40
+    assert sum(losses[-8:]) / 8 < 0.7 * sum(losses[:8]) / 8
+    info = WeightStore(out).info("t2f")
+    assert info.provenance["steps"] == 40 and info.provenance["data"]["cases"] == ["case0", "case1"]
+    assert "python -m brasyn.train" in info.provenance["command"]
+    assert set(info.intensity_ratios) == {"t1n", "t1c", "t2w"}
+    cases = tmp_path / "in"
+    make_case(cases, "new", ("t1n", "t1c", "t2w"), seed=5, shape=(40, 48, 36))
+    code = synthesize_main(
+        [
+            "--input",
+            str(cases),
+            "--output",
+            str(tmp_path / "o"),
+            "--weights",
+            str(out),
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["new-t2f.nii.gz"]
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(data, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_main(_args(data, straight, 12, "--flip", "--ema", "0.9")) == 0
+    assert train_main(_args(data, split, 5, "--flip", "--ema", "0.9")) == 0
+    assert train_main([*_args(data, split, 12, "--flip", "--ema", "0.9"), "--resume"]) == 0
+    a, b = _losses(straight), _losses(split)
+    assert len(a) == len(b) == 12
+    assert a == pytest.approx(b, rel=1e-6, abs=1e-9)
+    assert WeightStore(straight).info("t2f").sha256 == WeightStore(split).info("t2f").sha256
+
+
+def test_bad_data_folders_are_refused_with_a_sentence(tmp_path, capsys):
+    assert train_main(_args(tmp_path / "missing", tmp_path / "w", 2)) == 2
+    assert "missing" in capsys.readouterr().err
+    only_incomplete = tmp_path / "partial"
+    make_case(only_incomplete, "c", ("t1n", "t1c", "t2w"), shape=(32, 32, 32))
+    assert train_main(_args(only_incomplete, tmp_path / "w", 2)) == 2
+    err = capsys.readouterr().err
+    assert "no usable training case" in err and "all four contrasts" in err
+    assert train_main([*_args(only_incomplete, tmp_path / "w", 2), "--resume"]) == 2
+    assert (
+        train_main(
+            [
+                "--data",
+                str(only_incomplete),
+                "--target",
+                "t2f",
+                "--out",
+                str(tmp_path),
+                "--patch",
+                "30",
+                "32",
+                "32",
+            ]
+        )
+        == 2
+    )
+
+
+def test_sigterm_writes_the_training_state(data, tmp_path):
+    out = tmp_path / "w"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brasyn.train", *_args(data, out, 100000)],
+        env=env,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    log = out / "training" / "t2f" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    state = out / "training" / "t2f" / "state.pt"
+    assert state.is_file()
+    import torch
+
+    assert torch.load(state, weights_only=True)["step"] >= 3
+
+
+def test_two_process_torchrun_on_cpu_writes_one_checkpoint(data, tmp_path):
+    out = tmp_path / "w"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29561",
+        "-m",
+        "brasyn.train",
+        *_args(data, out, 4),
+    ]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "t2f.pt", "training"]
+    assert WeightStore(out).info("t2f").provenance["data"]["world_size"] == 2
+    assert len(_losses(out)) == 4  # rank 0 alone logs
+    shutil.rmtree(out)
