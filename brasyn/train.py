@@ -98,6 +98,7 @@ class Trainer:
         device: torch.device,
         val: TrainingSet | None = None,
         command: str = "",
+        demo: bool = False,
     ) -> None:
         self.settings = settings
         self.data = data
@@ -105,6 +106,7 @@ class Trainer:
         self.out = out
         self.device = device
         self.command = command
+        self.demo = demo
         self.rank, self.world, _ = _distributed()
         self.work = out / "training" / settings.target.value
         self.diffusion = Diffusion()
@@ -287,6 +289,7 @@ class Trainer:
                     if k != "target"
                 },
                 "data": {"cases": [c.id for c in self.data.cases], "world_size": self.world},
+                **({"quality": "demo"} if self.demo else {}),
             },
         )
 
@@ -322,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--clip-grad", type=float, default=0.0)
     p.add_argument("--ema", type=float, default=0.0)
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="mark the checkpoint as demo quality (the pipeline then says so when it uses it)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -378,7 +386,7 @@ def train(args: argparse.Namespace, command: str) -> int:
         val = None
         if args.val is not None:
             val = TrainingSet(_load_all(find_training_cases([args.val]), target))
-        trainer = Trainer(settings, data, args.out, device, val, command)
+        trainer = Trainer(settings, data, args.out, device, val, command, demo=args.demo)
         if args.resume:
             trainer.load_state()
         trainer.run(progress=not args.no_progress)

@@ -463,6 +463,14 @@ class WeightStore:
             sum(p.numel() for p in model.parameters()) / 1e6,
             device,
         )
+        if info.provenance.get("quality") == "demo":
+            logger.warning(
+                "the %s weights in %s are demo quality (a small model trained briefly on a few cases): "
+                "for real use, import the official cWDM checkpoints (python -m brasyn.weights "
+                "import-official) or train your own (python -m brasyn.train) and pass --weights DIR",
+                info.target.value,
+                self.folder,
+            )
         self._models[key] = model
         return model
 

@@ -441,3 +441,28 @@ def test_cli_errors_are_one_message_and_exit_code_2(tmp_path, capsys):
 
     assert main(["init", "--config", "huge", "--out", str(tmp_path / "w")]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_demo_quality_checkpoints_say_so_when_loaded(tmp_path, caplog):
+    import logging
+
+    from brasyn.unet import PRESETS, Denoiser
+    from brasyn.weights import WeightStore, save_checkpoint
+
+    save_checkpoint(tmp_path, Denoiser.from_config(PRESETS["tiny"]), "t2f", provenance={"quality": "demo"})
+    save_checkpoint(tmp_path, Denoiser.from_config(PRESETS["tiny"]), "t1n")
+    store = WeightStore(tmp_path)
+    weights_log = logging.getLogger("brasyn.weights")
+    weights_log.addHandler(caplog.handler)  # the CLI's set-up stops propagation to the root logger
+    try:
+        with caplog.at_level(logging.WARNING, logger="brasyn.weights"):
+            store.load("t1n")
+            assert not caplog.records
+            store.load("t2f")
+    finally:
+        weights_log.removeHandler(caplog.handler)
+    assert len(caplog.records) == 1
+    assert (
+        "demo quality" in caplog.records[0].getMessage()
+        and "import-official" in caplog.records[0].getMessage()
+    )
