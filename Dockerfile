@@ -1,0 +1,52 @@
+# brasyn: synthesis of a missing brain MRI contrast (t1n, t1c, t2w, t2f) with cWDM.
+#
+#   docker build -t brasyn:0.1.0 .
+#   docker run --rm --network none --gpus all -v IN:/input:ro -v OUT:/output brasyn:0.1.0
+#
+# The torch wheel brings its own CUDA 13 runtime and cuDNN 9.20 (>= 9.15, where bf16 Conv3d is fast), so
+# the host needs only an NVIDIA driver new enough for CUDA 13 (>= 580). Nothing is downloaded at run time.
+ARG CUDA_BASE=nvidia/cuda:13.0.2-base-ubuntu24.04
+FROM ${CUDA_BASE}
+
+ARG VERSION=0.1.0
+ARG SOURCE_URL=""
+LABEL org.opencontainers.image.title="brasyn" \
+      org.opencontainers.image.description="Synthesises the missing MR contrast of brain tumour cases with a conditional 3-D wavelet diffusion model (cWDM)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.licenses="MIT"
+
+# Any uid may run the image, with no passwd entry and a read-only root: every cache points at /tmp.
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/tmp \
+    XDG_CACHE_HOME=/tmp/.cache \
+    TORCH_HOME=/tmp/.cache/torch \
+    MPLCONFIGDIR=/tmp/.cache/matplotlib \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:${PATH}
+
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
+
+WORKDIR /opt/brasyn
+COPY requirements.txt ./
+RUN pip install --no-cache-dir -r requirements.txt
+
+COPY LICENSE README.md pyproject.toml entrypoint.py ./
+COPY brasyn ./brasyn
+COPY weights ./weights
+# byte-compile now: at run time the image may be read-only
+RUN python -m compileall -q brasyn entrypoint.py \
+    && chmod -R a+rX /opt/brasyn \
+    && useradd --uid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin brasyn
+
+USER 10001:10001
+ENTRYPOINT ["python", "/opt/brasyn/entrypoint.py"]
+CMD []

@@ -1,0 +1,21 @@
+import nibabel as nib
+
+from brasyn.cases import discover
+from brasyn.example import EXAMPLE_CASE, main, write_example
+
+
+def test_example_from_real_data_withholds_the_flair(shared_dir, tmp_path):
+    assert main(["--out", str(tmp_path), "--source", str(shared_dir / "data" / "real")]) == 0
+    (case,) = discover(tmp_path / "input")
+    assert case.id == EXAMPLE_CASE and case.target.value == "t2f"
+    assert case.output_name == f"{EXAMPLE_CASE}-t2f.nii.gz"
+    assert [p.name for p in (tmp_path / "truth" / EXAMPLE_CASE).iterdir()] == [case.output_name]
+
+
+def test_example_without_real_data_is_a_phantom_case_on_the_brats_grid(tmp_path):
+    assert write_example(tmp_path, source=tmp_path / "nothing-here") == "phantom"
+    (case,) = discover(tmp_path / "input")
+    assert case.target.value == "t2f" and len(case.files) == 3
+    image = nib.load(next(iter(case.files.values())))
+    assert image.shape == (240, 240, 155) and nib.aff2axcodes(image.affine) == ("L", "P", "S")
+    assert image.get_fdata().any()
