@@ -52,3 +52,18 @@ def make_case(
         data = phantom(shape, seed=seed + i, scale=200.0 * (i + 1))
         paths[m] = save_nifti(folder / case_id / pattern.format(case=case_id, m=m), data, affine)
     return paths
+
+
+UNSHARE = ["unshare", "--user", "--map-user=4242", "--map-group=4242", "--net", "env", "-u", "HOME"]
+
+
+def container_prefix() -> list[str] | None:
+    """The command prefix that runs a process as the container does: a uid with no passwd entry (4242),
+    no network and no HOME, through a user namespace; None where user namespaces are not permitted."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return None
+    probe = subprocess.run([*UNSHARE, "true"], capture_output=True, check=False)
+    return UNSHARE if probe.returncode == 0 else None

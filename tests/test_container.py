@@ -1,0 +1,163 @@
+"""The container's situation, reproduced without Docker: MLCube's command line, an unknown uid with no
+home and no network, a read-only input, and the container files themselves."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from brasyn.cli import PARAMETER_KEYS, main
+from brasyn.weights import init_random
+from tests.helpers import container_prefix, make_case
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def _mlcube_command(workspace: Path) -> tuple[list[str], dict[str, Path]]:
+    """The task arguments MLCube generates for `infer` and the host folder behind each /mlcube_ioN.
+
+    Where the mlcube package is installed, its own configuration and mount code produce them; otherwise
+    its rule is applied here: each input, then each output, gets the next /mlcube_ioN (a file parameter
+    mounts its folder and passes the file inside it).
+    """
+    try:
+        from mlcube.config import MLCubeConfig
+        from mlcube.shell import Shell
+        from mlcube_docker.docker_run import DockerRun
+    except ImportError:
+        config = yaml.safe_load((ROOT / "mlcube" / "mlcube.yaml").read_text())
+        params = config["tasks"]["infer"]["parameters"]
+        mounts: dict[str, str] = {}
+        args = ["infer"]
+        for io in ("inputs", "outputs"):
+            for name, spec in params[io].items():
+                spec = spec if isinstance(spec, dict) else {"type": "directory", "default": spec}
+                host = workspace / spec["default"]
+                if spec.get("type") == "file":
+                    folder = str(host.parent)
+                    mounts.setdefault(folder, f"/mlcube_io{len(mounts)}")
+                    args.append(f"--{name}={mounts[folder]}/{host.name}")
+                else:
+                    mounts.setdefault(str(host), f"/mlcube_io{len(mounts)}")
+                    args.append(f"--{name}={mounts[str(host)]}")
+    else:
+        cfg = MLCubeConfig.create_mlcube_config(
+            str(ROOT / "mlcube" / "mlcube.yaml"),
+            runner_config=DockerRun.CONFIG.DEFAULT,
+            runner_cls=DockerRun,
+            workspace=str(workspace),
+        )
+        mounts, args, _ = Shell.generate_mounts_and_args(cfg, "infer", make_dirs=True)
+    return args, {container: Path(host) for host, container in mounts.items()}
+
+
+def test_mlcube_configuration_has_what_mlcube_and_medperf_need():
+    config = yaml.safe_load((ROOT / "mlcube" / "mlcube.yaml").read_text())
+    assert config["name"] and config["docker"]["image"]
+    assert config["docker"]["gpu_args"] == "--gpus=all"
+    assert (ROOT / "mlcube" / config["docker"]["build_context"] / config["docker"]["build_file"]).is_file()
+    params = config["tasks"]["infer"]["parameters"]
+    assert list(params["inputs"]) == ["data_path", "parameters_file", "weights"]
+    assert list(params["outputs"]) == ["output_path"]
+    values = yaml.safe_load((ROOT / "mlcube" / "workspace" / "parameters.yaml").read_text())
+    assert set(values) <= PARAMETER_KEYS
+
+
+def test_the_exact_mlcube_command_line_runs_the_entrypoint(tmp_path):
+    workspace = tmp_path / "workspace"
+    shutil.copytree(ROOT / "mlcube" / "workspace", workspace)
+    make_case(workspace / "data", "BraTS-GLI-00042-000", ("t1n", "t1c", "t2f"), seed=2)
+    (workspace / "parameters.yaml").write_text("sampler: ddim\nsteps: 2\nseed: 42\ndevice: cpu\n")
+    init_random(workspace / "weights", "tiny", seed=0)
+    args, mounts = _mlcube_command(workspace)
+    assert args == [
+        "infer",
+        "--data_path=/mlcube_io0",
+        "--parameters_file=/mlcube_io1/parameters.yaml",
+        "--weights=/mlcube_io2",
+        "--output_path=/mlcube_io3",
+    ]
+    # inside the container each /mlcube_ioN is the host folder mounted there
+    host_args = [args[0]]
+    for arg in args[1:]:
+        key, value = arg.split("=", 1)
+        mount = value.split("/")[1]
+        host_args.append(f"{key}={mounts['/' + mount]}{value[len(mount) + 1 :]}")
+    assert main(host_args) == 0
+    assert [p.name for p in (workspace / "predictions").iterdir()] == ["BraTS-GLI-00042-000-t2w.nii.gz"]
+
+
+def test_dockerfile_runs_the_entrypoint_as_a_non_root_user_with_caches_in_tmp():
+    text = (ROOT / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "/opt/brasyn/entrypoint.py"]' in text
+    assert "USER 10001:10001" in text
+    for var in ("HOME=/tmp", "XDG_CACHE_HOME=/tmp", "TORCH_HOME=/tmp", "MPLCONFIGDIR=/tmp"):
+        assert var in text, var
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {"tests", ".git", ".venv", "weights/training"} <= set(ignored)
+
+
+def test_entrypoint_on_a_real_case_as_the_container_runs_it(shared_dir, tmp_path):
+    prefix = container_prefix()
+    if prefix is None:
+        pytest.skip("user namespaces (unshare --user) are not permitted here")
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", "import os, pwd; pwd.getpwuid(os.getuid())"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert probe.returncode != 0 and "getpwuid" in probe.stderr  # no passwd entry, as in the container
+    case = "BraTS-GLI-00001-000"
+    inputs = tmp_path / "input"
+    (inputs / case).mkdir(parents=True)
+    for path in (shared_dir / "data" / "real" / case).iterdir():
+        if not path.name.endswith("-t1c.nii.gz"):
+            shutil.copy(path, inputs / case / path.name)
+    for path in [inputs, *inputs.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    output = tmp_path / "output"
+    output.mkdir(mode=0o777)
+    weights = tmp_path / "weights"
+    init_random(weights, "tiny", seed=0)
+    before = _digest(inputs)
+    env = {"PATH": "/usr/bin:/bin", "BRASYN_WEIGHTS": str(weights)}
+    proc = subprocess.run(
+        [
+            *prefix,
+            sys.executable,
+            str(ROOT / "entrypoint.py"),
+            "--input",
+            str(inputs),
+            "--output",
+            str(output),
+            "--sampler",
+            "ddim",
+            "--steps",
+            "2",
+        ],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in output.iterdir()] == [f"{case}-t1c.nii.gz"]
+    assert _digest(inputs) == before
+    assert "no usable GPU" in proc.stderr  # said, not crashed
