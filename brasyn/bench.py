@@ -1,34 +1,61 @@
-"""Speed and memory of the core maths, printed as JSON.
+"""Speed and memory of the core maths and of one whole case, printed as JSON.
 
     python -m brasyn.bench [--config official|small|tiny] [--shape D H W] [--device cpu|cuda[:N]]
-                           [--channels-last] [--repeats N] [--warmup N] [--threads N] [--json FILE]
+                           [--precision fp32|bf16] [--sampler ddpm|ddim] [--steps N]
+                           [--channels-last] [--repeats N] [--warmup N] [--threads N]
+                           [--case-shape X Y Z | --no-case] [--json FILE]
 
-Times (median of ``--repeats`` after ``--warmup`` runs, synchronised on CUDA): one denoiser forward at
-the sub-band size of a ``--shape`` volume, one sampler step (forward + image-space clipping + update),
-and ``dwt3`` / ``idwt3`` of the volume.
+Times in milliseconds (median of ``--repeats`` after ``--warmup`` runs, synchronised on CUDA):
+
+- ``forward_ms``: one denoiser forward at the sub-band size of a ``--shape`` volume;
+- ``<sampler>_step_ms``: one sampler step (forward, image-space clipping, update);
+- ``dwt3_ms`` / ``idwt3_ms``: the Haar transform of the volume and back;
+- ``case``: one synthetic case end to end, written to a temporary folder and run once through the
+  pipeline with randomly initialised weights of ``--config`` and ``--steps`` steps of ``--sampler``, split
+  into its phases ``load`` (NIfTI reading), ``prepare`` (model space), ``sample``, ``restore`` (geometry
+  and intensity), ``write`` (NIfTI writing), with the time to load the checkpoint beside. The case is
+  ``--case-shape`` (default: 240x240x155, the BraTS grid, for the default ``--shape``; otherwise
+  ``--shape``); it runs as the pipeline does (contiguous memory format).
+
+``--precision bf16`` runs the network under ``torch.autocast`` with bfloat16; the sampler's arithmetic
+stays float32. Versions (torch, CUDA, cuDNN), the GPU and its NVML used memory are reported beside.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import resource
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import torch
 
 from brasyn.bands import image_to_bands
-from brasyn.diffusion import Diffusion
+from brasyn.diffusion import SAMPLERS, Diffusion
+from brasyn.modalities import Modality, conditions_for
+from brasyn.preprocess import BRATS_SHAPE, TRAINING_SHAPE
+from brasyn.runtime import case_generator, peak_memory_mib, reset_peak_memory
+from brasyn.synthesize import SynthesisSettings, Synthesizer
 from brasyn.unet import PRESETS, Denoiser
+from brasyn.volumes import load_volume, write_volume
 from brasyn.wavelet import dwt3, idwt3
+from brasyn.weights import WeightStore, init_random
 
 log = logging.getLogger("brasyn.bench")
+
+PRECISIONS = ("fp32", "bf16")
+BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
+CASE_TARGET = Modality.T2F
 
 
 def _sync(device: torch.device) -> None:
@@ -50,17 +77,131 @@ def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: i
     return {"median": statistics.median(runs), "runs": runs}
 
 
+@contextlib.contextmanager
+def network_precision(device: torch.device, precision: str) -> Iterator[None]:
+    """``bf16``: autocast (convolutions and linear layers in bfloat16); ``fp32``: nothing changes."""
+    if precision == "fp32":
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+        yield
+
+
 def _peak_memory_mib(device: torch.device) -> dict[str, float]:
     peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if device.type == "cuda":
         peak["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        peak["peak_cuda_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
     return peak
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def _environment(device: torch.device) -> dict[str, Any]:
+    """Library versions, threads and the device's name."""
+    return {
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _nvml(device: torch.device) -> dict[str, Any]:
+    """The GPU's used memory as NVML sees it (all processes, CUDA context and cache included) and the
+    driver version; on the CPU nothing."""
+    if device.type != "cuda":
+        return {}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    uuid = str(torch.cuda.get_device_properties(index).uuid)
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+            return {
+                "nvml_used_mib": int(pynvml.nvmlDeviceGetMemoryInfo(handle).used) / 2**20,
+                "driver": str(pynvml.nvmlSystemGetDriverVersion()),
+            }
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # NVML missing or unusable: the torch figures still stand
+        return {"nvml_error": str(exc)}
+
+
+def _synthetic_case(folder: Path, case_id: str, shape: tuple[int, int, int]) -> dict[Modality, Path]:
+    """The three conditions of a case: int16 ellipsoid 'brains' with texture, on the BraTS affine."""
+    rng = np.random.default_rng(0)
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    brain = sum(g**2 for g in grid) < 0.8**2
+    texture = np.sin(6 * grid[0]) * np.cos(5 * grid[1]) + 0.3 * rng.standard_normal(shape)
+    paths = {}
+    (folder / case_id).mkdir(parents=True)
+    for i, modality in enumerate(conditions_for(CASE_TARGET)):
+        data = np.where(brain, 500 * (i + 1) * (1.5 + (-1) ** i * 0.4 * texture), 0).astype(np.int16)
+        image = nib.Nifti1Image(data, BRATS_AFFINE)
+        image.header.set_qform(BRATS_AFFINE, code=1)
+        image.header.set_sform(BRATS_AFFINE, code=1)
+        paths[modality] = folder / case_id / f"{case_id}-{modality.value}.nii.gz"
+        nib.save(image, str(paths[modality]))
+    return paths
+
+
+def time_case(args: argparse.Namespace, device: torch.device, shape: tuple[int, int, int]) -> dict[str, Any]:
+    """One synthetic case through the pipeline, each phase timed once (in milliseconds)."""
+    with tempfile.TemporaryDirectory(prefix="brasyn-bench-") as tmp:
+        root = Path(tmp)
+        case_id = "BraTS-BENCH-00000-000"
+        files = _synthetic_case(root / "input", case_id, shape)
+        init_random(root / "weights", args.config, targets=[CASE_TARGET])
+        settings = SynthesisSettings(sampler=args.sampler, steps=args.steps, seed=0, progress=False)
+        synthesizer = Synthesizer(WeightStore(root / "weights"), device, settings)
+        start = time.perf_counter()
+        synthesizer.weights.load(CASE_TARGET, device)
+        _sync(device)
+        model_load = (time.perf_counter() - start) * 1e3
+        reset_peak_memory(device)
+
+        phases: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            _sync(device)
+            now = time.perf_counter()
+            phases[name] = (now - clock) * 1e3
+            clock = now
+
+        volumes = {m: load_volume(p, case_id) for m, p in files.items()}
+        lap("load")
+        prepared = synthesizer.prepare(volumes, CASE_TARGET, case_id)
+        lap("prepare")
+        generator = case_generator(0, case_id, device)
+        with network_precision(device, args.precision):
+            images = torch.from_numpy(prepared.images)[None]
+            model_space = synthesizer.predict(images, CASE_TARGET, generator)[0, 0].float().cpu().numpy()
+        lap("sample")
+        data = synthesizer.restore(model_space, prepared, CASE_TARGET)
+        lap("restore")
+        (root / "output").mkdir()
+        write_volume(data, prepared.reference, root / "output" / f"{case_id}-{CASE_TARGET.value}.nii.gz")
+        lap("write")
+    steps = synthesizer.steps_for(CASE_TARGET)
+    return {
+        "stored_shape": list(shape),
+        "model_shape": list(prepared.geometry.model_shape),
+        "sampler": args.sampler,
+        "steps": steps,
+        "model_load_ms": model_load,
+        "phases_ms": phases,
+        "total_ms": sum(phases.values()),
+        "sample_ms_per_step": phases["sample"] / steps,
+        "peak_memory_mib": peak_memory_mib(device),
+    }
+
+
+def time_maths(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The denoiser forward, one sampler step and the wavelet transforms, on random data."""
     config = PRESETS[args.config]
     gen = torch.Generator(device=device).manual_seed(0)
     volume = torch.rand(1, 3, *args.shape, generator=gen, device=device)
@@ -79,17 +220,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cond = cond.contiguous(memory_format=torch.channels_last_3d)
     diffusion = Diffusion()
     result: dict[str, Any] = {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "config": args.config,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "volume_shape": list(args.shape),
         "denoiser_input_shape": [1, config.in_channels, *cond.shape[2:]],
-        "memory_format": "channels_last_3d" if args.channels_last else "contiguous",
-        "repeats": args.repeats,
-        "warmup": args.warmup,
     }
     single = volume[:, :1]
     bands = dwt3(single)
@@ -97,16 +229,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["dwt3_ms"] = time_ms(lambda: dwt3(single), device, max(args.repeats, 5), 1)
         result["idwt3_ms"] = time_ms(lambda: idwt3(bands), device, max(args.repeats, 5), 1)
         inputs = torch.cat([x, cond], dim=1)
-        log.info("timing the denoiser forward at %s", tuple(inputs.shape))
-        result["forward_ms"] = time_ms(lambda: model(inputs, t), device, args.repeats, args.warmup)
-        log.info("timing one sampler step")
-        result["ddim_step_ms"] = time_ms(
-            lambda: diffusion.sample(model, cond, band_shape, "ddim", steps=1, generator=gen),
-            device,
-            args.repeats,
-            args.warmup,
+        with network_precision(device, args.precision):
+            log.info("timing the denoiser forward at %s (%s)", tuple(inputs.shape), args.precision)
+            result["forward_ms"] = time_ms(lambda: model(inputs, t), device, args.repeats, args.warmup)
+            log.info("timing one %s step", args.sampler)
+            result[f"{args.sampler}_step_ms"] = time_ms(
+                lambda: diffusion.sample(model, cond, band_shape, args.sampler, steps=1, generator=gen),
+                device,
+                args.repeats,
+                args.warmup,
+            )
+    return result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result: dict[str, Any] = {
+        "device": str(device),
+        **_environment(device),
+        "config": args.config,
+        "volume_shape": list(args.shape),
+        "memory_format": "channels_last_3d" if args.channels_last else "contiguous",
+        "precision": args.precision,
+        "sampler": args.sampler,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+    }
+    result.update(time_maths(args, device))
+    if args.case:
+        shape = args.case_shape or (BRATS_SHAPE if tuple(args.shape) == TRAINING_SHAPE else tuple(args.shape))
+        log.info(
+            "timing one %s case end to end, %d %s steps", "x".join(map(str, shape)), args.steps, args.sampler
         )
+        result["case"] = time_case(args, device, tuple(shape))
     result.update(_peak_memory_mib(device))
+    result.update(_nvml(device))
     return result
 
 
@@ -118,10 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         nargs=3,
         metavar=("D", "H", "W"),
-        default=[224, 224, 160],
+        default=list(TRAINING_SHAPE),
         help="image volume size (the network sees half of it); default 224 224 160",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32", help="bf16: the network under bfloat16 autocast"
+    )
+    parser.add_argument(
+        "--sampler", choices=SAMPLERS, default="ddim", help="sampler of the step and the case"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=10, help="sampling steps of the end-to-end case (default 10)"
+    )
     parser.add_argument(
         "--channels-last",
         action="store_true",
@@ -130,6 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--case-shape",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="stored grid of the end-to-end case (default 240 240 155 for the default --shape, else --shape)",
+    )
+    parser.add_argument("--no-case", dest="case", action="store_false", help="skip the end-to-end case")
     parser.add_argument("--json", type=Path, help="also write the JSON to this file")
     return parser
 
@@ -140,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     divisor = 2 * PRESETS[args.config].divisor
     if any(s % divisor for s in args.shape):
         print(f"--shape must be multiples of {divisor} for the {args.config} config", file=sys.stderr)
+        return 2
+    if not 1 <= args.steps <= 1000:
+        print(f"--steps must be between 1 and 1000, got {args.steps}", file=sys.stderr)
         return 2
     result = run(args)
     text = json.dumps(result, indent=2)

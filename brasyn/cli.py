@@ -1,11 +1,12 @@
 """The command line shared by ``entrypoint.py``, ``python -m brasyn`` and the MLCube ``infer`` task.
 
-Three forms:
+Forms:
 
 * no arguments: ``/input`` to ``/output`` (the Docker form; ``BRASYN_INPUT`` / ``BRASYN_OUTPUT`` override);
 * ``--input DIR --output DIR [options]``;
 * ``infer --data_path DIR --output_path DIR [--weights PATH] [--parameters_file FILE]`` (MLCube), and
-  ``hotfix``, which does nothing.
+  ``hotfix``, which does nothing;
+* ``demo [--out DIR] [options]``: the example case (``brasyn.example``) through the bundled weights.
 
 Exit status: 0 when every case was written or skipped, 1 when any case failed (after all others ran),
 2 when the run could not start (bad arguments, missing folders or weights), 143 when stopped by SIGTERM.
@@ -28,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from brasyn import __version__
+from brasyn.baselines import load_for
 from brasyn.cases import Case, discover
 from brasyn.diffusion import SAMPLERS
 from brasyn.errors import BrasynError, CaseError, WeightsError
@@ -39,7 +42,7 @@ from brasyn.modalities import MODALITIES, Modality
 from brasyn.preprocess import to_model
 from brasyn.preview import mosaic, write_png
 from brasyn.runtime import select_device, writable_cache_environment
-from brasyn.synthesize import CaseResult, Prepared, SynthesisSettings, Synthesizer
+from brasyn.synthesize import METHODS, CaseResult, Prepared, SynthesisSettings, Synthesizer
 from brasyn.volumes import remove_stale_temporaries
 from brasyn.weights import WeightStore
 
@@ -49,7 +52,7 @@ log = logging.getLogger("brasyn")
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 """The weights folder shipped beside the package (baked into the container image)."""
-PARAMETER_KEYS = {"sampler", "steps", "seed", "device", "eta", "naming", "target"}
+PARAMETER_KEYS = {"sampler", "steps", "seed", "device", "eta", "naming", "target", "method"}
 EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE, EXIT_TERMINATED = 0, 1, 2, 143
 
 
@@ -61,12 +64,28 @@ class UsageError(BrasynError):
     """The run cannot start: the message says why and what to do."""
 
 
+MOUNTED_WEIGHTS = Path("/weights")
+"""Where a container user mounts other weights (``-v DIR:/weights``)."""
+
+
 def _default_weights() -> Path:
+    """``$BRASYN_WEIGHTS``, else weights mounted at /weights, else the bundled ones."""
     env = os.environ.get("BRASYN_WEIGHTS")
-    return Path(env) if env else DEFAULT_WEIGHTS
+    if env:
+        return Path(env)
+    if (MOUNTED_WEIGHTS / "manifest.json").is_file():
+        return MOUNTED_WEIGHTS
+    return DEFAULT_WEIGHTS
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default="diffusion",
+        help="diffusion: the cWDM model (default); linear, nearest: baselines on the CPU, no checkpoint "
+        "(linear needs baselines.json in the weights folder)",
+    )
     parser.add_argument(
         "--sampler",
         choices=SAMPLERS,
@@ -170,7 +189,12 @@ def _mlcube_to_args(argv: list[str]) -> argparse.Namespace:
     args = build_parser().parse_args([])
     args.input, args.output, args.verbose = ml.data_path, ml.output_path, ml.verbose
     if ml.weights is not None:
-        args.weights = ml.weights.parent if ml.weights.is_file() else ml.weights
+        folder = ml.weights.parent if ml.weights.is_file() else ml.weights
+        # MLCube always mounts its weights input; an empty one means the weights baked into the image
+        if any((folder / name).is_file() for name in ("manifest.json", "baselines.json")):
+            args.weights = folder
+        else:
+            log.info("no manifest.json in %s: using the default weights", folder)
     if ml.parameters_file is not None:
         for key, value in _read_parameters(ml.parameters_file).items():
             setattr(args, key, value)
@@ -216,9 +240,31 @@ def _settings(args: argparse.Namespace) -> SynthesisSettings:
             eta=float(args.eta),
             seed=int(args.seed),
             progress=not args.no_progress,
+            method=str(args.method),
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
+
+
+def _synthesizer(args: argparse.Namespace, settings: SynthesisSettings) -> Synthesizer:
+    """The synthesizer of the run: weights and device for diffusion, the fitted numbers for a baseline."""
+    if settings.method != "diffusion":
+        if str(args.device).strip().lower() not in ("auto", "cpu"):
+            log.info("the %s baseline runs on the CPU; --device %s is not used", settings.method, args.device)
+        try:
+            baselines = load_for(settings.method, args.weights)
+        except WeightsError as exc:
+            raise UsageError(f"--method {settings.method}: {exc}") from exc
+        return Synthesizer(None, torch.device("cpu"), settings, baselines)
+    try:
+        weights = WeightStore(args.weights)
+    except WeightsError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        device = select_device(str(args.device))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return Synthesizer(weights, device, settings)
 
 
 @contextmanager
@@ -289,29 +335,24 @@ def run(args: argparse.Namespace) -> int:
     args.weights = args.weights or _default_weights()
     settings = _settings(args)
     _check_paths(args)
-    try:
-        weights = WeightStore(args.weights)
-    except WeightsError as exc:
-        raise UsageError(str(exc)) from exc
-    try:
-        device = select_device(str(args.device))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    synthesizer = _synthesizer(args, settings)
+    device = synthesizer.device
     target = Modality(args.target) if args.target else None
     found = discover(args.input, target=target, naming=args.naming)
     remove_stale_temporaries(args.output)
-    log.info(
-        "%d case(s) in %s; weights %s; %s, %d steps, seed %d, on %s",
-        len(found),
-        args.input,
-        weights.folder,
-        settings.sampler,
-        settings.steps,
-        settings.seed,
-        device,
-    )
-
-    synthesizer = Synthesizer(weights, device, settings)
+    if settings.method == "diffusion":
+        log.info(
+            "%d case(s) in %s; weights %s; %s, %d steps, seed %d, on %s",
+            len(found),
+            args.input,
+            args.weights,
+            settings.sampler,
+            settings.steps,
+            settings.seed,
+            device,
+        )
+    else:
+        log.info("%d case(s) in %s; %s", len(found), args.input, synthesizer.source)
     preview = _previewer(args.extras)
     results: list[CaseResult] = []
     interrupted = False
@@ -346,7 +387,7 @@ def run(args: argparse.Namespace) -> int:
                 "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
                 "input": str(args.input),
                 "output": str(args.output),
-                "weights": str(weights.folder),
+                "weights": str(args.weights),
                 "device": str(device),
                 "settings": asdict(settings),
                 "interrupted": interrupted,
@@ -359,6 +400,48 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_FAILED_CASES if counts["failed"] else EXIT_OK
 
 
+def demo(argv: list[str]) -> int:
+    """``brasyn demo [--out DIR] [options]``: write the example case, synthesise its FLAIR with the bundled
+    weights (20 DDIM steps unless told otherwise) and score it against the real one where it is known."""
+    from brasyn.evaluate import pair_predictions, score_pair
+    from brasyn.example import DEFAULT_SOURCE, write_example
+
+    parser = argparse.ArgumentParser(prog="brasyn demo", description=demo.__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "brasyn-demo")
+    known, rest = parser.parse_known_args(argv)
+    kind = write_example(known.out)
+    output = known.out / "output"
+    args = build_parser().parse_args(
+        [
+            "--input",
+            str(known.out / "input"),
+            "--output",
+            str(output),
+            "--sampler",
+            "ddim",
+            "--steps",
+            "20",
+            "--overwrite",
+            *rest,
+        ]
+    )
+    configure_logging(args.verbose)
+    code = run(args)
+    if code == EXIT_OK and kind == "real":
+        pairs, _ = pair_predictions(output, DEFAULT_SOURCE)
+        for pair in pairs:
+            row = score_pair(pair)
+            log.info(
+                "%s %s: SSIM %.4f, PSNR %.2f dB against the real image",
+                row.case,
+                row.contrast,
+                row.ssim,
+                row.psnr,
+            )
+    log.info("the synthetic image is in %s", output)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     for key, value in writable_cache_environment().items():
@@ -367,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     configure_logging(0)
     try:
+        if argv[:1] == ["demo"]:
+            return demo(argv[1:])
         args = _mlcube_to_args(argv[1:]) if argv[:1] == ["infer"] else build_parser().parse_args(argv)
         configure_logging(args.verbose)
         return run(args)

@@ -4,7 +4,12 @@ missing one, bring it back onto the input grid and scale, and write it.
 :class:`Synthesizer` is built once per run (settings in, weights loaded lazily and cached) and then
 works at three levels: :meth:`Synthesizer.process` (a discovered case, to a file),
 :meth:`Synthesizer.synthesize` (loaded volumes, to an array on their grid) and
-:meth:`Synthesizer.sample_images` (a model-space tensor, to a model-space tensor).
+:meth:`Synthesizer.predict` (a model-space tensor, to a model-space tensor). ``synthesize`` is
+:meth:`~Synthesizer.prepare`, :meth:`~Synthesizer.predict` and :meth:`~Synthesizer.restore` in turn.
+
+The method (``SynthesisSettings.method``) only changes the model-space prediction: ``diffusion`` samples
+the cWDM denoiser (:meth:`Synthesizer.sample_images`), ``linear`` and ``nearest`` are the baselines of
+:mod:`brasyn.baselines`. Preparation, geometry, intensity restoration and naming are shared.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from brasyn.bands import bands_to_image, image_to_bands
+from brasyn.baselines import BASELINE_METHODS, Baselines
 from brasyn.cases import Case
 from brasyn.diffusion import SAMPLERS, Diffusion
 from brasyn.errors import CaseError, WeightsError
@@ -32,9 +38,12 @@ from brasyn.runtime import case_generator, peak_memory_mib, reset_peak_memory
 from brasyn.volumes import Volume, check_same_grid, load_volume, write_volume
 from brasyn.weights import WeightStore
 
-__all__ = ["CaseResult", "SynthesisSettings", "Synthesizer"]
+__all__ = ["METHODS", "CaseResult", "SynthesisSettings", "Synthesizer"]
 
 log = logging.getLogger(__name__)
+
+METHODS = ("diffusion", *BASELINE_METHODS)
+"""How the missing contrast is predicted: the cWDM model, or one of the baselines."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +60,12 @@ class SynthesisSettings:
     """Run seed; each case's generator is derived from it and the case id."""
     progress: bool = True
     """Draw a progress bar per case on stderr."""
+    method: str = "diffusion"
+    """"diffusion" (the cWDM model), or the "linear" or "nearest" baseline (no model, no sampling)."""
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if not 1 <= self.steps <= 1000:
@@ -91,13 +104,30 @@ class Prepared:
 
 
 class Synthesizer:
-    """Synthesises missing contrasts with one checkpoint per target, loaded once and reused."""
+    """Synthesises missing contrasts with one checkpoint per target, loaded once and reused, or with a
+    baseline (``weights`` may then be ``None``; ``baselines`` defaults to the default ratios)."""
 
-    def __init__(self, weights: WeightStore, device: torch.device, settings: SynthesisSettings) -> None:
+    def __init__(
+        self,
+        weights: WeightStore | None,
+        device: torch.device,
+        settings: SynthesisSettings,
+        baselines: Baselines | None = None,
+    ) -> None:
+        if settings.method == "diffusion" and weights is None:
+            raise ValueError("the diffusion method needs a WeightStore")
         self.weights = weights
         self.device = device
         self.settings = settings
+        self.baselines = baselines or Baselines()
         self._diffusions: dict[tuple[int, str], Diffusion] = {}
+
+    @property
+    def source(self) -> str:
+        """Where the predictions come from, for messages."""
+        if self.settings.method == "diffusion":
+            return f"the weights ({self.weights.folder})"
+        return f"the {self.settings.method} baseline ({self.baselines.source})"
 
     # --- tensor level ------------------------------------------------------------------------
 
@@ -139,6 +169,26 @@ class Synthesizer:
         )
         return bands_to_image(bands).clamp_(0.0, 1.0)
 
+    def predict(
+        self,
+        images: torch.Tensor,
+        target: Modality,
+        generator: torch.Generator | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> torch.Tensor:
+        """(1, 3, D, H, W) [0, 1] conditions in model space to the (1, 1, D, H, W) [0, 1] target, by the
+        settings' method; WeightsError when its checkpoint or fit is missing."""
+        if self.settings.method == "diffusion":
+            return self.sample_images(images, target, generator, progress)
+        conditions = images[0].float().cpu().numpy()
+        return torch.from_numpy(self.baselines.predict(self.settings.method, conditions, target))[None, None]
+
+    def intensity_ratios(self, target: Modality) -> dict[Modality, float]:
+        """Per condition: the ratio p99.9(target) / p99.9(condition) that restores the input scale."""
+        if self.settings.method == "diffusion":
+            return self.weights.info(target).intensity_ratios
+        return self.baselines.ratios(target)
+
     # --- array level -------------------------------------------------------------------------
 
     def prepare(self, volumes: dict[Modality, Volume], target: Modality, case_id: str) -> Prepared:
@@ -169,14 +219,17 @@ class Synthesizer:
         generator = case_generator(self.settings.seed, case_id, self.device)
         images = torch.from_numpy(prepared.images)[None]
         try:
-            model_space = self.sample_images(images, target, generator, progress)
+            model_space = self.predict(images, target, generator, progress)[0, 0].float().cpu().numpy()
+            return self.restore(model_space, prepared, target), prepared, model_space
         except WeightsError as exc:
             raise CaseError(case_id, str(exc)) from exc
-        model_space_np = model_space[0, 0].float().cpu().numpy()
-        on_grid = restore_geometry(model_space_np, prepared.geometry)
-        ratios = {m.value: r for m, r in self.weights.info(target).intensity_ratios.items()}
+
+    def restore(self, model_space: np.ndarray, prepared: Prepared, target: Modality) -> np.ndarray:
+        """A (D, H, W) [0, 1] model-space target back on the grid and intensity scale of the inputs."""
+        on_grid = restore_geometry(model_space, prepared.geometry)
+        ratios = {m.value: r for m, r in self.intensity_ratios(target).items()}
         scale = estimate_scale({m.value: p for m, p in prepared.condition_percentiles.items()}, ratios)
-        return restore_intensity(on_grid, scale, prepared.brain), prepared, model_space_np
+        return restore_intensity(on_grid, scale, prepared.brain)
 
     # --- case level --------------------------------------------------------------------------
 
@@ -205,7 +258,7 @@ class Synthesizer:
         bar = None
         try:
             volumes = {m: load_volume(p, case.id) for m, p in case.conditions.items()}
-            if self.settings.progress:
+            if self.settings.progress and self.settings.method == "diffusion":
                 bar = tqdm(
                     total=self.steps_for(case.target),
                     desc=f"{case.id} {case.target}",
@@ -218,8 +271,7 @@ class Synthesizer:
             if not np.any(data):
                 raise CaseError(
                     case.id,
-                    "the synthetic image is empty (all voxels 0); check the inputs and the weights "
-                    f"({self.weights.folder})",
+                    f"the synthetic image is empty (all voxels 0); check the inputs and {self.source}",
                     case.files.values(),
                 )
             write_volume(data, prepared.reference, output, description=f"brasyn synthetic {case.target}")

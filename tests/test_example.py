@@ -19,3 +19,13 @@ def test_example_without_real_data_is_a_phantom_case_on_the_brats_grid(tmp_path)
     image = nib.load(next(iter(case.files.values())))
     assert image.shape == (240, 240, 155) and nib.aff2axcodes(image.affine) == ("L", "P", "S")
     assert image.get_fdata().any()
+
+
+def test_demo_command_synthesises_the_example_with_the_bundled_weights(tmp_path):
+    from brasyn.cli import main as cli_main
+
+    out = tmp_path / "demo"
+    assert cli_main(["demo", "--out", str(out), "--steps", "1", "--device", "cpu", "--no-progress"]) == 0
+    assert [p.name for p in (out / "output").iterdir()] == [f"{EXAMPLE_CASE}-t2f.nii.gz"]
+    image = nib.load(out / "output" / f"{EXAMPLE_CASE}-t2f.nii.gz")
+    assert image.shape == (240, 240, 155) and image.get_fdata().max() > 1

@@ -1,0 +1,337 @@
+"""Two simple ways to fill in a missing contrast, to measure the diffusion model against.
+
+Both work on the model-space images of the pipeline (each contrast reoriented, clipped to its 0.1 / 99.9 %
+quantiles and scaled to [0, 1] by :func:`brasyn.preprocess.normalise`) and go through the same
+preparation, geometry and intensity restoration as the diffusion model (``--method linear|nearest``), so
+only the model-space prediction differs. Neither needs a GPU or a checkpoint.
+
+- ``nearest``: the condition most like the target, as it is: t1n for t1c and back, t2w for t2f and back.
+- ``linear``: per target, ``bias + sum_c weight_c * c`` over the three conditions, clipped to [0, 1]; the
+  four numbers are least-squares fits over the brain voxels (any condition non-zero) of complete cases.
+
+``python -m brasyn.baselines fit --data DIR [--data DIR ...] --out WEIGHTS`` writes ``baselines.json``
+into a weights folder, beside (and independent of) ``manifest.json``::
+
+    {"format_version": 1,
+     "linear": {"t1n": {"weights": {"t1c": 0.4, "t2w": 0.1, "t2f": 0.3}, "bias": 0.02, "voxels": 9}, ...},
+     "intensity_ratios": {"t1n": {"t1c": 0.7, "t2w": 0.46, "t2f": 1.11}, ...},
+     "training_cases": ["BraTS-GLI-00001-000", ...],
+     "provenance": {"created": "...", "brasyn_version": "...", "data": ["..."]}}
+
+The intensity ratios (per target and condition: median over the training cases of
+p99.9(target) / p99.9(condition)) restore the input scale exactly as a checkpoint's ratios do. Without a
+``baselines.json``, ``nearest`` uses the default ratios of :mod:`brasyn.weights`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brasyn import __version__
+from brasyn.cases import Case, discover
+from brasyn.errors import BrasynError, CaseError, WeightsError
+from brasyn.intensity import high_percentile
+from brasyn.modalities import MODALITIES, Modality, conditions_for
+from brasyn.preprocess import brain_mask, normalise
+from brasyn.volumes import check_same_grid, load_volume
+from brasyn.weights import DEFAULT_INTENSITY_RATIOS, _parse_ratios, _write_atomic
+
+__all__ = [
+    "BASELINES_NAME",
+    "BASELINE_METHODS",
+    "NEAREST",
+    "Baselines",
+    "LinearFit",
+    "predict_linear",
+    "predict_nearest",
+    "fit_baselines",
+    "load_for",
+    "main",
+]
+
+log = logging.getLogger("brasyn.baselines")
+
+BASELINES_NAME = "baselines.json"
+BASELINE_METHODS = ("linear", "nearest")
+FORMAT_VERSION = 1
+NEAREST: dict[Modality, Modality] = {
+    Modality.T1N: Modality.T1C,
+    Modality.T1C: Modality.T1N,
+    Modality.T2W: Modality.T2F,
+    Modality.T2F: Modality.T2W,
+}
+"""The condition copied by ``nearest`` for each target: same weighting, with or without contrast agent /
+fluid suppression."""
+
+_HOW_TO_FIT = "create it with `python -m brasyn.baselines fit --data TRAINING_DIR --out {folder}`"
+
+
+@dataclass(frozen=True)
+class LinearFit:
+    """``target ~ bias + sum_c weights[c] * c`` on [0, 1] model-space intensities."""
+
+    weights: dict[Modality, float]
+    """One weight per condition contrast."""
+    bias: float
+    voxels: int = 0
+    """Brain voxels the fit was made on."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weights": {m.value: w for m, w in self.weights.items()},
+            "bias": self.bias,
+            "voxels": self.voxels,
+        }
+
+
+def predict_linear(images: np.ndarray, target: Modality, fit: LinearFit) -> np.ndarray:
+    """(3, D, H, W) conditions in :func:`conditions_for` order to the [0, 1] target (D, H, W)."""
+    out = np.full(images.shape[1:], fit.bias, dtype=np.float32)
+    for image, condition in zip(images, conditions_for(target), strict=True):
+        out += np.float32(fit.weights[condition]) * image
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def predict_nearest(images: np.ndarray, target: Modality) -> np.ndarray:
+    """(3, D, H, W) conditions in :func:`conditions_for` order to a copy of the one paired with ``target``."""
+    return np.array(images[conditions_for(target).index(NEAREST[target])], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """The contents of ``baselines.json``: linear fits and intensity ratios per target."""
+
+    linear: dict[Modality, LinearFit] = field(default_factory=dict)
+    """Targets with a linear fit; ``linear`` refuses the others."""
+    intensity_ratios: dict[Modality, dict[Modality, float]] = field(
+        default_factory=lambda: {t: dict(r) for t, r in DEFAULT_INTENSITY_RATIOS.items()}
+    )
+    """target -> condition -> median of p99.9(target) / p99.9(condition)."""
+    training_cases: tuple[str, ...] = ()
+    provenance: dict[str, Any] = field(default_factory=dict)
+    source: str = "the default intensity ratios (no baselines.json)"
+    """Where the numbers come from, for messages."""
+
+    def predict(self, method: str, images: np.ndarray, target: Modality) -> np.ndarray:
+        """The [0, 1] model-space target from the (3, D, H, W) conditions; WeightsError without a fit."""
+        target = Modality(target)
+        if method == "nearest":
+            return predict_nearest(images, target)
+        if method != "linear":
+            raise ValueError(f"unknown baseline {method!r}; choose one of {', '.join(BASELINE_METHODS)}")
+        if target not in self.linear:
+            raise WeightsError(f"{self.source} has no linear fit for target {target.value}")
+        return predict_linear(images, target, self.linear[target])
+
+    def ratios(self, target: Modality) -> dict[Modality, float]:
+        return self.intensity_ratios[Modality(target)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "linear": {t.value: self.linear[t].to_dict() for t in MODALITIES if t in self.linear},
+            "intensity_ratios": {
+                t.value: {c.value: r for c, r in self.intensity_ratios[t].items()} for t in MODALITIES
+            },
+            "training_cases": list(self.training_cases),
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> Baselines:
+        """Parse ``baselines.json``; ValueError says which field is wrong."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"it must hold a JSON object, not {type(data).__name__}")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"format_version is {data.get('format_version')!r}, expected {FORMAT_VERSION}")
+        linear_entries = data.get("linear") or {}
+        ratio_entries = data.get("intensity_ratios") or {}
+        if not isinstance(linear_entries, Mapping) or not isinstance(ratio_entries, Mapping):
+            raise ValueError("linear and intensity_ratios must be objects keyed by target contrast")
+        unknown = (set(linear_entries) | set(ratio_entries)) - {m.value for m in MODALITIES}
+        if unknown:
+            raise ValueError(f"unknown target contrast(s) {sorted(unknown)}")
+        linear = {}
+        for key, entry in linear_entries.items():
+            target = Modality(key)
+            try:
+                weights = {c: float(entry["weights"][c.value]) for c in conditions_for(target)}
+                fit = LinearFit(weights, float(entry["bias"]), int(entry.get("voxels", 0)))
+            except (KeyError, TypeError, ValueError) as e:
+                names = ", ".join(c.value for c in conditions_for(target))
+                raise ValueError(
+                    f"linear[{key!r}] needs 'weights' for {names} and a 'bias' ({type(e).__name__}: {e})"
+                ) from e
+            if not all(np.isfinite([*weights.values(), fit.bias])):
+                raise ValueError(f"linear[{key!r}] holds a value that is not finite")
+            linear[target] = fit
+        ratios = {t: _parse_ratios(t, ratio_entries.get(t.value)) for t in MODALITIES}
+        return cls(
+            linear=linear,
+            intensity_ratios=ratios,
+            training_cases=tuple(str(c) for c in data.get("training_cases") or ()),
+            provenance=dict(data.get("provenance") or {}),
+            source=source,
+        )
+
+    def save(self, folder: Path | str) -> Path:
+        """Write ``folder/baselines.json`` atomically; the rest of the folder is left alone."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / BASELINES_NAME
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+        return path
+
+    @classmethod
+    def load(cls, folder: Path | str) -> Baselines:
+        """Read ``folder/baselines.json``; WeightsError saying what to do when it is absent or invalid."""
+        path = Path(folder) / BASELINES_NAME
+        if not path.is_file():
+            raise WeightsError(
+                f"there is no {BASELINES_NAME} in {folder}; {_HOW_TO_FIT.format(folder=folder)}"
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls.from_dict(data, source=str(path))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+            raise WeightsError(
+                f"{path} cannot be used ({e}); fit it again: {_HOW_TO_FIT.format(folder=folder)}"
+            ) from e
+
+
+def load_for(method: str, folder: Path | str) -> Baselines:
+    """What ``method`` needs from a weights folder: ``linear`` its ``baselines.json``; ``nearest`` that
+    file when present (for its intensity ratios), else the defaults."""
+    if method not in BASELINE_METHODS:
+        raise ValueError(f"unknown baseline {method!r}; choose one of {', '.join(BASELINE_METHODS)}")
+    if method == "nearest" and not (Path(folder) / BASELINES_NAME).exists():
+        log.info("no %s in %s: restoring the intensity scale with the default ratios", BASELINES_NAME, folder)
+        return Baselines()
+    return Baselines.load(folder)
+
+
+# --- fitting ---------------------------------------------------------------------------------------
+
+
+def fit_baselines(
+    cases: Iterable[tuple[str, Mapping[Modality, np.ndarray]]], provenance: Mapping[str, Any] | None = None
+) -> Baselines:
+    """Linear fits and intensity ratios from complete cases, each ``(case id, {contrast: stored volume})``.
+
+    The cases are read one at a time, so the iterable may load them lazily. Each contrast is normalised as
+    the pipeline does; every target is fitted on the brain voxels of its own three conditions (the voxels
+    the pipeline keeps), accumulating the normal equations over all cases. ValueError without any case.
+    """
+    gram = {t: np.zeros((4, 4)) for t in MODALITIES}
+    moment = {t: np.zeros(4) for t in MODALITIES}
+    voxels = dict.fromkeys(MODALITIES, 0)
+    ratios: dict[Modality, dict[Modality, list[float]]] = {
+        t: {c: [] for c in conditions_for(t)} for t in MODALITIES
+    }
+    ids = []
+    for case_id, volumes in cases:
+        normalised = {m: normalise(volumes[m]) for m in MODALITIES}
+        percentile = {m: high_percentile(volumes[m]) for m in MODALITIES}
+        for target in MODALITIES:
+            order = conditions_for(target)
+            brain = brain_mask([volumes[m] for m in order])
+            design = np.ones((int(brain.sum()), 4))
+            for column, condition in enumerate(order):
+                design[:, column] = normalised[condition][brain]
+            gram[target] += design.T @ design
+            moment[target] += design.T @ normalised[target][brain].astype(np.float64)
+            voxels[target] += len(design)
+            for condition in order:
+                if percentile[target] > 0 and percentile[condition] > 0:
+                    ratios[target][condition].append(percentile[target] / percentile[condition])
+        ids.append(case_id)
+        log.info("%s: added to the fit", case_id)
+    if not ids:
+        raise ValueError("no complete case (all four contrasts) to fit the baselines on")
+    linear = {}
+    for target in MODALITIES:
+        solution = np.linalg.lstsq(gram[target], moment[target], rcond=None)[0]
+        weights = {c: float(w) for c, w in zip(conditions_for(target), solution[:3], strict=True)}
+        linear[target] = LinearFit(weights, float(solution[3]), voxels[target])
+    medians = {
+        t: {c: float(np.median(v)) if v else DEFAULT_INTENSITY_RATIOS[t][c] for c, v in r.items()}
+        for t, r in ratios.items()
+    }
+    return Baselines(linear, medians, tuple(ids), dict(provenance or {}), source="the fitted baselines")
+
+
+def _complete_cases(folders: Iterable[Path]) -> Iterator[tuple[str, dict[Modality, np.ndarray]]]:
+    """Every complete case under ``folders``, loaded and checked; others are skipped with a log line."""
+    for folder in folders:
+        for item in discover(folder):
+            if isinstance(item, CaseError):
+                log.warning("skipped %s: %s", item.case, item.message)
+                continue
+            if not _is_complete(item):
+                log.info("skipped %s: it has %d contrasts, fitting needs all four", item.id, len(item.files))
+                continue
+            try:
+                loaded = {m: load_volume(item.files[m], item.id) for m in MODALITIES}
+                check_same_grid({m.value: v for m, v in loaded.items()}, item.id)
+            except CaseError as e:
+                log.warning("skipped %s: %s", e.case, e.message)
+                continue
+            yield item.id, {m: v.data for m, v in loaded.items()}
+
+
+def _is_complete(case: Case) -> bool:
+    return all(m in case.files for m in MODALITIES)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m brasyn.baselines", description="Fit the linear and nearest-contrast baselines."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    fit = commands.add_parser("fit", help=f"fit on complete cases and write {BASELINES_NAME}")
+    fit.add_argument(
+        "--data", type=Path, action="append", required=True, help="folder of complete cases (repeatable)"
+    )
+    fit.add_argument("--out", type=Path, required=True, help=f"weights folder to write {BASELINES_NAME} into")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line; 0 on success, 2 when nothing could be fitted or written."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else 2
+    provenance = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "brasyn_version": __version__,
+        "command": "fit",
+        "data": [str(d) for d in args.data],
+    }
+    try:
+        baselines = fit_baselines(_complete_cases(args.data), provenance)
+        path = baselines.save(args.out)
+    except (BrasynError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{path}  ({len(baselines.training_cases)} cases)")
+    for target, fit in baselines.linear.items():
+        terms = " + ".join(f"{w:.3f}*{c.value}" for c, w in fit.weights.items())
+        print(f"{target.value} = {fit.bias:.3f} + {terms}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

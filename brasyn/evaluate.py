@@ -1,0 +1,551 @@
+"""Scoring synthetic contrasts against the real ones, and preparing the inputs for such a test.
+
+    python -m brasyn.evaluate drop --input TRUTH --output DIR [--seed 7] [--record FILE]
+    python -m brasyn.evaluate score --predictions DIR --truth TRUTH [--dropped FILE] [--json FILE]
+                                    [--device auto|cpu|cuda[:N]]
+
+``drop`` makes a test set the way the MedPerf preparation cube of the challenge does: ``random.seed(seed)``
+once, then for every case folder in sorted order ``random.choice(["t1c", "t1n", "t2f", "t2w"])`` is the
+contrast left out; the other three files are copied into ``OUTPUT/<case>/`` under their own names, and the
+mapping case -> dropped contrast is written as JSON outside ``OUTPUT`` (default: ``<OUTPUT>_dropped.json``
+beside it), where no container will see it.
+
+``score`` pairs every prediction (flat files such as ``BraTS-GLI-00001-000-t2f.nii.gz``,
+``TCGA-DU-7294_fla_bet.nii.gz`` or ``preprocessed_case-t1n.nii.gz``, or ``<case>/<file>`` sub-folders) with
+the truth case and contrast it names, whatever naming scheme the truth folder uses, and computes the
+challenge's scores (:mod:`brasyn.metrics`): SSIM, MSE and PSNR on percentile-normalised images, and
+SSIM inside / outside the tumour where the truth case holds a segmentation (``*seg*.nii.gz``). With
+``--dropped``, a dropped contrast without a prediction counts as a failed case.
+
+Exit status: 0 when everything could be done, 1 when any case could not be dropped or evaluated (the
+others still are; the log says which and why), 2 when the run cannot start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from brasyn import __version__
+from brasyn.cases import Case, discover
+from brasyn.errors import BrasynError, CaseError
+from brasyn.metrics import score as score_volumes
+from brasyn.modalities import (
+    MODALITIES,
+    AmbiguousNameError,
+    Modality,
+    is_annotation_name,
+    output_file_name,
+    parse_contrast_name,
+    split_nifti_extension,
+)
+from brasyn.runtime import select_device
+from brasyn.volumes import AFFINE_TOLERANCE_MM, Volume, load_volume
+
+__all__ = [
+    "DROP_CHOICES",
+    "DEFAULT_DROP_SEED",
+    "Pair",
+    "Row",
+    "drop_choices",
+    "pair_predictions",
+    "score_pair",
+    "main",
+]
+
+log = logging.getLogger("brasyn.evaluate")
+
+DROP_CHOICES = ("t1c", "t1n", "t2f", "t2w")
+"""The list the MedPerf preparation cube draws from, in its order (the order matters for the draw)."""
+DEFAULT_DROP_SEED = 7
+"""The MedPerf preparation cube's seed."""
+EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(BrasynError):
+    """The run cannot start: the message says why and what to do."""
+
+
+# --- drop ------------------------------------------------------------------------------------------
+
+
+def drop_choices(case_ids: Iterable[str], seed: int = DEFAULT_DROP_SEED) -> dict[str, Modality]:
+    """The contrast left out of each case: one ``choice`` per case, in the given order, from a generator
+    seeded once (the same draws as ``random.seed(seed)`` and ``random.choice``, without touching the
+    global generator)."""
+    rng = random.Random(seed)
+    return {case_id: Modality(rng.choice(DROP_CHOICES)) for case_id in case_ids}
+
+
+def drop(input_root: Path, output: Path, seed: int, record: Path) -> int:
+    """Copy every complete case of ``input_root`` into ``output`` less one random contrast."""
+    found = discover(input_root)
+    choices = drop_choices([item.id if isinstance(item, Case) else item.case for item in found], seed)
+    dropped: dict[str, str] = {}
+    failures = 0
+    for item in found:
+        if isinstance(item, CaseError):
+            log.error("[failed] %s: %s", item.case, item.message)
+            failures += 1
+            continue
+        absent = [m.value for m in MODALITIES if m not in item.files]
+        if absent:
+            log.error("[failed] %s: no %s; drop needs all four contrasts", item.id, ", ".join(absent))
+            failures += 1
+            continue
+        left_out = choices[item.id]
+        folder = output / item.id
+        folder.mkdir(parents=True)
+        for modality, path in item.files.items():
+            if modality is not left_out:
+                shutil.copyfile(path, folder / path.name)
+        dropped[item.id] = left_out.value
+        log.info("%s: dropped %s (%s)", item.id, left_out.value, item.files[left_out].name)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(dropped, indent=2) + "\n")
+    log.info(
+        "%d case(s) written to %s, %d failed; dropped contrasts in %s", len(dropped), output, failures, record
+    )
+    return EXIT_FAILED_CASES if failures else EXIT_OK
+
+
+# --- pairing predictions with the truth ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A prediction and the real image of the same case and contrast."""
+
+    case: str
+    contrast: Modality
+    prediction: Path
+    truth: Path
+    segmentation: Path | None = None
+    """The truth case's tumour segmentation, when it has exactly one."""
+
+
+def _key(name: str) -> str:
+    """A file name without its NIfTI extension, case-folded: ``.nii`` and ``.nii.gz`` name the same image."""
+    split = split_nifti_extension(name)
+    return (split[0] if split else name).casefold()
+
+
+def _names_of(case: Case) -> dict[Modality, str]:
+    """The names a prediction of each of the case's contrasts may carry: as brasyn names it from the other
+    three files (naming ``input`` and ``brats2023``), and the truth file's own name when it has a prefix."""
+    parsed = {m: parse_contrast_name(p.name, case.id) for m, p in case.files.items()}
+    names: dict[Modality, list[str]] = {}
+    for modality in case.files:
+        others = [n for m, n in parsed.items() if m is not modality and n is not None]
+        candidates = [
+            output_file_name(case.id, modality, others, naming) for naming in ("input", "brats2023")
+        ]
+        if parsed[modality] is not None and parsed[modality].prefix:
+            candidates.append(case.files[modality].name)
+        names[modality] = candidates
+    return {name: m for m, candidates in names.items() for name in candidates}
+
+
+def _truth_index(cases: list[Case]) -> dict[str, tuple[Case, Modality] | None]:
+    """Prediction name key -> (case, contrast); ``None`` for a key that two truth images share."""
+    index: dict[str, tuple[Case, Modality] | None] = {}
+    for case in cases:
+        for name, modality in _names_of(case).items():
+            key = _key(name)
+            if key in index and index[key] is not None and index[key] != (case, modality):
+                index[key] = None
+            else:
+                index.setdefault(key, (case, modality))
+    return index
+
+
+def _by_case_id(
+    name: str, case_id: str | None, cases: Mapping[str, Case | CaseError]
+) -> tuple[Case, Modality] | CaseError | None:
+    """The truth case a prediction belongs to by its case id (the sub-folder it lies in, else the longest
+    case id its name starts with), and its contrast by its name."""
+    stem = _key(name)
+    if case_id is None:
+        for candidate in sorted(cases, key=len, reverse=True):
+            folded = candidate.casefold()
+            if stem.startswith(folded) and len(stem) > len(folded) and stem[len(folded)] in "-_.":
+                case_id = candidate
+                break
+    folded_ids = {c.casefold(): c for c in cases}
+    if case_id is None or case_id.casefold() not in folded_ids:
+        return None
+    truth = cases[folded_ids[case_id.casefold()]]
+    if isinstance(truth, CaseError):
+        return CaseError(truth.case, f"the truth case cannot be used: {truth.message}", truth.files)
+    parsed = parse_contrast_name(name, truth.id)
+    if parsed is None:
+        return CaseError(truth.id, f"{name}: no contrast name (t1n, t1c, t2w, t2f or an alias) in it")
+    return truth, parsed.modality
+
+
+def _prediction_files(root: Path) -> list[tuple[Path, str | None]]:
+    """NIfTI files in ``root`` and its sub-folders (one level), each with the sub-folder's name."""
+    found: list[tuple[Path, str | None]] = []
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            continue
+        inner = sorted(entry.iterdir(), key=lambda p: p.name) if entry.is_dir() else [entry]
+        for path in inner:
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            if split_nifti_extension(path.name) is None:
+                log.warning("ignored %s: not a NIfTI image", path)
+            elif is_annotation_name(path.name):
+                log.debug("ignored %s: a segmentation or mask", path)
+            else:
+                found.append((path, entry.name if entry.is_dir() else None))
+    return found
+
+
+_SEGMENTATION_TOKENS = {"seg", "segmentation"}
+
+
+def _segmentation(folder: Path) -> Path | None:
+    """The one tumour segmentation (``<case>-seg.nii.gz``, ``..._seg.nii``) in a truth case folder."""
+    hits = []
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        split = split_nifti_extension(path.name)
+        if split and path.is_file() and _SEGMENTATION_TOKENS & set(re.split(r"[-_.]", split[0].lower())):
+            hits.append(path)
+    if len(hits) > 1:
+        log.warning(
+            "%s: several segmentations (%s); no tumour scores", folder.name, ", ".join(p.name for p in hits)
+        )
+    return hits[0] if len(hits) == 1 else None
+
+
+def pair_predictions(predictions: Path, truth: Path) -> tuple[list[Pair], list[CaseError]]:
+    """Every prediction in ``predictions`` paired with its truth image, and a CaseError for each that
+    cannot be (no such case or contrast in the truth, a name that says neither, two for one image)."""
+    found = discover(truth)
+    cases = {item.id if isinstance(item, Case) else item.case: item for item in found}
+    good = [item for item in found if isinstance(item, Case)]
+    index = _truth_index(good)
+    pairs: dict[tuple[str, Modality], list[Pair]] = {}
+    errors: list[CaseError] = []
+    for path, folder in _prediction_files(predictions):
+        label = f"{folder}/{path.name}" if folder else path.name
+        try:
+            match = _by_case_id(path.name, folder, cases) if folder else index.get(_key(path.name))
+            if match is None and folder is None:
+                match = _by_case_id(path.name, None, cases)
+        except AmbiguousNameError as e:
+            errors.append(CaseError(folder or path.name, f"{label}: {e}", [path]))
+            continue
+        if isinstance(match, CaseError):
+            errors.append(CaseError(match.case, f"{label}: {match.message}", [path, *match.files]))
+            continue
+        if match is None:
+            errors.append(
+                CaseError(
+                    folder or _key(path.name),
+                    f"no case in the truth folder {truth} matches the prediction {label}; name it "
+                    "<case>-<contrast>.nii.gz after a case folder of the truth",
+                    [path],
+                )
+            )
+            continue
+        case, contrast = match
+        if contrast not in case.files:
+            errors.append(
+                CaseError(case.id, f"the truth case has no {contrast.value} to compare {label} with", [path])
+            )
+            continue
+        pair = Pair(case.id, contrast, path, case.files[contrast], _segmentation(case.folder))
+        pairs.setdefault((case.id, contrast), []).append(pair)
+    result = []
+    for (case_id, contrast), candidates in pairs.items():
+        if len(candidates) > 1:
+            names = ", ".join(str(p.prediction) for p in candidates)
+            errors.append(
+                CaseError(
+                    case_id, f"{len(candidates)} predictions of its {contrast.value}: {names}; keep one"
+                )
+            )
+        else:
+            result.append(candidates[0])
+    return sorted(result, key=lambda p: (p.case, MODALITIES.index(p.contrast))), errors
+
+
+# --- scoring one pair ------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the evaluation report."""
+
+    case: str
+    contrast: str | None
+    status: str
+    """"scored" or "failed"."""
+    prediction: str | None = None
+    truth: str | None = None
+    segmentation: str | None = None
+    ssim: float | None = None
+    ssim_tumour: float | None = None
+    ssim_non_tumour: float | None = None
+    mse: float | None = None
+    psnr: float | None = None
+    seconds: float = 0.0
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()
+        }
+
+
+def _check_grid(prediction: Volume, truth: Volume, case: str) -> None:
+    if prediction.shape != truth.shape:
+        raise CaseError(
+            case,
+            f"the prediction {prediction.path.name} has shape {prediction.shape} but the truth "
+            f"{truth.path.name} has {truth.shape}; a prediction must be written on the grid of its case",
+            [prediction.path, truth.path],
+        )
+    diff = float(np.max(np.abs(prediction.affine - truth.affine)))
+    if diff > AFFINE_TOLERANCE_MM:
+        raise CaseError(
+            case,
+            f"the prediction {prediction.path.name} and the truth {truth.path.name} have different affines "
+            f"(up to {diff:.4g} mm apart); a prediction must be written on the grid of its case",
+            [prediction.path, truth.path],
+        )
+
+
+def _tumour_mask(path: Path, shape: tuple[int, ...], case: str) -> np.ndarray | None:
+    try:
+        mask = np.asanyarray(nib.load(str(path)).dataobj) > 0
+    except Exception as e:
+        log.warning("%s: the segmentation %s cannot be read (%s); no tumour scores", case, path.name, e)
+        return None
+    if mask.shape != shape:
+        log.warning(
+            "%s: the segmentation %s has shape %s, not %s; no tumour scores",
+            case,
+            path.name,
+            mask.shape,
+            shape,
+        )
+        return None
+    return mask
+
+
+def score_pair(pair: Pair, device: torch.device | str = "cpu") -> Row:
+    """Load, check and score one pair; a problem of the files becomes a failed row, never an exception."""
+    start = time.perf_counter()
+    row = Row(pair.case, pair.contrast.value, "failed", str(pair.prediction), str(pair.truth))
+    try:
+        truth = load_volume(pair.truth, pair.case)
+        prediction = load_volume(pair.prediction, pair.case)
+        _check_grid(prediction, truth, pair.case)
+    except CaseError as e:
+        row.message = e.message
+        return row
+    mask = None
+    if pair.segmentation is not None:
+        mask = _tumour_mask(pair.segmentation, truth.shape, pair.case)
+        row.segmentation = str(pair.segmentation) if mask is not None else None
+    try:
+        scores = score_volumes(prediction.data, truth.data, mask, device)
+    except (ValueError, RuntimeError) as e:
+        row.message = f"{pair.prediction.name} cannot be scored: {e}"
+        return row
+    for key, value in scores.items():
+        setattr(row, key, value)
+    row.status = "scored"
+    row.seconds = round(time.perf_counter() - start, 3)
+    return row
+
+
+# --- score: the command ----------------------------------------------------------------------------
+
+
+def _read_dropped(path: Path) -> dict[str, Modality]:
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("it must map case ids to contrasts")
+        return {str(case): Modality(contrast) for case, contrast in data.items()}
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot use the dropped-contrast record {path}: {e}") from e
+
+
+def _summary(rows: list[Row]) -> dict[str, Any]:
+    scored = [r for r in rows if r.status == "scored"]
+    summary: dict[str, Any] = {"scored": len(scored), "failed": len(rows) - len(scored)}
+    groups = {"all": scored, **{m.value: [r for r in scored if r.contrast == m.value] for m in MODALITIES}}
+    for name, group in groups.items():
+        if not group:
+            continue
+        entry: dict[str, Any] = {"n": len(group)}
+        for key in ("ssim", "ssim_tumour", "ssim_non_tumour", "mse", "psnr"):
+            values = [getattr(r, key) for r in group if getattr(r, key) is not None]
+            values = [v for v in values if math.isfinite(v)]
+            if values:
+                entry[key] = float(np.mean(values))
+        summary[name] = entry
+    return summary
+
+
+def _format(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _table(rows: list[Row], summary: dict[str, Any]) -> str:
+    lines = [("case", "contrast", "ssim", "tumour", "non-tumour", "psnr", "status")]
+    for r in rows:
+        values = (r.ssim, r.ssim_tumour, r.ssim_non_tumour)
+        lines.append((r.case, r.contrast or "-", *map(_format, values), _format(r.psnr, 2), r.status))
+    for name in ("all", *(m.value for m in MODALITIES)):
+        if name in summary:
+            s = summary[name]
+            values = (s.get("ssim"), s.get("ssim_tumour"), s.get("ssim_non_tumour"))
+            lines.append((f"mean (n={s['n']})", name, *map(_format, values), _format(s.get("psnr"), 2), ""))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _score_device(spec: str) -> torch.device:
+    if spec.strip().lower() == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")  # SSIM is cheap on the CPU: no warning needed
+    try:
+        return select_device(spec)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
+def score(args: argparse.Namespace) -> int:
+    for name, folder in (("predictions", args.predictions), ("truth", args.truth)):
+        if not folder.is_dir():
+            raise UsageError(f"the {name} folder {folder} does not exist or is not a folder")
+    if args.json is not None and _inside(args.json, args.predictions):
+        raise UsageError(f"--json {args.json} lies inside the predictions folder; put it elsewhere")
+    dropped = _read_dropped(args.dropped) if args.dropped else None
+    device = _score_device(args.device)
+    pairs, errors = pair_predictions(args.predictions, args.truth)
+    rows = [Row(e.case, None, "failed", message=e.message) for e in errors]
+    if dropped is not None:
+        have = {(p.case, p.contrast) for p in pairs} | {(e.case, None) for e in errors}
+        for case, contrast in dropped.items():
+            if (case, contrast) not in have and (case, None) not in have:
+                rows.append(
+                    Row(case, contrast.value, "failed", message=f"no prediction of its dropped {contrast}")
+                )
+    log.info("%d prediction(s) to score on %s", len(pairs), device)
+    for pair in pairs:
+        row = score_pair(pair, device)
+        rows.append(row)
+        if row.status == "scored":
+            log.info("%s %s: SSIM %.4f (%.1f s)", row.case, row.contrast, row.ssim, row.seconds)
+    for row in rows:
+        if row.status == "failed":
+            log.error("[failed] %s: %s", row.case, row.message)
+    rows.sort(key=lambda r: (r.case, r.contrast or ""))
+    summary = _summary(rows)
+    print(_table(rows, summary))
+    if args.json is not None:
+        report = {
+            "brasyn_version": __version__,
+            "predictions": str(args.predictions),
+            "truth": str(args.truth),
+            "device": str(device),
+            "metric": "torchmetrics StructuralSimilarityIndexMeasure (defaults) on each image clipped to its "
+            "0.5/99.5 percentiles and scaled to [0, 1]; MSE and PSNR on the same images",
+            "summary": summary,
+            "cases": [r.to_dict() for r in rows],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return EXIT_FAILED_CASES if summary["failed"] else EXIT_OK
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def _drop_command(args: argparse.Namespace) -> int:
+    if not args.input.is_dir():
+        raise UsageError(f"the input folder {args.input} does not exist or is not a folder")
+    if _inside(args.output, args.input) or _inside(args.input, args.output):
+        raise UsageError(f"the output folder {args.output} and the input folder {args.input} must not nest")
+    record = args.record or args.output.parent / f"{args.output.name}_dropped.json"
+    if _inside(record, args.output):
+        raise UsageError(
+            f"the record {record} lies inside the output folder, where the container would see the answer; "
+            "put it elsewhere"
+        )
+    if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
+        raise UsageError(f"the output folder {args.output} is not empty; give a new or empty folder")
+    args.output.mkdir(parents=True, exist_ok=True)
+    return drop(args.input, args.output, args.seed, record)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m brasyn.evaluate", description="Make a test set and score synthetic contrasts."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    d = commands.add_parser("drop", help="copy complete cases less one random contrast each (MedPerf style)")
+    d.add_argument("--input", type=Path, required=True, help="folder of complete cases")
+    d.add_argument("--output", type=Path, required=True, help="new folder for the three-contrast cases")
+    d.add_argument("--seed", type=int, default=DEFAULT_DROP_SEED, help="default 7, as the MedPerf cube")
+    d.add_argument(
+        "--record", type=Path, help="JSON case -> dropped contrast (default: <OUTPUT>_dropped.json)"
+    )
+    s = commands.add_parser("score", help="score predictions against the real images")
+    s.add_argument("--predictions", type=Path, required=True, help="folder of synthetic images")
+    s.add_argument("--truth", type=Path, required=True, help="folder of complete cases (the real images)")
+    s.add_argument("--dropped", type=Path, help="record written by drop: a missing prediction then fails")
+    s.add_argument("--json", type=Path, help="write the scores here as JSON (outside the predictions folder)")
+    s.add_argument("--device", default="auto", help="auto (GPU if any, else CPU), cpu, cuda, cuda:N")
+    for sub in (d, s):
+        sub.add_argument("-v", "--verbose", action="store_true", help="debug log")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # argparse has printed its message
+        return EXIT_OK if e.code in (0, None) else EXIT_USAGE
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return _drop_command(args) if args.command == "drop" else score(args)
+    except BrasynError as e:
+        log.error("%s", e)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

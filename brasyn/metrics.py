@@ -1,0 +1,123 @@
+"""The BraSyn challenge's image-similarity scores, on arrays: no files, no command line.
+
+The organisers score a synthetic contrast against the real one (hongweilibran/BraSyn, ``ssim.py``):
+
+1. each image is normalised on its own: clipped to its 0.5 / 99.5 % percentiles, the lower bound raised to
+   0 when it is negative, and scaled to [0, 1] (for any image with a background this is min-max scaling
+   of the clipped image);
+2. SSIM is torchmetrics' ``StructuralSimilarityIndexMeasure`` with its default settings (Gaussian window
+   11 voxels wide, sigma 1.5, data range taken from the images, reflection padding) on the whole 3-D
+   volume, as a (1, 1, X, Y, Z) batch;
+3. from 2024 on, also split by the tumour segmentation: both images are multiplied by the region's mask,
+   SSIM is computed on the whole masked volume and its map averaged over the region's voxels only.
+
+MSE and PSNR (data range 1) are computed on the same normalised images, over the whole volume.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["PERCENTILES", "mse", "percentile_normalise", "psnr", "score", "ssim", "ssim_regions"]
+
+PERCENTILES = (0.5, 99.5)
+"""Clipping percentiles of the challenge's normalisation."""
+
+
+def percentile_normalise(volume: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """``volume`` clipped to its ``low`` / ``high`` percentiles (lower bound at least 0), scaled to [0, 1].
+
+    An image whose two percentiles coincide (constant, or nearly all background) becomes all zeros,
+    where the organisers' script would divide by zero.
+    """
+    data = np.asarray(volume, dtype=np.float64)
+    lo, hi = np.percentile(data, [low, high])
+    lo = max(float(lo), 0.0)
+    if hi <= lo:
+        return np.zeros(data.shape, dtype=np.float32)
+    return ((np.clip(data, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def _batch(volume: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """A 3-D array as the (1, 1, X, Y, Z) float32 tensor torchmetrics expects."""
+    if np.ndim(volume) != 3:
+        raise ValueError(f"expected a 3-D volume, got shape {np.shape(volume)}")
+    return torch.as_tensor(np.asarray(volume, dtype=np.float32), device=device)[None, None]
+
+
+def _check_pair(prediction: np.ndarray, truth: np.ndarray) -> None:
+    if np.shape(prediction) != np.shape(truth):
+        raise ValueError(
+            f"prediction shape {np.shape(prediction)} differs from truth shape {np.shape(truth)}"
+        )
+
+
+def ssim(prediction: np.ndarray, truth: np.ndarray, device: torch.device | str = "cpu") -> float:
+    """SSIM of two 3-D volumes (already normalised), torchmetrics defaults."""
+    from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+    _check_pair(prediction, truth)
+    metric = StructuralSimilarityIndexMeasure().to(device)
+    return float(metric(_batch(prediction, device), _batch(truth, device)))
+
+
+def ssim_regions(
+    prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray, device: torch.device | str = "cpu"
+) -> tuple[float | None, float | None]:
+    """(SSIM inside ``mask``, SSIM outside it) the 2024 way; ``None`` for a region without voxels."""
+    from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+    _check_pair(prediction, truth)
+    _check_pair(mask, truth)
+    inside = torch.as_tensor(np.asarray(mask) > 0, device=device)[None, None]
+    pred, true = _batch(prediction, device), _batch(truth, device)
+    scores: list[float | None] = []
+    for region in (inside, ~inside):
+        if not bool(region.any()):
+            scores.append(None)
+            continue
+        weight = region.to(torch.float32)
+        metric = StructuralSimilarityIndexMeasure(return_full_image=True).to(device)
+        _, full = metric(pred * weight, true * weight)
+        scores.append(float(full[region].mean()))
+    return scores[0], scores[1]
+
+
+def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Mean squared difference over the whole volume."""
+    _check_pair(prediction, truth)
+    difference = np.asarray(prediction, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
+    return float(np.mean(difference**2))
+
+
+def psnr(prediction: np.ndarray, truth: np.ndarray, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB; ``inf`` for identical images."""
+    error = mse(prediction, truth)
+    return math.inf if error == 0 else 10.0 * math.log10(data_range**2 / error)
+
+
+def score(
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    tumour: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Every score of one synthetic volume against its truth, both on their own intensity scale.
+
+    Returns ``ssim``, ``mse`` and ``psnr``, plus ``ssim_tumour`` and ``ssim_non_tumour`` when a tumour
+    mask (non-zero inside) is given.
+    """
+    _check_pair(prediction, truth)
+    pred, true = percentile_normalise(prediction), percentile_normalise(truth)
+    result: dict[str, Any] = {
+        "ssim": ssim(pred, true, device),
+        "mse": mse(pred, true),
+        "psnr": psnr(pred, true),
+    }
+    if tumour is not None:
+        result["ssim_tumour"], result["ssim_non_tumour"] = ssim_regions(pred, true, tumour, device)
+    return result

@@ -1,0 +1,258 @@
+"""Making a test set (drop) and scoring predictions against the real images (score)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brasyn.evaluate import drop_choices, main, pair_predictions
+from tests.helpers import BRATS_AFFINE, make_case, phantom, save_nifti
+
+SHAPE = (24, 24, 20)
+ALL = ("t1n", "t1c", "t2w", "t2f")
+
+
+def _placeholders(root: Path, case_id: str, *names: str) -> Path:
+    """A case folder of empty files: pairing and dropping read names only."""
+    folder = root / case_id
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(name.encode())
+    return folder
+
+
+def _brats(root: Path, case_id: str) -> Path:
+    return _placeholders(root, case_id, *(f"{case_id}-{m}.nii.gz" for m in ALL))
+
+
+# --- drop --------------------------------------------------------------------------------------------
+
+
+def test_drop_leaves_out_what_the_medperf_cube_draws(tmp_path):
+    ids = [f"BraTS-GLI-{i:05d}-000" for i in (7, 3, 12, 1, 5)]
+    for case_id in ids:
+        _brats(tmp_path / "truth", case_id)
+    random.seed(7)
+    expected = {case_id: random.choice(["t1c", "t1n", "t2f", "t2w"]) for case_id in sorted(ids)}
+
+    assert main(["drop", "--input", str(tmp_path / "truth"), "--output", str(tmp_path / "test")]) == 0
+    record = json.loads((tmp_path / "test_dropped.json").read_text())
+    assert record == expected
+    assert list(record) == sorted(ids)
+    for case_id, dropped in expected.items():
+        kept = sorted(p.name for p in (tmp_path / "test" / case_id).iterdir())
+        assert kept == sorted(f"{case_id}-{m}.nii.gz" for m in ALL if m != dropped)
+        for name in kept:
+            assert (tmp_path / "test" / case_id / name).read_bytes() == name.encode()
+    assert sorted(p.name for p in (tmp_path / "test").iterdir()) == sorted(ids)
+
+
+def test_drop_choices_follow_the_seed_without_touching_the_global_generator():
+    random.seed(123)
+    state = random.getstate()
+    first = drop_choices(["a", "b", "c", "d", "e", "f"], seed=3)
+    assert random.getstate() == state
+    random.seed(3)
+    assert [m.value for m in first.values()] == [
+        random.choice(["t1c", "t1n", "t2f", "t2w"]) for _ in range(6)
+    ]
+    assert drop_choices(["a", "b", "c", "d", "e", "f"], seed=3) == first
+
+
+def test_drop_fails_an_incomplete_case_but_keeps_the_draw_of_the_others(tmp_path):
+    for case_id in ("A", "C"):
+        _brats(tmp_path / "truth", case_id)
+    _placeholders(tmp_path / "truth", "B", "B-t1n.nii.gz", "B-t1c.nii.gz", "B-t2w.nii.gz")
+    record = tmp_path / "elsewhere" / "record.json"
+    args = ["drop", "--input", str(tmp_path / "truth"), "--output", str(tmp_path / "out"), "--seed", "11"]
+    assert main([*args, "--record", str(record)]) == 1
+    draw = drop_choices(["A", "B", "C"], seed=11)
+    assert json.loads(record.read_text()) == {"A": draw["A"].value, "C": draw["C"].value}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["A", "C"]
+
+
+def test_drop_refuses_to_hide_the_answer_in_the_output_or_mix_with_old_files(tmp_path, caplog):
+    _brats(tmp_path / "truth", "A")
+    base = ["drop", "--input", str(tmp_path / "truth"), "--output", str(tmp_path / "out")]
+    assert main([*base, "--record", str(tmp_path / "out" / "record.json")]) == 2
+    assert "where the container would see the answer" in caplog.text
+    (tmp_path / "out").mkdir(exist_ok=True)
+    (tmp_path / "out" / "old.txt").touch()
+    assert main(base) == 2
+    assert "is not empty" in caplog.text
+    assert main(["drop", "--input", str(tmp_path / "truth"), "--output", str(tmp_path / "truth" / "x")]) == 2
+
+
+# --- pairing -----------------------------------------------------------------------------------------
+
+
+def test_predictions_pair_with_their_truth_whatever_the_naming_scheme(tmp_path):
+    truth, predictions = tmp_path / "truth", tmp_path / "pred"
+    _brats(truth, "BraTS-GLI-00001-000")
+    (truth / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-seg.nii.gz").touch()
+    _placeholders(
+        truth, "BraTS2021_00002", *(f"BraTS2021_00002_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair"))
+    )
+    _placeholders(
+        truth, "TCGA-XX-0001", *(f"TCGA-XX-0001_{m}_bet.nii.gz" for m in ("t1", "t1c", "t2", "fla"))
+    )
+    _placeholders(truth, "bare_case", "T1.nii.gz", "T1c.nii.gz", "T2.nii.gz", "Flair.nii.gz")
+    names = {
+        "BraTS-GLI-00001-000-t2f.nii.gz": ("BraTS-GLI-00001-000", "t2f", "BraTS-GLI-00001-000-t2f.nii.gz"),
+        "BraTS2021_00002_t1ce.nii": ("BraTS2021_00002", "t1c", "BraTS2021_00002_t1ce.nii.gz"),
+        "TCGA-XX-0001_fla_bet.nii.gz": ("TCGA-XX-0001", "t2f", "TCGA-XX-0001_fla_bet.nii.gz"),
+        "TCGA-XX-0001-t2w.nii.gz": ("TCGA-XX-0001", "t2w", "TCGA-XX-0001_t2_bet.nii.gz"),
+        "bare_case-t1n.nii.gz": ("bare_case", "t1n", "T1.nii.gz"),
+    }
+    predictions.mkdir()
+    for name in names:
+        (predictions / name).touch()
+    _placeholders(predictions, "BraTS2021_00002", "t2w.nii.gz")  # <case>/<file> layout
+    (predictions / "notes.txt").touch()
+
+    pairs, errors = pair_predictions(predictions, truth)
+    assert errors == []
+    found = {(p.prediction.relative_to(predictions).as_posix()): p for p in pairs}
+    assert set(found) == {*names, "BraTS2021_00002/t2w.nii.gz"}
+    for name, (case, contrast, truth_name) in names.items():
+        assert (found[name].case, found[name].contrast.value, found[name].truth.name) == (
+            case,
+            contrast,
+            truth_name,
+        )
+    assert found["BraTS2021_00002/t2w.nii.gz"].truth.name == "BraTS2021_00002_t2.nii.gz"
+    assert found["BraTS-GLI-00001-000-t2f.nii.gz"].segmentation.name == "BraTS-GLI-00001-000-seg.nii.gz"
+    assert found["bare_case-t1n.nii.gz"].segmentation is None
+
+
+def test_unmatched_and_duplicated_predictions_are_case_errors(tmp_path):
+    truth, predictions = tmp_path / "truth", tmp_path / "pred"
+    _brats(truth, "BraTS-GLI-00001-000")
+    _placeholders(
+        truth, "BraTS-GLI-00002-000", "BraTS-GLI-00002-000-t1n.nii.gz", "BraTS-GLI-00002-000-t1c.nii.gz"
+    )
+    _placeholders(
+        predictions,
+        ".",
+        "BraTS-GLI-00009-000-t1n.nii.gz",
+        "BraTS-GLI-00001-000-t1n.nii.gz",
+        "BraTS-GLI-00001-000-t1n.nii",
+        "BraTS-GLI-00002-000-t2w.nii.gz",
+    )
+    pairs, errors = pair_predictions(predictions, truth)
+    assert pairs == []
+    messages = {e.case: e.message for e in errors}
+    assert "no case in the truth folder" in messages["brats-gli-00009-000-t1n"]
+    assert "2 predictions of its t1n" in messages["BraTS-GLI-00001-000"]
+    assert "the truth case cannot be used" in messages["BraTS-GLI-00002-000"]
+
+
+def test_brasyn_output_names_of_the_real_cases_pair_with_their_truth(shared_dir, tmp_path):
+    expected = {
+        "BraTS-GLI-00001-000-t2f.nii.gz": "BraTS-GLI-00001-000-t2f.nii.gz",
+        "BraTS-MET-00110-000-t1c.nii.gz": "BraTS-MET-00110-000-t1c.nii.gz",
+        "TCGA-DU-7294_t1c_bet.nii.gz": "TCGA-DU-7294_t1c_bet.nii.gz",
+        "TCGA-DU-7294-t2w.nii.gz": "TCGA-DU-7294_t2_bet.nii.gz",
+        "preprocessed_case-t1n.nii.gz": "t1n.nii.gz",
+    }
+    _placeholders(tmp_path, "pred", *expected)
+    pairs, errors = pair_predictions(tmp_path / "pred", shared_dir / "data" / "real")
+    assert errors == []
+    assert {p.prediction.name: p.truth.name for p in pairs} == expected
+
+
+# --- score -------------------------------------------------------------------------------------------
+
+
+def _truth_and_predictions(tmp_path: Path) -> tuple[Path, Path]:
+    truth, predictions = tmp_path / "truth", tmp_path / "pred"
+    make_case(truth, "BraTS-GLI-00001-000", ALL, shape=SHAPE, seed=1)
+    make_case(truth, "BraTS-GLI-00002-000", ALL, shape=SHAPE, seed=5)
+    save_nifti(
+        truth / "BraTS-GLI-00002-000" / "BraTS-GLI-00002-000-seg.nii.gz",
+        (phantom(SHAPE, seed=9) > 500).astype(np.uint8),
+    )
+    predictions.mkdir()
+    # a perfect prediction on another intensity scale, and a noisy one
+    perfect = phantom(SHAPE, seed=1 + 3, scale=200.0 * 4) * 0.01
+    save_nifti(predictions / "BraTS-GLI-00001-000-t2f.nii.gz", perfect)
+    rng = np.random.default_rng(0)
+    noisy = phantom(SHAPE, seed=5, scale=200.0) + rng.normal(0, 40, SHAPE).astype(np.float32)
+    save_nifti(predictions / "BraTS-GLI-00002-000-t1n.nii.gz", noisy)
+    return truth, predictions
+
+
+def test_score_reports_each_case_and_the_means(tmp_path, capsys):
+    truth, predictions = _truth_and_predictions(tmp_path)
+    report = tmp_path / "scores.json"
+    args = ["score", "--predictions", str(predictions), "--truth", str(truth), "--device", "cpu"]
+    assert main([*args, "--json", str(report)]) == 0
+    table = capsys.readouterr().out
+    assert "BraTS-GLI-00001-000  t2f" in table and "mean (n=2)" in table
+    data = json.loads(report.read_text())
+    rows = {row["case"]: row for row in data["cases"]}
+    assert rows["BraTS-GLI-00001-000"]["ssim"] == pytest.approx(1.0, abs=1e-5)
+    assert rows["BraTS-GLI-00001-000"]["psnr"] > 100  # the same image after normalisation
+    assert rows["BraTS-GLI-00001-000"]["ssim_tumour"] is None
+    noisy = rows["BraTS-GLI-00002-000"]
+    assert 0 < noisy["ssim"] < 0.95 and noisy["psnr"] > 0
+    assert noisy["ssim_tumour"] is not None and noisy["ssim_non_tumour"] is not None
+    assert noisy["segmentation"].endswith("BraTS-GLI-00002-000-seg.nii.gz")
+    assert data["summary"]["all"]["ssim"] == pytest.approx((1.0 + noisy["ssim"]) / 2, abs=1e-5)
+    assert data["summary"]["t1n"]["n"] == 1 and data["summary"]["failed"] == 0
+
+
+def test_score_fails_cases_it_cannot_evaluate_and_still_scores_the_rest(tmp_path, caplog):
+    truth, predictions = _truth_and_predictions(tmp_path)
+    make_case(truth, "BraTS-GLI-00003-000", ALL, shape=SHAPE, seed=7)
+    save_nifti(predictions / "BraTS-GLI-00003-000-t1c.nii.gz", phantom((24, 24, 16)))
+    shifted = BRATS_AFFINE.copy()
+    shifted[0, 3] = 5.0
+    save_nifti(predictions / "BraTS-GLI-00002-000-t1n.nii.gz", phantom(SHAPE), shifted)
+    save_nifti(predictions / "BraTS-GLI-00404-000-t1n.nii.gz", phantom(SHAPE))
+    dropped = tmp_path / "dropped.json"
+    dropped.write_text(json.dumps({"BraTS-GLI-00001-000": "t2f", "BraTS-GLI-00004-000": "t2w"}))
+    report = tmp_path / "scores.json"
+    args = ["score", "--predictions", str(predictions), "--truth", str(truth), "--device", "cpu"]
+    assert main([*args, "--dropped", str(dropped), "--json", str(report)]) == 1
+    rows = json.loads(report.read_text())["cases"]
+    by_case = {row["case"]: row for row in rows}
+    assert by_case["BraTS-GLI-00001-000"]["status"] == "scored"
+    assert "has shape (24, 24, 16)" in by_case["BraTS-GLI-00003-000"]["message"]
+    assert "different affines" in by_case["BraTS-GLI-00002-000"]["message"]
+    assert "no prediction of its dropped t2w" in by_case["BraTS-GLI-00004-000"]["message"]
+    assert any("no case in the truth folder" in row["message"] for row in rows)
+    assert sum(row["status"] == "failed" for row in rows) == 4
+    assert "must be written on the grid of its case" in caplog.text
+
+
+def test_score_refuses_to_write_into_the_predictions_or_read_missing_folders(tmp_path, caplog):
+    truth, predictions = _truth_and_predictions(tmp_path)
+    args = ["score", "--predictions", str(predictions), "--truth", str(truth)]
+    assert main([*args, "--json", str(predictions / "scores.json")]) == 2
+    assert "inside the predictions folder" in caplog.text
+    assert main(["score", "--predictions", str(predictions), "--truth", str(tmp_path / "none")]) == 2
+    assert not (predictions / "scores.json").exists()
+
+
+def test_drop_then_score_round_trip_names_every_dropped_contrast(tmp_path):
+    truth = tmp_path / "truth"
+    for i in range(3):
+        make_case(truth, f"BraTS-GLI-0000{i}-000", ALL, shape=SHAPE, seed=i)
+    assert main(["drop", "--input", str(truth), "--output", str(tmp_path / "test")]) == 0
+    record = json.loads((tmp_path / "test_dropped.json").read_text())
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    for case_id, contrast in record.items():  # "predict" with the truth itself
+        source = truth / case_id / f"{case_id}-{contrast}.nii.gz"
+        (predictions / source.name).write_bytes(source.read_bytes())
+    args = ["score", "--predictions", str(predictions), "--truth", str(truth), "--device", "cpu"]
+    report = tmp_path / "scores.json"
+    assert main([*args, "--dropped", str(tmp_path / "test_dropped.json"), "--json", str(report)]) == 0
+    rows = json.loads(report.read_text())["cases"]
+    assert {row["case"]: row["contrast"] for row in rows} == record
+    assert all(row["ssim"] == pytest.approx(1.0) and row["psnr"] is None for row in rows)  # PSNR infinite
