@@ -434,7 +434,7 @@ def demo(argv: list[str]) -> int:
             log.info(
                 "%s %s: SSIM %.4f, PSNR %.2f dB against the real image",
                 row.case,
-                row.contrast,
+                row.target,
                 row.ssim,
                 row.psnr,
             )

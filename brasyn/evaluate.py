@@ -1,7 +1,7 @@
 """Scoring synthetic contrasts against the real ones, and preparing the inputs for such a test.
 
     python -m brasyn.evaluate drop --input TRUTH --output DIR [--seed 7] [--record FILE]
-    python -m brasyn.evaluate score --predictions DIR --truth TRUTH [--dropped FILE] [--json FILE]
+    python -m brasyn.evaluate --pred DIR --truth TRUTH [--seg DIR] [--dropped FILE] [--json FILE] [--csv FILE]
                                     [--device auto|cpu|cuda[:N]]
 
 ``drop`` makes a test set the way the MedPerf preparation cube of the challenge does: ``random.seed(seed)``
@@ -24,6 +24,7 @@ others still are; the log says which and why), 2 when the run cannot start.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ import torch
 from brasyn import __version__
 from brasyn.cases import Case, discover
 from brasyn.errors import BrasynError, CaseError
+from brasyn.logs import configure_logging
 from brasyn.metrics import score as score_volumes
 from brasyn.modalities import (
     MODALITIES,
@@ -295,17 +297,20 @@ class Row:
     """One line of the evaluation report."""
 
     case: str
-    contrast: str | None
+    target: str | None
     status: str
     """"scored" or "failed"."""
     prediction: str | None = None
     truth: str | None = None
     segmentation: str | None = None
     ssim: float | None = None
-    ssim_tumour: float | None = None
-    ssim_non_tumour: float | None = None
+    ssim_tumor: float | None = None
+    ssim_non_tumor: float | None = None
     mse: float | None = None
     psnr: float | None = None
+    ssim_brain: float | None = None
+    mse_brain: float | None = None
+    psnr_brain: float | None = None
     seconds: float = 0.0
     message: str = ""
 
@@ -351,6 +356,12 @@ def _tumour_mask(path: Path, shape: tuple[int, ...], case: str) -> np.ndarray | 
     return mask
 
 
+def _segmentation_in(folder: Path, case: str) -> Path | None:
+    """A case's tumour segmentation in a --seg folder: ``<case>*.nii(.gz)`` or a file in ``<case>/``."""
+    candidates = sorted(folder.glob(f"{case}*.nii*")) + sorted((folder / case).glob("*seg*.nii*"))
+    return candidates[0] if candidates else None
+
+
 def score_pair(pair: Pair, device: torch.device | str = "cpu") -> Row:
     """Load, check and score one pair; a problem of the files becomes a failed row, never an exception."""
     start = time.perf_counter()
@@ -391,15 +402,18 @@ def _read_dropped(path: Path) -> dict[str, Modality]:
         raise UsageError(f"cannot use the dropped-contrast record {path}: {e}") from e
 
 
+SCORE_KEYS = ("ssim", "psnr", "mse", "ssim_tumor", "ssim_non_tumor", "ssim_brain", "psnr_brain", "mse_brain")
+
+
 def _summary(rows: list[Row]) -> dict[str, Any]:
     scored = [r for r in rows if r.status == "scored"]
     summary: dict[str, Any] = {"scored": len(scored), "failed": len(rows) - len(scored)}
-    groups = {"all": scored, **{m.value: [r for r in scored if r.contrast == m.value] for m in MODALITIES}}
+    groups = {"all": scored, **{m.value: [r for r in scored if r.target == m.value] for m in MODALITIES}}
     for name, group in groups.items():
         if not group:
             continue
         entry: dict[str, Any] = {"n": len(group)}
-        for key in ("ssim", "ssim_tumour", "ssim_non_tumour", "mse", "psnr"):
+        for key in SCORE_KEYS:
             values = [getattr(r, key) for r in group if getattr(r, key) is not None]
             values = [v for v in values if math.isfinite(v)]
             if values:
@@ -413,14 +427,14 @@ def _format(value: float | None, digits: int = 4) -> str:
 
 
 def _table(rows: list[Row], summary: dict[str, Any]) -> str:
-    lines = [("case", "contrast", "ssim", "tumour", "non-tumour", "psnr", "status")]
+    lines = [("case", "target", "ssim", "tumor", "non-tumor", "brain", "psnr", "status")]
     for r in rows:
-        values = (r.ssim, r.ssim_tumour, r.ssim_non_tumour)
-        lines.append((r.case, r.contrast or "-", *map(_format, values), _format(r.psnr, 2), r.status))
+        values = (r.ssim, r.ssim_tumor, r.ssim_non_tumor, r.ssim_brain)
+        lines.append((r.case, r.target or "-", *map(_format, values), _format(r.psnr, 2), r.status))
     for name in ("all", *(m.value for m in MODALITIES)):
         if name in summary:
             s = summary[name]
-            values = (s.get("ssim"), s.get("ssim_tumour"), s.get("ssim_non_tumour"))
+            values = (s.get("ssim"), s.get("ssim_tumor"), s.get("ssim_non_tumor"), s.get("ssim_brain"))
             lines.append((f"mean (n={s['n']})", name, *map(_format, values), _format(s.get("psnr"), 2), ""))
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join(
@@ -446,11 +460,17 @@ def score(args: argparse.Namespace) -> int:
     for name, folder in (("predictions", args.predictions), ("truth", args.truth)):
         if not folder.is_dir():
             raise UsageError(f"the {name} folder {folder} does not exist or is not a folder")
-    if args.json is not None and _inside(args.json, args.predictions):
-        raise UsageError(f"--json {args.json} lies inside the predictions folder; put it elsewhere")
+    for name in ("json", "csv"):
+        path = getattr(args, name)
+        if path is not None and _inside(path, args.predictions):
+            raise UsageError(f"--{name} {path} lies inside the predictions folder; put it elsewhere")
+    if args.seg is not None and not args.seg.is_dir():
+        raise UsageError(f"the segmentation folder {args.seg} does not exist or is not a folder")
     dropped = _read_dropped(args.dropped) if args.dropped else None
     device = _score_device(args.device)
     pairs, errors = pair_predictions(args.predictions, args.truth)
+    if args.seg is not None:
+        pairs = [replace(p, segmentation=_segmentation_in(args.seg, p.case) or p.segmentation) for p in pairs]
     rows = [Row(e.case, None, "failed", message=e.message) for e in errors]
     if dropped is not None:
         have = {(p.case, p.contrast) for p in pairs} | {(e.case, None) for e in errors}
@@ -464,11 +484,11 @@ def score(args: argparse.Namespace) -> int:
         row = score_pair(pair, device)
         rows.append(row)
         if row.status == "scored":
-            log.info("%s %s: SSIM %.4f (%.1f s)", row.case, row.contrast, row.ssim, row.seconds)
+            log.info("%s %s: SSIM %.4f (%.1f s)", row.case, row.target, row.ssim, row.seconds)
     for row in rows:
         if row.status == "failed":
             log.error("[failed] %s: %s", row.case, row.message)
-    rows.sort(key=lambda r: (r.case, r.contrast or ""))
+    rows.sort(key=lambda r: (r.case, r.target or ""))
     summary = _summary(rows)
     print(_table(rows, summary))
     if args.json is not None:
@@ -484,6 +504,13 @@ def score(args: argparse.Namespace) -> int:
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.csv is not None:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0].to_dict()) if rows else ["case"])
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(row.to_dict())
     return EXIT_FAILED_CASES if summary["failed"] else EXIT_OK
 
 
@@ -507,41 +534,60 @@ def _drop_command(args: argparse.Namespace) -> int:
     return drop(args.input, args.output, args.seed, record)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m brasyn.evaluate", description="Make a test set and score synthetic contrasts."
+def _score_parser() -> argparse.ArgumentParser:
+    s = argparse.ArgumentParser(
+        prog="python -m brasyn.evaluate",
+        description="Score synthetic contrasts against the real images ('drop' makes a test set).",
+        epilog="python -m brasyn.evaluate drop --input DIR --output DIR [--seed 7] [--record FILE]",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    d = commands.add_parser("drop", help="copy complete cases less one random contrast each (MedPerf style)")
+    s.add_argument(
+        "--pred",
+        "--predictions",
+        dest="predictions",
+        type=Path,
+        required=True,
+        help="folder of synthetic images",
+    )
+    s.add_argument("--truth", type=Path, required=True, help="folder of complete cases (the real images)")
+    s.add_argument(
+        "--seg", type=Path, help="folder of tumour segmentations (<case>*seg*.nii.gz or <case>/...)"
+    )
+    s.add_argument("--dropped", type=Path, help="record written by drop: a missing prediction then fails")
+    s.add_argument("--json", type=Path, help="write the scores here as JSON (outside the predictions folder)")
+    s.add_argument(
+        "--csv", type=Path, help="write the per-case rows here as CSV (outside the predictions folder)"
+    )
+    s.add_argument("--device", default="auto", help="auto (GPU if any, else CPU), cpu, cuda, cuda:N")
+    s.add_argument("-v", "--verbose", action="store_true", help="debug log")
+    return s
+
+
+def _drop_parser() -> argparse.ArgumentParser:
+    d = argparse.ArgumentParser(
+        prog="python -m brasyn.evaluate drop",
+        description="Copy complete cases less one random contrast each, as the MedPerf preparation does.",
+    )
     d.add_argument("--input", type=Path, required=True, help="folder of complete cases")
     d.add_argument("--output", type=Path, required=True, help="new folder for the three-contrast cases")
     d.add_argument("--seed", type=int, default=DEFAULT_DROP_SEED, help="default 7, as the MedPerf cube")
     d.add_argument(
         "--record", type=Path, help="JSON case -> dropped contrast (default: <OUTPUT>_dropped.json)"
     )
-    s = commands.add_parser("score", help="score predictions against the real images")
-    s.add_argument("--predictions", type=Path, required=True, help="folder of synthetic images")
-    s.add_argument("--truth", type=Path, required=True, help="folder of complete cases (the real images)")
-    s.add_argument("--dropped", type=Path, help="record written by drop: a missing prediction then fails")
-    s.add_argument("--json", type=Path, help="write the scores here as JSON (outside the predictions folder)")
-    s.add_argument("--device", default="auto", help="auto (GPU if any, else CPU), cpu, cuda, cuda:N")
-    for sub in (d, s):
-        sub.add_argument("-v", "--verbose", action="store_true", help="debug log")
-    return parser
+    d.add_argument("-v", "--verbose", action="store_true", help="debug log")
+    return d
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv[:1] in (["drop"], ["score"]) else "score"
+    rest = argv[1:] if argv[:1] in (["drop"], ["score"]) else argv
     try:
-        args = _parser().parse_args(argv)
+        args = (_drop_parser() if command == "drop" else _score_parser()).parse_args(rest)
     except SystemExit as e:  # argparse has printed its message
         return EXIT_OK if e.code in (0, None) else EXIT_USAGE
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(2 if args.verbose else 0)
     try:
-        return _drop_command(args) if args.command == "drop" else score(args)
+        return _drop_command(args) if command == "drop" else score(args)
     except BrasynError as e:
         log.error("%s", e)
         return EXIT_USAGE

@@ -108,8 +108,9 @@ def score(
 ) -> dict[str, Any]:
     """Every score of one synthetic volume against its truth, both on their own intensity scale.
 
-    Returns ``ssim``, ``mse`` and ``psnr``, plus ``ssim_tumour`` and ``ssim_non_tumour`` when a tumour
-    mask (non-zero inside) is given.
+    Returns ``ssim``, ``mse`` and ``psnr``; ``ssim_tumor`` and ``ssim_non_tumor`` when a tumour mask
+    (non-zero inside) is given; ``ssim_brain``, ``mse_brain`` and ``psnr_brain`` inside the truth's
+    non-zero voxels.
     """
     _check_pair(prediction, truth)
     pred, true = percentile_normalise(prediction), percentile_normalise(truth)
@@ -119,5 +120,11 @@ def score(
         "psnr": psnr(pred, true),
     }
     if tumour is not None:
-        result["ssim_tumour"], result["ssim_non_tumour"] = ssim_regions(pred, true, tumour, device)
+        result["ssim_tumor"], result["ssim_non_tumor"] = ssim_regions(pred, true, tumour, device)
+    # the same inside the brain (where the truth is non-zero), so background does not flatter a score
+    brain = np.asarray(truth) != 0
+    if brain.any():
+        result["ssim_brain"] = ssim_regions(pred, true, brain, device)[0]
+        result["mse_brain"] = mse(pred[brain], true[brain])
+        result["psnr_brain"] = psnr(pred[brain], true[brain])
     return result

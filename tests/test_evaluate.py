@@ -75,15 +75,15 @@ def test_drop_fails_an_incomplete_case_but_keeps_the_draw_of_the_others(tmp_path
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["A", "C"]
 
 
-def test_drop_refuses_to_hide_the_answer_in_the_output_or_mix_with_old_files(tmp_path, caplog):
+def test_drop_refuses_to_hide_the_answer_in_the_output_or_mix_with_old_files(tmp_path, capsys):
     _brats(tmp_path / "truth", "A")
     base = ["drop", "--input", str(tmp_path / "truth"), "--output", str(tmp_path / "out")]
     assert main([*base, "--record", str(tmp_path / "out" / "record.json")]) == 2
-    assert "where the container would see the answer" in caplog.text
+    assert "where the container would see the answer" in capsys.readouterr().err
     (tmp_path / "out").mkdir(exist_ok=True)
     (tmp_path / "out" / "old.txt").touch()
     assert main(base) == 2
-    assert "is not empty" in caplog.text
+    assert "is not empty" in capsys.readouterr().err
     assert main(["drop", "--input", str(tmp_path / "truth"), "--output", str(tmp_path / "truth" / "x")]) == 2
 
 
@@ -197,16 +197,16 @@ def test_score_reports_each_case_and_the_means(tmp_path, capsys):
     rows = {row["case"]: row for row in data["cases"]}
     assert rows["BraTS-GLI-00001-000"]["ssim"] == pytest.approx(1.0, abs=1e-5)
     assert rows["BraTS-GLI-00001-000"]["psnr"] > 100  # the same image after normalisation
-    assert rows["BraTS-GLI-00001-000"]["ssim_tumour"] is None
+    assert rows["BraTS-GLI-00001-000"]["ssim_tumor"] is None
     noisy = rows["BraTS-GLI-00002-000"]
     assert 0 < noisy["ssim"] < 0.95 and noisy["psnr"] > 0
-    assert noisy["ssim_tumour"] is not None and noisy["ssim_non_tumour"] is not None
+    assert noisy["ssim_tumor"] is not None and noisy["ssim_non_tumor"] is not None
     assert noisy["segmentation"].endswith("BraTS-GLI-00002-000-seg.nii.gz")
     assert data["summary"]["all"]["ssim"] == pytest.approx((1.0 + noisy["ssim"]) / 2, abs=1e-5)
     assert data["summary"]["t1n"]["n"] == 1 and data["summary"]["failed"] == 0
 
 
-def test_score_fails_cases_it_cannot_evaluate_and_still_scores_the_rest(tmp_path, caplog):
+def test_score_fails_cases_it_cannot_evaluate_and_still_scores_the_rest(tmp_path, capsys):
     truth, predictions = _truth_and_predictions(tmp_path)
     make_case(truth, "BraTS-GLI-00003-000", ALL, shape=SHAPE, seed=7)
     save_nifti(predictions / "BraTS-GLI-00003-000-t1c.nii.gz", phantom((24, 24, 16)))
@@ -227,14 +227,14 @@ def test_score_fails_cases_it_cannot_evaluate_and_still_scores_the_rest(tmp_path
     assert "no prediction of its dropped t2w" in by_case["BraTS-GLI-00004-000"]["message"]
     assert any("no case in the truth folder" in row["message"] for row in rows)
     assert sum(row["status"] == "failed" for row in rows) == 4
-    assert "must be written on the grid of its case" in caplog.text
+    assert "must be written on the grid of its case" in capsys.readouterr().err
 
 
-def test_score_refuses_to_write_into_the_predictions_or_read_missing_folders(tmp_path, caplog):
+def test_score_refuses_to_write_into_the_predictions_or_read_missing_folders(tmp_path, capsys):
     truth, predictions = _truth_and_predictions(tmp_path)
     args = ["score", "--predictions", str(predictions), "--truth", str(truth)]
     assert main([*args, "--json", str(predictions / "scores.json")]) == 2
-    assert "inside the predictions folder" in caplog.text
+    assert "inside the predictions folder" in capsys.readouterr().err
     assert main(["score", "--predictions", str(predictions), "--truth", str(tmp_path / "none")]) == 2
     assert not (predictions / "scores.json").exists()
 
@@ -254,5 +254,46 @@ def test_drop_then_score_round_trip_names_every_dropped_contrast(tmp_path):
     report = tmp_path / "scores.json"
     assert main([*args, "--dropped", str(tmp_path / "test_dropped.json"), "--json", str(report)]) == 0
     rows = json.loads(report.read_text())["cases"]
-    assert {row["case"]: row["contrast"] for row in rows} == record
+    assert {row["case"]: row["target"] for row in rows} == record
     assert all(row["ssim"] == pytest.approx(1.0) and row["psnr"] is None for row in rows)  # PSNR infinite
+
+
+def test_the_documented_form_takes_pred_seg_and_writes_csv_with_brain_masked_scores(tmp_path, capsys):
+    import csv
+
+    truth, predictions = _truth_and_predictions(tmp_path)
+    segs = tmp_path / "segs"
+    segs.mkdir()
+    for seg in truth.rglob("*seg*.nii.gz"):
+        seg.rename(segs / seg.name)  # segmentations given in their own folder this time
+    table, report = tmp_path / "scores.csv", tmp_path / "scores.json"
+    code = main(
+        [
+            "--pred",
+            str(predictions),
+            "--truth",
+            str(truth),
+            "--seg",
+            str(segs),
+            "--device",
+            "cpu",
+            "--csv",
+            str(table),
+            "--json",
+            str(report),
+        ]
+    )
+    assert code == 0
+    assert "target" in capsys.readouterr().out.splitlines()[0]
+    rows = {r["case"]: r for r in csv.DictReader(table.open())}
+    assert set(rows) == {"BraTS-GLI-00001-000", "BraTS-GLI-00002-000"}
+    noisy = rows["BraTS-GLI-00002-000"]
+    assert noisy["target"] == "t1n" and noisy["ssim_tumor"] and noisy["ssim_non_tumor"]
+    assert noisy["segmentation"].startswith(str(segs))
+    data = json.loads(report.read_text())
+    record = next(r for r in data["cases"] if r["case"] == "BraTS-GLI-00002-000")
+    assert 0 < record["ssim_brain"] < 0.95 and record["psnr_brain"] > 0
+    perfect = next(r for r in data["cases"] if r["case"] == "BraTS-GLI-00001-000")
+    assert perfect["ssim_brain"] == pytest.approx(1.0, abs=1e-5)
+    assert set(data["summary"]["t1n"]) >= {"ssim", "psnr", "mse", "ssim_brain", "psnr_brain", "mse_brain"}
+    assert main(["--pred", str(predictions), "--truth", str(truth), "--csv", str(predictions / "x.csv")]) == 2

@@ -72,8 +72,17 @@ def test_score_normalises_each_image_independently():
     result = score(truth * 0.01, truth, tumour=truth > 1400)
     assert result["ssim"] == pytest.approx(1.0, abs=1e-6)
     assert result["mse"] == pytest.approx(0.0, abs=1e-10)
-    assert set(result) == {"ssim", "mse", "psnr", "ssim_tumour", "ssim_non_tumour"}
-    assert set(score(truth, truth)) == {"ssim", "mse", "psnr"}
+    assert set(result) == {
+        "ssim",
+        "mse",
+        "psnr",
+        "ssim_tumor",
+        "ssim_non_tumor",
+        "ssim_brain",
+        "mse_brain",
+        "psnr_brain",
+    }
+    assert set(score(truth, truth)) == {"ssim", "mse", "psnr", "ssim_brain", "mse_brain", "psnr_brain"}
 
 
 def test_shapes_must_agree():
