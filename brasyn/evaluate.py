@@ -57,7 +57,7 @@ from brasyn.modalities import (
     split_nifti_extension,
 )
 from brasyn.runtime import select_device
-from brasyn.volumes import AFFINE_TOLERANCE_MM, Volume, load_volume
+from brasyn.volumes import Volume, grid_difference, load_volume
 
 __all__ = [
     "DROP_CHOICES",
@@ -321,19 +321,11 @@ class Row:
 
 
 def _check_grid(prediction: Volume, truth: Volume, case: str) -> None:
-    if prediction.shape != truth.shape:
+    difference = grid_difference(prediction, truth)
+    if difference:
         raise CaseError(
             case,
-            f"the prediction {prediction.path.name} has shape {prediction.shape} but the truth "
-            f"{truth.path.name} has {truth.shape}; a prediction must be written on the grid of its case",
-            [prediction.path, truth.path],
-        )
-    diff = float(np.max(np.abs(prediction.affine - truth.affine)))
-    if diff > AFFINE_TOLERANCE_MM:
-        raise CaseError(
-            case,
-            f"the prediction {prediction.path.name} and the truth {truth.path.name} have different affines "
-            f"(up to {diff:.4g} mm apart); a prediction must be written on the grid of its case",
+            f"{difference}; a prediction must be written on the grid of its case",
             [prediction.path, truth.path],
         )
 

@@ -20,6 +20,7 @@ __all__ = [
     "TEMP_PREFIX",
     "Volume",
     "check_same_grid",
+    "grid_difference",
     "load_volume",
     "remove_stale_temporaries",
     "write_volume",
@@ -94,24 +95,25 @@ def load_volume(path: Path, case: str) -> Volume:
     return Volume(path=path, data=data, affine=image.affine.astype(np.float64), header=header)
 
 
+def grid_difference(a: Volume, b: Volume) -> str | None:
+    """How the voxel grids of two volumes differ, in words; None when they are one grid."""
+    if a.shape != b.shape:
+        return f"{a.path.name} has shape {a.shape} but {b.path.name} has {b.shape}"
+    diff = float(np.max(np.abs(a.affine - b.affine)))
+    if diff > AFFINE_TOLERANCE_MM:
+        return f"{a.path.name} and {b.path.name} have different affines (up to {diff:.4g} mm apart)"
+    return None
+
+
 def check_same_grid(volumes: dict[str, Volume], case: str) -> None:
     """All volumes of a case must share shape and affine (the model works voxel by voxel)."""
-    items = list(volumes.values())
-    first = items[0]
-    for other in items[1:]:
-        if other.shape != first.shape:
+    first, *others = volumes.values()
+    for other in others:
+        difference = grid_difference(first, other)
+        if difference:
             raise CaseError(
                 case,
-                f"{first.path.name} has shape {first.shape} but {other.path.name} has {other.shape}; "
-                "all contrasts of a case must be on one voxel grid (co-register and resample them first).",
-                [first.path, other.path],
-            )
-        diff = float(np.max(np.abs(other.affine - first.affine)))
-        if diff > AFFINE_TOLERANCE_MM:
-            raise CaseError(
-                case,
-                f"{first.path.name} and {other.path.name} have different affines (up to {diff:.4g} mm "
-                "apart); all contrasts of a case must be on one voxel grid "
+                f"{difference}; all contrasts of a case must be on one voxel grid "
                 "(co-register and resample them first).",
                 [first.path, other.path],
             )
