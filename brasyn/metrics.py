@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["PERCENTILES", "mse", "percentile_normalise", "psnr", "score", "ssim", "ssim_regions"]
+__all__ = [
+    "PERCENTILES",
+    "mse",
+    "percentile_normalise",
+    "psnr",
+    "score",
+    "ssim",
+    "ssim_inside",
+    "ssim_regions",
+]
 
 PERCENTILES = (0.5, 99.5)
 """Clipping percentiles of the challenge's normalisation."""
@@ -65,26 +74,40 @@ def ssim(prediction: np.ndarray, truth: np.ndarray, device: torch.device | str =
     return float(metric(_batch(prediction, device), _batch(truth, device)))
 
 
+def _masked_ssim(pred: torch.Tensor, true: torch.Tensor, region: torch.Tensor) -> float | None:
+    """SSIM of the two (1, 1, X, Y, Z) images zeroed outside ``region``, averaged over ``region``."""
+    from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+    if not bool(region.any()):
+        return None
+    weight = region.to(torch.float32)
+    metric = StructuralSimilarityIndexMeasure(return_full_image=True).to(pred.device)
+    _, full = metric(pred * weight, true * weight)
+    return float(full[region].mean())
+
+
+def _region_batches(
+    prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_pair(prediction, truth)
+    _check_pair(mask, truth)
+    inside = torch.as_tensor(np.asarray(mask) > 0, device=device)[None, None]
+    return _batch(prediction, device), _batch(truth, device), inside
+
+
+def ssim_inside(
+    prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray, device: torch.device | str = "cpu"
+) -> float | None:
+    """SSIM inside ``mask`` the 2024 way (one SSIM pass); ``None`` for an empty mask."""
+    return _masked_ssim(*_region_batches(prediction, truth, mask, device))
+
+
 def ssim_regions(
     prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray, device: torch.device | str = "cpu"
 ) -> tuple[float | None, float | None]:
     """(SSIM inside ``mask``, SSIM outside it) the 2024 way; ``None`` for a region without voxels."""
-    from torchmetrics.image import StructuralSimilarityIndexMeasure
-
-    _check_pair(prediction, truth)
-    _check_pair(mask, truth)
-    inside = torch.as_tensor(np.asarray(mask) > 0, device=device)[None, None]
-    pred, true = _batch(prediction, device), _batch(truth, device)
-    scores: list[float | None] = []
-    for region in (inside, ~inside):
-        if not bool(region.any()):
-            scores.append(None)
-            continue
-        weight = region.to(torch.float32)
-        metric = StructuralSimilarityIndexMeasure(return_full_image=True).to(device)
-        _, full = metric(pred * weight, true * weight)
-        scores.append(float(full[region].mean()))
-    return scores[0], scores[1]
+    pred, true, inside = _region_batches(prediction, truth, mask, device)
+    return _masked_ssim(pred, true, inside), _masked_ssim(pred, true, ~inside)
 
 
 def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -124,7 +147,7 @@ def score(
     # the same inside the brain (where the truth is non-zero), so background does not flatter a score
     brain = np.asarray(truth) != 0
     if brain.any():
-        result["ssim_brain"] = ssim_regions(pred, true, brain, device)[0]
+        result["ssim_brain"] = ssim_inside(pred, true, brain, device)
         result["mse_brain"] = mse(pred[brain], true[brain])
         result["psnr_brain"] = psnr(pred[brain], true[brain])
     return result

@@ -153,6 +153,9 @@ class Synthesizer:
     ) -> torch.Tensor:
         """(1, 3, D, H, W) [0, 1] conditions in model space to the (1, 1, D, H, W) [0, 1] target."""
         model = self.weights.load(target, self.device)
+        if self.device.type == "cpu":
+            # 1.15x (official size) to 1.45x (tiny) faster forwards on CPU, same numbers to ~1e-6
+            model.to(memory_format=torch.channels_last_3d)
         info = self.weights.info(target)
         diffusion = self.diffusion_for(target)
         cond = image_to_bands(images.to(self.device, torch.float32))

@@ -232,6 +232,9 @@ class Denoiser(nn.Module):
             raise ValueError(
                 f"Denoiser input spatial size {tuple(x.shape[2:])} must be a multiple of {divisor}"
             )
+        if self.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d):
+            # a model moved to channels_last_3d runs that way throughout (faster oneDNN convolutions)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         emb = timestep_embedding(t, self.config.model_channels)
         emb = self.time_embed(emb.to(self.time_embed[0].weight.dtype))
         h = x

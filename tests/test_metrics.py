@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
-from brasyn.metrics import mse, percentile_normalise, psnr, score, ssim, ssim_regions
+from brasyn.metrics import mse, percentile_normalise, psnr, score, ssim, ssim_inside, ssim_regions
 from tests.helpers import phantom
 
 
@@ -58,6 +58,8 @@ def test_regional_ssim_averages_the_masked_ssim_map_over_each_region():
     assert inside == pytest.approx(float(full[0, 0][torch.from_numpy(mask)].mean()), abs=1e-6)
     assert inside < 0.9 < outside
     assert ssim_regions(truth, truth, np.zeros(truth.shape)) == (None, pytest.approx(1.0, abs=1e-6))
+    assert ssim_inside(prediction, truth, mask) == inside
+    assert ssim_inside(truth, truth, np.zeros(truth.shape)) is None
 
 
 def test_mse_and_psnr_on_unit_range_images():

@@ -100,3 +100,15 @@ def test_config_validation_and_presets():
     for config in PRESETS.values():
         assert DenoiserConfig.from_dict({**config.to_dict(), "unrelated": 1}) == config
         Denoiser.from_config(config)  # builds
+
+
+def test_channels_last_model_gives_the_same_output_whatever_the_input_layout(golden, golden_model):
+    import copy
+
+    model = copy.deepcopy(golden_model).to(memory_format=torch.channels_last_3d)
+    x = torch.cat([golden["x_t"], golden["conditioning"]["cond"]], dim=1)
+    with torch.no_grad():
+        expected = golden_model(x, torch.tensor([417]))
+        out = model(x, torch.tensor([417]))  # a contiguous input is converted
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert (out - golden["steps"]["417"]["model_output"]).abs().max() <= 1e-4
