@@ -160,4 +160,7 @@ def test_entrypoint_on_a_real_case_as_the_container_runs_it(shared_dir, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in output.iterdir()] == [f"{case}-t1c.nii.gz"]
     assert _digest(inputs) == before
-    assert "no usable GPU" in proc.stderr  # said, not crashed
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "no usable GPU" in proc.stderr  # said, not crashed
