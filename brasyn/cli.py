@@ -42,6 +42,7 @@ from brasyn.modalities import MODALITIES, Modality
 from brasyn.preprocess import to_model
 from brasyn.preview import mosaic, write_png
 from brasyn.runtime import select_device, writable_cache_environment
+from brasyn.sharding import Shard, parse_shard, shard_from_environment
 from brasyn.synthesize import METHODS, CaseResult, Prepared, SynthesisSettings, Synthesizer
 from brasyn.volumes import remove_stale_temporaries
 from brasyn.weights import WeightStore
@@ -146,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace existing outputs instead of skipping"
+    )
+    parser.add_argument(
+        "--shard",
+        help="take only share i of n of the cases (e.g. 0/4; Slurm: "
+        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); under torchrun the rank is the share",
     )
     parser.add_argument("--report", type=Path, help="write a JSON report here (outside the output folder)")
     parser.add_argument(
@@ -261,7 +267,7 @@ def _synthesizer(args: argparse.Namespace, settings: SynthesisSettings) -> Synth
     except WeightsError as exc:
         raise UsageError(str(exc)) from exc
     try:
-        device = select_device(str(args.device))
+        device = select_device(_device_spec(str(args.device)))
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     return Synthesizer(weights, device, settings)
@@ -327,6 +333,21 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _shard(args: argparse.Namespace) -> Shard | None:
+    try:
+        return parse_shard(args.shard) if getattr(args, "shard", None) else shard_from_environment()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _device_spec(spec: str) -> str:
+    """Under torchrun, ``auto`` means this process's own GPU (LOCAL_RANK)."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if spec.strip().lower() == "auto" and local_rank is not None and torch.cuda.is_available():
+        return f"cuda:{int(local_rank) % torch.cuda.device_count()}"
+    return spec
+
+
 def run(args: argparse.Namespace) -> int:
     """Everything after argument parsing; returns the exit status."""
     started = dt.datetime.now(dt.timezone.utc)
@@ -339,7 +360,17 @@ def run(args: argparse.Namespace) -> int:
     device = synthesizer.device
     target = Modality(args.target) if args.target else None
     found = discover(args.input, target=target, naming=args.naming)
-    remove_stale_temporaries(args.output)
+    shard = _shard(args)
+    if shard is not None:
+        found = shard.select(found, key=lambda item: item.case if isinstance(item, CaseError) else item.id)
+        log.info("shard %s: %d case(s)", shard, len(found))
+        if args.report is not None and shard.count > 1:
+            args.report = args.report.with_name(
+                f"{args.report.stem}.shard-{shard.index}-of-{shard.count}.json"
+            )
+    if shard is None or shard.count == 1:
+        # with several shards another process may be writing into the same folder right now
+        remove_stale_temporaries(args.output)
     if settings.method == "diffusion":
         log.info(
             "%d case(s) in %s; weights %s; %s, %d steps, seed %d, on %s",

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from brasyn.cli import main
+from brasyn.sharding import Shard, parse_shard, shard_from_environment
+from brasyn.weights import init_random
+from tests.helpers import make_case
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 7, 12])
+def test_shards_cover_every_case_exactly_once_and_are_balanced(count):
+    ids = [f"case-{i:03d}" for i in (5, 1, 9, 3, 8, 2, 7, 4, 6, 0)]
+    shares = [Shard(i, count).select(ids, key=str) for i in range(count)]
+    flat = [c for share in shares for c in share]
+    assert sorted(flat) == sorted(ids) and len(flat) == len(set(flat))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    # the same whatever order the cases were found in
+    assert shares == [Shard(i, count).select(list(reversed(ids)), key=str) for i in range(count)]
+
+
+def test_shard_parsing_and_torchrun_environment():
+    assert parse_shard("2/5") == Shard(2, 5)
+    for bad in ("5/5", "-1/3", "x", "1/0", "1/2/3"):
+        with pytest.raises(ValueError, match="i/n"):
+            parse_shard(bad)
+    assert shard_from_environment({"RANK": "1", "WORLD_SIZE": "2"}) == Shard(1, 2)
+    assert shard_from_environment({}) is None
+
+
+def test_sharded_runs_write_what_one_run_writes_each_case_once(tmp_path):
+    weights = tmp_path / "w"
+    init_random(weights, "tiny", seed=0)
+    inputs = tmp_path / "in"
+    for i in range(4):
+        make_case(inputs, f"c{i}", shape=(32, 32, 32), seed=i)
+    fast = [
+        "--weights",
+        str(weights),
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    assert main(["--input", str(inputs), "--output", str(tmp_path / "single"), *fast]) == 0
+    report = tmp_path / "r" / "report.json"
+    for i in range(2):
+        args = ["--input", str(inputs), "--output", str(tmp_path / "sharded"), "--shard", f"{i}/2", *fast]
+        assert main([*args, "--report", str(report)]) == 0
+    single = {p.name: p.read_bytes() for p in (tmp_path / "single").iterdir()}
+    sharded = {p.name: p.read_bytes() for p in (tmp_path / "sharded").iterdir()}
+    assert sharded == single and len(single) == 4  # seeds follow the case id, not the batch
+    reports = sorted(p.name for p in report.parent.iterdir())
+    assert reports == ["report.shard-0-of-2.json", "report.shard-1-of-2.json"]
+    cases = [c["case"] for p in report.parent.iterdir() for c in json.loads(p.read_text())["cases"]]
+    assert sorted(cases) == ["c0", "c1", "c2", "c3"]
+    assert main(["--input", str(inputs), "--output", str(tmp_path / "x"), "--shard", "2/2", *fast]) == 2
