@@ -58,3 +58,62 @@ def test_sharded_runs_write_what_one_run_writes_each_case_once(tmp_path):
     cases = [c["case"] for p in report.parent.iterdir() for c in json.loads(p.read_text())["cases"]]
     assert sorted(cases) == ["c0", "c1", "c2", "c3"]
     assert main(["--input", str(inputs), "--output", str(tmp_path / "x"), "--shard", "2/2", *fast]) == 2
+
+
+def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_rank_fails(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    weights = tmp_path / "w"
+    init_random(weights, "tiny", seed=0)
+    inputs = tmp_path / "in"
+    for i in range(4):
+        make_case(inputs, f"c{i}", shape=(32, 32, 32), seed=i)
+    fast = [
+        "--weights",
+        str(weights),
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    assert main(["--input", str(inputs), "--output", str(tmp_path / "single"), *fast]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(output, port):
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            str(root / "entrypoint.py"),
+            "--input",
+            str(inputs),
+            "--output",
+            str(output),
+            *fast,
+        ]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=root)
+
+    proc = torchrun(tmp_path / "multi", 29581)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    single = {p.name: p.read_bytes() for p in (tmp_path / "single").iterdir()}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "multi").iterdir()} == single
+    # a broken case on rank 1 (c1): the job fails, every other case is written
+    (inputs / "c1" / "c1-t1c.nii.gz").write_bytes(b"broken")
+    proc = torchrun(tmp_path / "broken", 29582)
+    assert proc.returncode != 0
+    assert sorted(p.name for p in (tmp_path / "broken").iterdir()) == [
+        "c0-t2f.nii.gz",
+        "c2-t2f.nii.gz",
+        "c3-t2f.nii.gz",
+    ]
