@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -147,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace existing outputs instead of skipping"
+    )
+    parser.add_argument(
+        "--devices",
+        help="'all': one worker process per visible GPU, each on its own share of the cases; "
+        "N: N workers (on the CPU where there is no GPU)",
     )
     parser.add_argument(
         "--shard",
@@ -333,6 +339,62 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _without_option(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
+
+
+def _run_workers(argv: list[str], args: argparse.Namespace) -> int:
+    """``--devices``: the same run in one process per GPU (or N CPU processes), each on its own share."""
+    if args.shard or shard_from_environment():
+        raise UsageError(
+            "--devices starts its own shares: leave out --shard and do not start it with torchrun"
+        )
+    gpus = torch.cuda.device_count()
+    spec = str(args.devices).strip().lower()
+    try:
+        count = max(gpus, 1) if spec == "all" else int(spec)
+    except ValueError:
+        raise UsageError(f"--devices takes 'all' or a number of workers, got {args.devices!r}") from None
+    if count < 1:
+        raise UsageError("--devices needs at least one worker")
+    base = _without_option(_without_option(argv, "--devices"), "--device")
+    log.info("starting %d worker(s) on %s", count, f"{gpus} GPU(s)" if gpus else "the CPU")
+    # the workers import this very package, installed or not
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+    }
+    workers = []
+    for i in range(count):
+        device = f"cuda:{i % gpus}" if gpus else "cpu"
+        cmd = [sys.executable, "-m", "brasyn", *base, "--shard", f"{i}/{count}", "--device", device]
+        workers.append(subprocess.Popen(cmd, env=env))
+
+    def forward(signum: int, frame: Any) -> None:
+        for worker in workers:
+            worker.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        codes = [worker.wait() for worker in workers]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if any(code in (EXIT_TERMINATED, -signal.SIGTERM) for code in codes):
+        return EXIT_TERMINATED
+    if any(code == EXIT_USAGE for code in codes):
+        return EXIT_USAGE
+    return EXIT_FAILED_CASES if any(codes) else EXIT_OK
+
+
 def _shard(args: argparse.Namespace) -> Shard | None:
     try:
         return parse_shard(args.shard) if getattr(args, "shard", None) else shard_from_environment()
@@ -485,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
             return demo(argv[1:])
         args = _mlcube_to_args(argv[1:]) if argv[:1] == ["infer"] else build_parser().parse_args(argv)
         configure_logging(args.verbose)
+        if getattr(args, "devices", None):
+            return _run_workers(argv, args)
         return run(args)
     except SystemExit as exc:  # argparse has printed its message
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE

@@ -117,3 +117,52 @@ def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_ra
         "c2-t2f.nii.gz",
         "c3-t2f.nii.gz",
     ]
+
+
+def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(tmp_path):
+    weights = tmp_path / "w"
+    init_random(weights, "tiny", seed=0)
+    inputs = tmp_path / "in"
+    for i in range(3):
+        make_case(inputs, f"c{i}", shape=(32, 32, 32), seed=i)
+    fast = ["--weights", str(weights), "--sampler", "ddim", "--steps", "2", "--no-progress"]
+    assert main(["--input", str(inputs), "--output", str(tmp_path / "single"), "--device", "cpu", *fast]) == 0
+    report = tmp_path / "r" / "report.json"
+    code = main(
+        [
+            "--input",
+            str(inputs),
+            "--output",
+            str(tmp_path / "multi"),
+            "--devices",
+            "2",
+            "--device",
+            "cpu",
+            "--report",
+            str(report),
+            *fast,
+        ]
+    )
+    assert code == 0
+    single = {p.name: p.read_bytes() for p in (tmp_path / "single").iterdir()}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "multi").iterdir()} == single
+    assert sorted(p.name for p in report.parent.iterdir()) == [
+        "report.shard-0-of-2.json",
+        "report.shard-1-of-2.json",
+    ]
+    assert (
+        main(
+            [
+                "--input",
+                str(inputs),
+                "--output",
+                str(tmp_path / "x"),
+                "--devices",
+                "2",
+                "--shard",
+                "0/2",
+                *fast,
+            ]
+        )
+        == 2
+    )
