@@ -86,15 +86,14 @@ def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_ra
     assert main(["--input", str(inputs), "--output", str(tmp_path / "single"), *fast]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    def torchrun(output, port):
+    def torchrun(output):
         cmd = [
             sys.executable,
             "-m",
             "torch.distributed.run",
             "--nproc_per_node",
             "2",
-            "--master_port",
-            str(port),
+            "--standalone",  # a free port of its own: runs side by side never collide
             str(root / "entrypoint.py"),
             "--input",
             str(inputs),
@@ -104,13 +103,13 @@ def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_ra
         ]
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=root)
 
-    proc = torchrun(tmp_path / "multi", 29581)
+    proc = torchrun(tmp_path / "multi")
     assert proc.returncode == 0, proc.stderr[-2000:]
     single = {p.name: p.read_bytes() for p in (tmp_path / "single").iterdir()}
     assert {p.name: p.read_bytes() for p in (tmp_path / "multi").iterdir()} == single
     # a broken case on rank 1 (c1): the job fails, every other case is written
     (inputs / "c1" / "c1-t1c.nii.gz").write_bytes(b"broken")
-    proc = torchrun(tmp_path / "broken", 29582)
+    proc = torchrun(tmp_path / "broken")
     assert proc.returncode != 0
     assert sorted(p.name for p in (tmp_path / "broken").iterdir()) == [
         "c0-t2f.nii.gz",

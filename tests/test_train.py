@@ -164,8 +164,7 @@ def test_two_process_torchrun_on_cpu_writes_one_checkpoint(data, tmp_path):
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29561",
+        "--standalone",  # a free port of its own: runs side by side never collide
         "-m",
         "brasyn.train",
         *_args(data, out, 4),
