@@ -8,6 +8,30 @@ from brasyn.weights import init_random
 from tests.helpers import make_case
 
 
+@pytest.fixture
+def batch(tmp_path):
+    """Four small cases, tiny weights, the fast sampler settings, and what one process writes for them."""
+    weights = tmp_path / "w"
+    init_random(weights, "tiny", seed=0)
+    inputs = tmp_path / "in"
+    for i in range(4):
+        make_case(inputs, f"c{i}", shape=(32, 32, 32), seed=i)
+    fast = [
+        "--weights",
+        str(weights),
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    assert main(["--input", str(inputs), "--output", str(tmp_path / "single"), *fast]) == 0
+    single = {p.name: p.read_bytes() for p in (tmp_path / "single").iterdir()}
+    return inputs, fast, single
+
+
 @pytest.mark.parametrize("count", [1, 2, 3, 4, 7, 12])
 def test_shards_cover_every_case_exactly_once_and_are_balanced(count):
     ids = [f"case-{i:03d}" for i in (5, 1, 9, 3, 8, 2, 7, 4, 6, 0)]
@@ -28,29 +52,12 @@ def test_shard_parsing_and_torchrun_environment():
     assert shard_from_environment({}) is None
 
 
-def test_sharded_runs_write_what_one_run_writes_each_case_once(tmp_path):
-    weights = tmp_path / "w"
-    init_random(weights, "tiny", seed=0)
-    inputs = tmp_path / "in"
-    for i in range(4):
-        make_case(inputs, f"c{i}", shape=(32, 32, 32), seed=i)
-    fast = [
-        "--weights",
-        str(weights),
-        "--sampler",
-        "ddim",
-        "--steps",
-        "2",
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
-    assert main(["--input", str(inputs), "--output", str(tmp_path / "single"), *fast]) == 0
+def test_sharded_runs_write_what_one_run_writes_each_case_once(tmp_path, batch):
+    inputs, fast, single = batch
     report = tmp_path / "r" / "report.json"
     for i in range(2):
         args = ["--input", str(inputs), "--output", str(tmp_path / "sharded"), "--shard", f"{i}/2", *fast]
         assert main([*args, "--report", str(report)]) == 0
-    single = {p.name: p.read_bytes() for p in (tmp_path / "single").iterdir()}
     sharded = {p.name: p.read_bytes() for p in (tmp_path / "sharded").iterdir()}
     assert sharded == single and len(single) == 4  # seeds follow the case id, not the batch
     reports = sorted(p.name for p in report.parent.iterdir())
@@ -60,30 +67,14 @@ def test_sharded_runs_write_what_one_run_writes_each_case_once(tmp_path):
     assert main(["--input", str(inputs), "--output", str(tmp_path / "x"), "--shard", "2/2", *fast]) == 2
 
 
-def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_rank_fails(tmp_path):
+def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_rank_fails(tmp_path, batch):
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    weights = tmp_path / "w"
-    init_random(weights, "tiny", seed=0)
-    inputs = tmp_path / "in"
-    for i in range(4):
-        make_case(inputs, f"c{i}", shape=(32, 32, 32), seed=i)
-    fast = [
-        "--weights",
-        str(weights),
-        "--sampler",
-        "ddim",
-        "--steps",
-        "2",
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
-    assert main(["--input", str(inputs), "--output", str(tmp_path / "single"), *fast]) == 0
+    inputs, fast, single = batch
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def torchrun(output):
@@ -105,7 +96,6 @@ def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_ra
 
     proc = torchrun(tmp_path / "multi")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    single = {p.name: p.read_bytes() for p in (tmp_path / "single").iterdir()}
     assert {p.name: p.read_bytes() for p in (tmp_path / "multi").iterdir()} == single
     # a broken case on rank 1 (c1): the job fails, every other case is written
     (inputs / "c1" / "c1-t1c.nii.gz").write_bytes(b"broken")
@@ -118,14 +108,8 @@ def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_ra
     ]
 
 
-def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(tmp_path):
-    weights = tmp_path / "w"
-    init_random(weights, "tiny", seed=0)
-    inputs = tmp_path / "in"
-    for i in range(3):
-        make_case(inputs, f"c{i}", shape=(32, 32, 32), seed=i)
-    fast = ["--weights", str(weights), "--sampler", "ddim", "--steps", "2", "--no-progress"]
-    assert main(["--input", str(inputs), "--output", str(tmp_path / "single"), "--device", "cpu", *fast]) == 0
+def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(tmp_path, batch):
+    inputs, fast, single = batch
     report = tmp_path / "r" / "report.json"
     code = main(
         [
@@ -143,7 +127,6 @@ def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(
         ]
     )
     assert code == 0
-    single = {p.name: p.read_bytes() for p in (tmp_path / "single").iterdir()}
     assert {p.name: p.read_bytes() for p in (tmp_path / "multi").iterdir()} == single
     assert sorted(p.name for p in report.parent.iterdir()) == [
         "report.shard-0-of-2.json",
