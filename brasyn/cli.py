@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from brasyn import __version__
+from brasyn.acceleration import PRECISIONS, SpeedSettings
 from brasyn.baselines import load_for
 from brasyn.cases import Case, discover
 from brasyn.diffusion import SAMPLERS
@@ -40,6 +41,7 @@ from brasyn.errors import BrasynError, CaseError, WeightsError
 from brasyn.intensity import OUTPUT_THRESHOLD
 from brasyn.logs import configure_logging
 from brasyn.modalities import MODALITIES, Modality
+from brasyn.prefetch import prefetched
 from brasyn.preprocess import to_model
 from brasyn.preview import mosaic, write_png
 from brasyn.runtime import select_device, writable_cache_environment
@@ -54,7 +56,7 @@ log = logging.getLogger("brasyn")
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 """The weights folder shipped beside the package (baked into the container image)."""
-PARAMETER_KEYS = {"sampler", "steps", "seed", "device", "eta", "naming", "target", "method"}
+PARAMETER_KEYS = {"sampler", "steps", "seed", "device", "eta", "naming", "target", "method", "precision"}
 EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE, EXIT_TERMINATED = 0, 1, 2, 143
 
 
@@ -92,7 +94,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--sampler",
         choices=SAMPLERS,
         default="ddpm",
-        help="ddpm: the official 1000-step ancestral sampler; ddim: deterministic, few steps",
+        help="ddpm: the official 1000-step ancestral sampler (default); ddim: deterministic, 20-100 steps; "
+        "dpm++2m: DPM-Solver++(2M), 10-20 steps; x0: one step, a quick preview",
     )
     parser.add_argument(
         "--steps",
@@ -106,6 +109,38 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--device", default="auto", help="auto (GPU with the most free memory, else CPU), cpu, cuda, cuda:N"
+    )
+    speed = parser.add_argument_group("speed")
+    speed.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="network precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16 (autocast; the "
+        "sampler stays fp32)",
+    )
+    speed.add_argument(
+        "--compile", action="store_true", help="compile the denoiser with torch.compile (first case slower)"
+    )
+    speed.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="run the denoiser in the contiguous (NCDHW) memory format instead of channels_last_3d",
+    )
+    speed.add_argument(
+        "--no-tf32", dest="tf32", action="store_false", help="no TF32 for float32 work on the GPU"
+    )
+    speed.add_argument(
+        "--no-cudnn-benchmark",
+        dest="cudnn_benchmark",
+        action="store_false",
+        help="do not let cuDNN time its convolution algorithms",
+    )
+    speed.add_argument(
+        "--no-prefetch",
+        dest="prefetch",
+        action="store_false",
+        help="do not read and prepare the next case while the current one is sampled",
     )
 
 
@@ -253,6 +288,13 @@ def _settings(args: argparse.Namespace) -> SynthesisSettings:
             seed=int(args.seed),
             progress=not args.no_progress,
             method=str(args.method),
+            speed=SpeedSettings(
+                precision=str(getattr(args, "precision", "auto")),
+                channels_last=bool(getattr(args, "channels_last", True)),
+                tf32=bool(getattr(args, "tf32", True)),
+                cudnn_benchmark=bool(getattr(args, "cudnn_benchmark", True)),
+                compile=bool(getattr(args, "compile", False)),
+            ),
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
@@ -276,7 +318,10 @@ def _synthesizer(args: argparse.Namespace, settings: SynthesisSettings) -> Synth
         device = select_device(_device_spec(str(args.device)))
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    return Synthesizer(weights, device, settings)
+    try:
+        return Synthesizer(weights, device, settings)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 @contextmanager
@@ -435,23 +480,32 @@ def run(args: argparse.Namespace) -> int:
         remove_stale_temporaries(args.output)
     if settings.method == "diffusion":
         log.info(
-            "%d case(s) in %s; weights %s; %s, %d steps, seed %d, on %s",
+            "%d case(s) in %s; weights %s; %s, %d steps, seed %d, on %s in %s",
             len(found),
             args.input,
             args.weights,
             settings.sampler,
-            settings.steps,
+            1 if settings.sampler == "x0" else settings.steps,
             settings.seed,
             device,
+            synthesizer.precision,
         )
     else:
         log.info("%d case(s) in %s; %s", len(found), args.input, synthesizer.source)
     preview = _previewer(args.extras)
     results: list[CaseResult] = []
     interrupted = False
-    with _terminate_on_sigterm():
+    stream = prefetched(
+        found,
+        load=synthesizer.load,
+        wanted=lambda item: (
+            isinstance(item, Case) and synthesizer.needs_work(item, args.output, args.overwrite)
+        ),
+        enabled=bool(getattr(args, "prefetch", True)) and len(found) > 1,
+    )
+    with _terminate_on_sigterm(), closing(stream):
         try:
-            for item in found:
+            for item, loaded in stream:
                 if isinstance(item, CaseError):
                     result = CaseResult(
                         case=item.case,
@@ -460,7 +514,9 @@ def run(args: argparse.Namespace) -> int:
                         files=[str(f) for f in item.files],
                     )
                 else:
-                    result = synthesizer.process(item, args.output, overwrite=args.overwrite, preview=preview)
+                    result = synthesizer.process(
+                        item, args.output, overwrite=args.overwrite, preview=preview, loaded=loaded
+                    )
                 results.append(result)
                 _log_result(result)
         except (Terminated, KeyboardInterrupt):

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,9 +36,12 @@ __all__ = [
     "spaced_timesteps",
     "sample_ancestral",
     "sample_ddim",
+    "sample_dpmpp_2m",
 ]
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm++2m", "x0")
+"""``ddpm``: ancestral (the official sampler); ``ddim``: deterministic DDIM; ``dpm++2m``: DPM-Solver++(2M),
+a second-order multistep solver for 10-20 steps; ``x0``: one step, the model's x0 from pure noise."""
 VARIANCES = ("fixed_large", "fixed_small")
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -194,6 +198,62 @@ def sample_ddim(
     return x
 
 
+@dataclass(frozen=True)
+class _SolverSteps:
+    """Per-step coefficients of DPM-Solver++(2M), computed in float64: step ``i`` maps x at index ``i``
+    to x at index ``i - 1`` (to the clean sample at ``i = 0``) as ``a x + b D``."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    half_inverse_ratio: torch.Tensor
+    """1 / (2 r_i), r_i = h_{i+1} / h_i; 0 where the step is first order (the first and the last)."""
+
+    @classmethod
+    def from_tables(cls, tables: StepTables) -> _SolverSteps:
+        ac = tables.alphas_cumprod.to(torch.float64)
+        ac_next = tables.alphas_cumprod_prev.to(torch.float64)
+        alpha_s, sigma_s = ac.sqrt(), (1 - ac).sqrt()
+        alpha_t, sigma_t = ac_next.sqrt(), (1 - ac_next).sqrt()
+        # exp(-h) = (sigma_t / alpha_t) / (sigma_s / alpha_s), h the step in log-SNR lambda = log(alpha/sigma)
+        exp_neg_h = (sigma_t / alpha_t) / (sigma_s / alpha_s)
+        h = -torch.log(exp_neg_h)  # +inf at the last step (to sigma = 0)
+        half_inverse_ratio = torch.zeros_like(h)
+        n = len(ac)
+        for i in range(1, n - 1):  # not the first step (n - 1, no history) nor the last (0, h = inf)
+            half_inverse_ratio[i] = 0.5 * h[i] / h[i + 1]
+        return cls(a=sigma_t / sigma_s, b=alpha_t * (1 - exp_neg_h), half_inverse_ratio=half_inverse_ratio)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> _SolverSteps:
+        return _SolverSteps(
+            *(v.to(device=device, dtype=dtype) for v in (self.a, self.b, self.half_inverse_ratio))
+        )
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(
+    denoise: Denoise,
+    x: torch.Tensor,
+    tables: StepTables,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M), Lu et al. (2022), "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+    Probabilistic Models", Algorithm 2, in the data-prediction form; the model's x0 is clipped to the
+    image range before it enters the update (their thresholding). Deterministic; first order on the first
+    step (no history yet) and on the last (to sigma = 0, where it returns the model's x0, as DDIM does)."""
+    steps = _SolverSteps.from_tables(tables).to(x.device)
+    batch = x.shape[0]
+    previous: torch.Tensor | None = None
+    for i in reversed(range(len(tables))):
+        t = tables.timesteps[i].expand(batch)
+        x0 = denoise(x, t)
+        d = x0 if previous is None else x0 + steps.half_inverse_ratio[i] * (x0 - previous)
+        x = steps.a[i] * x + steps.b[i] * d
+        previous = x0
+        if callback is not None:
+            callback({"i": len(tables) - 1 - i, "t": t, "x": x, "pred_xstart": x0})
+    return x
+
+
 class Diffusion:
     """The noise schedule of cWDM and the operations on it.
 
@@ -220,6 +280,25 @@ class Diffusion:
             return self.tables
         kept = torch.tensor(spaced_timesteps(self.num_steps, steps))
         return StepTables.from_alphas_cumprod(self.tables.alphas_cumprod[kept], kept)
+
+    def log_snr_spaced(self, steps: int) -> StepTables:
+        """Tables of a chain whose ``steps`` timesteps are evenly spaced in log-SNR,
+        lambda_t = log(sqrt(alpha_bar_t) / sqrt(1 - alpha_bar_t)), from the last timestep to the first.
+
+        The solver's error depends on the steps in lambda, which uniform timesteps make very uneven
+        (the last of 20 uniform steps spans a third of the whole lambda range); on a Gaussian test
+        problem this halves DPM-Solver++(2M)'s error at 20 steps and cuts it 5x at 10. Where rounding to
+        integer timesteps would repeat one (hundreds of steps), uniform timesteps are used instead.
+        """
+        ac = self.tables.alphas_cumprod
+        lam = (0.5 * (ac.log() - (1 - ac).log())).numpy()  # decreasing in t
+        wanted = np.linspace(lam[-1], lam[0], steps) if steps > 1 else lam[-1:]
+        # lambda is monotone: interpolate t(lambda) on the increasing (reversed) table
+        t = np.interp(wanted, lam[::-1], np.arange(self.num_steps - 1, -1, -1, dtype=np.float64))
+        kept = torch.unique(torch.from_numpy(np.round(t)).long())
+        if len(kept) < steps:
+            return self.respaced(steps)
+        return StepTables.from_alphas_cumprod(ac[kept], kept)
 
     # Training ---------------------------------------------------------------------------------
 
@@ -296,19 +375,22 @@ class Diffusion:
         """Clean target sub-bands (``shape``, float32) sampled given the condition sub-bands ``cond``.
 
         ``sampler`` "ddpm" is the official ancestral sampler (1000 steps unless ``steps`` respaces it);
-        "ddim" is deterministic for ``eta = 0``. ``noise`` replaces the initial Gaussian draw.
+        "ddim" is deterministic for ``eta = 0``; "dpm++2m" is DPM-Solver++(2M) over ``steps`` evenly spaced
+        timesteps; "x0" is one step whatever ``steps`` says. ``noise`` replaces the initial Gaussian draw.
         ``progress`` receives a dict (``i``, ``steps``, ``t``, ``x``, ``pred_xstart``) after every step.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
         steps = self.num_steps if steps is None else steps
+        if sampler == "x0":
+            steps = 1
         device = cond.device
         if generator is not None and generator.device.type != device.type:
             raise ValueError(
                 f"the generator is on {generator.device} but sampling runs on {device}; "
                 f"create it with torch.Generator(device={str(device)!r})"
             )
-        tables = self.respaced(steps).to(device)
+        tables = (self.log_snr_spaced(steps) if sampler == "dpm++2m" else self.respaced(steps)).to(device)
         if noise is None:
             x = torch.randn(tuple(shape), generator=generator, device=device, dtype=torch.float32)
         else:
@@ -329,4 +411,7 @@ class Diffusion:
 
         if sampler == "ddpm":
             return sample_ancestral(denoise, x, tables, variance, generator, callback)
+        if sampler == "dpm++2m":
+            return sample_dpmpp_2m(denoise, x, tables, callback)
+        # "x0" is a one-step DDIM: from pure noise at the last timestep straight to the model's x0
         return sample_ddim(denoise, x, tables, eta, generator, callback)

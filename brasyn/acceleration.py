@@ -1,0 +1,139 @@
+"""How fast the denoiser runs: numeric precision, memory format, backend switches and compilation.
+
+Each switch is independent and measured by ``python -m brasyn.bench``; none changes what is computed
+beyond its stated tolerance (tests/test_acceleration.py):
+
+- ``precision``: ``bf16`` runs the network under ``torch.autocast`` with bfloat16 (convolutions and
+  linear layers in bfloat16, GroupNorm statistics in float32); the sampler's state and arithmetic stay
+  float32. ``auto`` is bf16 on a CUDA GPU with bfloat16 support and a cuDNN without the slow bf16
+  Conv3d kernels, float32 elsewhere (the CPU result stays the reference's numerics unless asked).
+- ``channels_last``: the denoiser's weights and activations in ``channels_last_3d`` (NDHWC), the layout
+  the CPU (oneDNN) and tensor-core convolution kernels are fastest in.
+- ``tf32``: float32 convolutions and matrix products may use TF32 tensor cores (CUDA, Ampere and newer).
+- ``cudnn_benchmark``: cuDNN times its convolution algorithms once per shape and keeps the fastest (every
+  case of a batch has the same model shape, so this is paid once).
+- ``compile``: ``torch.compile`` with static shapes (fuses GroupNorm, SiLU and the additions; the first
+  step of each new shape pays the compilation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = [
+    "PRECISIONS",
+    "SpeedSettings",
+    "configure_backends",
+    "cudnn_bf16_conv3d_problem",
+    "network_precision",
+    "optimise_model",
+    "resolve_precision",
+]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+# cuDNN 9.10 to 9.14 run bfloat16/float16 Conv3d up to 4x slower than float32 (pytorch/pytorch#166122)
+# and 9.10.2 gives wrong bf16 Conv3d results for large volumes (pytorch/pytorch#163539); 9.15 fixed both.
+_SLOW_BF16_CONV3D = (91000, 91500)
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """The speed switches of a run; the defaults are the fast path that keeps the reference's results."""
+
+    precision: str = "auto"
+    """"auto", "fp32" or "bf16" (see the module text)."""
+    channels_last: bool = True
+    """Run the denoiser in channels_last_3d."""
+    tf32: bool = True
+    """Allow TF32 for float32 convolutions and matrix products on CUDA."""
+    cudnn_benchmark: bool = True
+    """Let cuDNN pick the fastest convolution algorithm per shape."""
+    compile: bool = False
+    """Compile the denoiser with torch.compile (static shapes)."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def cudnn_bf16_conv3d_problem(device: torch.device) -> str | None:
+    """A sentence when this device's cuDNN has the slow (and, in 9.10.2, wrong) bf16 Conv3d kernels."""
+    if device.type != "cuda" or not torch.backends.cudnn.is_available():
+        return None
+    version = torch.backends.cudnn.version()
+    if version is None or not _SLOW_BF16_CONV3D[0] <= version < _SLOW_BF16_CONV3D[1]:
+        return None
+    major, minor = version // 10000, version // 100 % 100
+    cuda_major = (torch.version.cuda or "13").split(".")[0]
+    return (
+        f"the installed cuDNN {major}.{minor} runs bfloat16 3-D convolutions several times slower than "
+        f"float32 (fixed in cuDNN 9.15); install a newer one "
+        f"(pip install 'nvidia-cudnn-cu{cuda_major}>=9.15') or run with --precision fp32"
+    )
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The precision a run uses: ``auto`` becomes ``bf16`` or ``fp32`` for this device; an explicit
+    ``bf16`` the device cannot run is refused with a ValueError."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported(including_emulation=False)
+        problem = cudnn_bf16_conv3d_problem(device)
+        if requested == "auto":
+            if supported and problem is None:
+                return "bf16"
+            if problem is not None:
+                log.warning("float32 instead of bfloat16: %s", problem)
+            return "fp32"
+        if requested == "bf16":
+            if not supported:
+                raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16")
+            if problem is not None:
+                log.warning("%s", problem)
+        return requested
+    if requested == "auto":
+        return "fp32"
+    return requested
+
+
+def configure_backends(device: torch.device, settings: SpeedSettings) -> None:
+    """Process-wide backend switches for ``device`` (TF32, cuDNN autotuning); nothing on the CPU."""
+    if device.type != "cuda":
+        return
+    mode = "tf32" if settings.tf32 else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
+    torch.backends.cudnn.benchmark = settings.cudnn_benchmark
+
+
+def optimise_model(model: nn.Module, device: torch.device, settings: SpeedSettings) -> nn.Module:
+    """``model`` in the settings' memory format, compiled when asked (the returned module is then a
+    wrapper sharing the weights)."""
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    if settings.compile:
+        # static shapes: every case of a run has the same model shape, so one graph serves them all
+        return torch.compile(model, dynamic=False)
+    return model
+
+
+@contextlib.contextmanager
+def network_precision(device: torch.device, precision: str) -> Iterator[None]:
+    """``bf16``: autocast with bfloat16 for the network; ``fp32``: nothing changes."""
+    if precision == "fp32":
+        yield
+        return
+    if precision != "bf16":
+        raise ValueError(f"precision must be resolved to 'fp32' or 'bf16', got {precision!r}")
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+        yield
