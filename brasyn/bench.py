@@ -1,8 +1,9 @@
 """Speed and memory of the core maths and of one whole case, printed as JSON.
 
     python -m brasyn.bench [--config official|small|tiny] [--shape D H W] [--device cpu|cuda[:N]]
-                           [--precision fp32|bf16] [--sampler ddpm|ddim] [--steps N]
-                           [--channels-last] [--repeats N] [--warmup N] [--threads N]
+                           [--precision fp32|bf16] [--sampler ddpm|ddim|dpm++2m|x0] [--steps N]
+                           [--channels-last] [--compile] [--no-tf32] [--no-cudnn-benchmark]
+                           [--repeats N] [--warmup N] [--threads N] [--official DIR]
                            [--case-shape X Y Z | --no-case] [--json FILE]
 
 Times in milliseconds (median of ``--repeats`` after ``--warmup`` runs, synchronised on CUDA):
@@ -15,16 +16,21 @@ Times in milliseconds (median of ``--repeats`` after ``--warmup`` runs, synchron
   into its phases ``load`` (NIfTI reading), ``prepare`` (model space), ``sample``, ``restore`` (geometry
   and intensity), ``write`` (NIfTI writing), with the time to load the checkpoint beside. The case is
   ``--case-shape`` (default: 240x240x155, the BraTS grid, for the default ``--shape``; otherwise
-  ``--shape``); it runs as the pipeline does (contiguous memory format).
+  ``--shape``); it runs with the speed switches given here (the pipeline's defaults are channels_last_3d,
+  TF32 and cuDNN autotuning on, precision ``auto``);
+- ``official``, with ``--official DIR`` (a checkout of github.com/pfriedri/cwdm, not part of brasyn): the
+  official ``UNetModel`` built with the BraTS settings, loaded with the same weights, timed on the same
+  input in the same process as it runs there (float32, contiguous), with ``speedup`` = official forward /
+  brasyn forward and the largest difference between the two outputs.
 
 ``--precision bf16`` runs the network under ``torch.autocast`` with bfloat16; the sampler's arithmetic
-stays float32. Versions (torch, CUDA, cuDNN), the GPU and its NVML used memory are reported beside.
+stays float32. ``--compile`` times the ``torch.compile``-d denoiser after its compilation (reported as
+``compile_ms``). Versions (torch, CUDA, cuDNN), the GPU and its NVML used memory are reported beside.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import resource
@@ -32,7 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from brasyn.acceleration import SpeedSettings, configure_backends, network_precision, optimise_model
 from brasyn.bands import image_to_bands
 from brasyn.diffusion import SAMPLERS, Diffusion
 from brasyn.modalities import Modality, conditions_for
@@ -77,14 +84,14 @@ def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: i
     return {"median": statistics.median(runs), "runs": runs}
 
 
-@contextlib.contextmanager
-def network_precision(device: torch.device, precision: str) -> Iterator[None]:
-    """``bf16``: autocast (convolutions and linear layers in bfloat16); ``fp32``: nothing changes."""
-    if precision == "fp32":
-        yield
-        return
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-        yield
+def speed_settings(args: argparse.Namespace) -> SpeedSettings:
+    return SpeedSettings(
+        precision=args.precision,
+        channels_last=args.channels_last,
+        tf32=args.tf32,
+        cudnn_benchmark=args.cudnn_benchmark,
+        compile=args.compile,
+    )
 
 
 def _peak_memory_mib(device: torch.device) -> dict[str, float]:
@@ -154,7 +161,9 @@ def time_case(args: argparse.Namespace, device: torch.device, shape: tuple[int, 
         case_id = "BraTS-BENCH-00000-000"
         files = _synthetic_case(root / "input", case_id, shape)
         init_random(root / "weights", args.config, targets=[CASE_TARGET])
-        settings = SynthesisSettings(sampler=args.sampler, steps=args.steps, seed=0, progress=False)
+        settings = SynthesisSettings(
+            sampler=args.sampler, steps=args.steps, seed=0, progress=False, speed=speed_settings(args)
+        )
         synthesizer = Synthesizer(WeightStore(root / "weights"), device, settings)
         start = time.perf_counter()
         synthesizer.weights.load(CASE_TARGET, device)
@@ -177,9 +186,8 @@ def time_case(args: argparse.Namespace, device: torch.device, shape: tuple[int, 
         prepared = synthesizer.prepare(volumes, CASE_TARGET, case_id)
         lap("prepare")
         generator = case_generator(0, case_id, device)
-        with network_precision(device, args.precision):
-            images = torch.from_numpy(prepared.images)[None]
-            model_space = synthesizer.predict(images, CASE_TARGET, generator)[0, 0].float().cpu().numpy()
+        images = torch.from_numpy(prepared.images)[None]
+        model_space = synthesizer.predict(images, CASE_TARGET, generator)[0, 0].float().cpu().numpy()
         lap("sample")
         data = synthesizer.restore(model_space, prepared, CASE_TARGET)
         lap("restore")
@@ -191,6 +199,7 @@ def time_case(args: argparse.Namespace, device: torch.device, shape: tuple[int, 
         "stored_shape": list(shape),
         "model_shape": list(prepared.geometry.model_shape),
         "sampler": args.sampler,
+        "precision": synthesizer.precision,
         "steps": steps,
         "model_load_ms": model_load,
         "phases_ms": phases,
@@ -210,12 +219,14 @@ def time_maths(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
     x = torch.randn(band_shape, generator=gen, device=device)
     t = torch.tensor([500], device=device)
 
-    model = Denoiser.from_config(config).to(device).eval()
+    plain = Denoiser.from_config(config).to(device).eval()
     with torch.no_grad():
-        for p in model.parameters():  # fresh models output zeros; give every layer work to do
+        for p in plain.parameters():  # fresh models output zeros; give every layer work to do
             p.normal_(0.0, 0.02, generator=gen)
+    state = {k: v.detach().clone() for k, v in plain.state_dict().items()} if args.official else None
+    configure_backends(device, speed_settings(args))
+    model = optimise_model(plain, device, speed_settings(args))
     if args.channels_last:
-        model.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
         cond = cond.contiguous(memory_format=torch.channels_last_3d)
     diffusion = Diffusion()
@@ -230,8 +241,14 @@ def time_maths(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
         result["idwt3_ms"] = time_ms(lambda: idwt3(bands), device, max(args.repeats, 5), 1)
         inputs = torch.cat([x, cond], dim=1)
         with network_precision(device, args.precision):
+            if args.compile:
+                start = time.perf_counter()
+                model(inputs, t)
+                _sync(device)
+                result["compile_ms"] = (time.perf_counter() - start) * 1e3
             log.info("timing the denoiser forward at %s (%s)", tuple(inputs.shape), args.precision)
             result["forward_ms"] = time_ms(lambda: model(inputs, t), device, args.repeats, args.warmup)
+            ours = model(inputs, t).float()
             log.info("timing one %s step", args.sampler)
             result[f"{args.sampler}_step_ms"] = time_ms(
                 lambda: diffusion.sample(model, cond, band_shape, args.sampler, steps=1, generator=gen),
@@ -239,7 +256,65 @@ def time_maths(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
                 args.repeats,
                 args.warmup,
             )
+        if args.official:
+            result["official"] = time_official(args, device, state, inputs.contiguous(), t, ours)
+            result["official"]["speedup"] = (
+                result["official"]["forward_ms"]["median"] / result["forward_ms"]["median"]
+            )
     return result
+
+
+def official_model(checkout: Path, config_name: str) -> torch.nn.Module:
+    """The official cWDM ``UNetModel`` with the BraTS settings (REFERENCE.md) and the width of
+    ``config_name``, imported from a checkout of its repository."""
+    if not (checkout / "guided_diffusion" / "unet.py").is_file():
+        raise FileNotFoundError(
+            f"{checkout} is not a checkout of github.com/pfriedri/cwdm (no guided_diffusion)"
+        )
+    sys.path.insert(0, str(checkout))
+    from guided_diffusion.unet import UNetModel  # type: ignore[import-not-found]
+
+    config = PRESETS[config_name]
+    return UNetModel(
+        image_size=224,
+        in_channels=config.in_channels,
+        model_channels=config.model_channels,
+        out_channels=config.out_channels,
+        num_res_blocks=config.num_res_blocks,
+        attention_resolutions=(),
+        channel_mult=tuple(config.channel_mult),
+        dims=3,
+        num_groups=config.num_groups,
+        bottleneck_attention=False,
+        resample_2d=False,
+        additive_skips=False,
+        resblock_updown=True,
+        use_scale_shift_norm=False,
+    )
+
+
+def time_official(
+    args: argparse.Namespace,
+    device: torch.device,
+    state: dict[str, torch.Tensor],
+    inputs: torch.Tensor,
+    t: torch.Tensor,
+    ours: torch.Tensor,
+) -> dict[str, Any]:
+    """The official denoiser's forward on the same weights and input, as its own code runs it."""
+    model = official_model(args.official, args.config)
+    model.load_state_dict(state, strict=True)
+    model.to(device)  # the official UNetModel.to returns None
+    model.eval()
+    log.info("timing the official denoiser forward at %s (fp32)", tuple(inputs.shape))
+    timing = time_ms(lambda: model(inputs, t), device, args.repeats, args.warmup)
+    theirs = model(inputs, t).float()
+    scale = float(theirs.abs().max())
+    return {
+        "forward_ms": timing,
+        "max_abs_difference": float((theirs - ours).abs().max()),
+        "output_max_abs": scale,
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -286,6 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sampler", choices=SAMPLERS, default="ddim", help="sampler of the step and the case"
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
+    parser.add_argument("--no-tf32", dest="tf32", action="store_false", help="no TF32 on CUDA")
+    parser.add_argument(
+        "--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false", help="no cuDNN autotuning"
+    )
+    parser.add_argument(
+        "--official",
+        type=Path,
+        metavar="DIR",
+        help="also time the official UNetModel from this checkout of pfriedri/cwdm on the same input",
     )
     parser.add_argument(
         "--steps", type=int, default=10, help="sampling steps of the end-to-end case (default 10)"

@@ -1,0 +1,274 @@
+"""Does a faster setting change the images? Two measurements on complete cases (all four contrasts),
+each contrast in turn (or ``--target``) withheld and synthesised from the other three, printed as JSON:
+
+    python -m brasyn.quality samplers --data DIR [--weights DIR] [--target t2f] [--case ID ...]
+                                      [--variant ddpm:1000 --variant ddim:50 ...] [--device D] [--json FILE]
+    python -m brasyn.quality precision --data DIR [--weights DIR] [--target t2f] [--case ID ...]
+                                      [--sampler ddpm] [--steps 1000] [--crop D H W] [--seed 42]
+                                      [--device D] [--json FILE]
+
+``samplers``: each ``sampler:steps[:precision]`` variant synthesises the withheld contrast through the
+pipeline (seed and noise as a run would draw them) and is scored against the real one with the
+challenge's metrics (:func:`brasyn.metrics.score`): the table a user picks a fast mode from.
+
+``precision``: with identical noise, the model-space result of bfloat16 against float32 must differ less
+than two float32 results with different seeds differ from each other. Three chains per case (float32 with
+``--seed``, float32 with ``--seed + 1``, bfloat16 with ``--seed``); SSIM between the float32 and bfloat16
+results, and between the two float32 ones, over the model window or a ``--crop`` of it centred on the
+brain (a crop keeps a 1000-step CPU run to minutes; the network is fully convolutional).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brasyn.acceleration import SpeedSettings
+from brasyn.cases import Case, discover
+from brasyn.diffusion import SAMPLERS
+from brasyn.errors import BrasynError
+from brasyn.logs import configure_logging
+from brasyn.metrics import score, ssim
+from brasyn.modalities import Modality
+from brasyn.runtime import case_generator, select_device
+from brasyn.synthesize import SynthesisSettings, Synthesizer
+from brasyn.volumes import load_volume
+from brasyn.weights import WeightStore
+
+__all__ = ["Variant", "complete_cases", "compare_precision", "compare_samplers", "main", "parse_variant"]
+
+log = logging.getLogger("brasyn.quality")
+
+DEFAULT_VARIANTS = ("ddpm:1000", "ddim:100", "ddim:50", "ddim:20", "dpm++2m:20", "dpm++2m:10", "x0:1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    sampler: str
+    steps: int
+    precision: str = "fp32"
+
+    @property
+    def name(self) -> str:
+        return f"{self.sampler}:{self.steps}:{self.precision}"
+
+
+def parse_variant(text: str) -> Variant:
+    """``sampler:steps[:precision]``, e.g. ``ddim:50`` or ``dpm++2m:20:bf16``."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in SAMPLERS or not parts[1].isdigit():
+        raise ValueError(f"variant {text!r}: expected sampler:steps[:precision] with a sampler of {SAMPLERS}")
+    precision = parts[2] if len(parts) == 3 else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"variant {text!r}: precision must be fp32 or bf16")
+    return Variant(parts[0], int(parts[1]), precision)
+
+
+def complete_cases(data: Path, ids: list[str] | None = None) -> list[Case]:
+    """The case folders under ``data`` that hold all four contrasts (optionally only ``ids``)."""
+    cases = [c for c in discover(data) if isinstance(c, Case) and set(c.files) == set(Modality)]
+    if ids:
+        cases = [c for c in cases if c.id in ids]
+    if not cases:
+        raise BrasynError(
+            f"no case folder in {data} holds all four contrasts{' among ' + str(ids) if ids else ''}"
+        )
+    return cases
+
+
+def _synthesizer(weights: WeightStore, device: torch.device, variant: Variant, seed: int) -> Synthesizer:
+    settings = SynthesisSettings(
+        sampler=variant.sampler,
+        steps=variant.steps,
+        seed=seed,
+        progress=False,
+        speed=SpeedSettings(precision=variant.precision),
+    )
+    return Synthesizer(weights, device, settings)
+
+
+def compare_samplers(
+    cases: list[Case],
+    targets: list[Modality],
+    weights: WeightStore,
+    device: torch.device,
+    variants: list[Variant],
+    seed: int = 42,
+) -> list[dict[str, Any]]:
+    """One row per case, target and variant: seconds and the scores against the real contrast."""
+    rows = []
+    for case in cases:
+        volumes = {m: load_volume(p, case.id) for m, p in case.files.items()}
+        for target in targets:
+            conditions = {m: v for m, v in volumes.items() if m != target}
+            for variant in variants:
+                synthesizer = _synthesizer(weights, device, variant, seed)
+                log.info("%s %s: %s", case.id, target, variant.name)
+                start = time.perf_counter()
+                data, _, _ = synthesizer.synthesize(conditions, target, case.id)
+                seconds = time.perf_counter() - start
+                scores = score(data, volumes[target].data)
+                rows.append(
+                    {
+                        "case": case.id,
+                        "target": target.value,
+                        "variant": variant.name,
+                        "steps": synthesizer.steps_for(target),
+                        "seconds": round(seconds, 2),
+                        **{k: v for k, v in scores.items() if v is not None},
+                    }
+                )
+                log.info("%s", rows[-1])
+    return rows
+
+
+def _crop_window(brain: np.ndarray, crop: tuple[int, int, int] | None) -> tuple[slice, ...]:
+    """A window of size ``crop`` centred on the brain's bounding box, inside the volume."""
+    if crop is None:
+        return tuple(slice(None) for _ in brain.shape)
+    nonzero = np.argwhere(brain)
+    centre = (nonzero.min(0) + nonzero.max(0)) // 2 if len(nonzero) else np.array(brain.shape) // 2
+    window = []
+    for c, size, length in zip(centre, crop, brain.shape, strict=True):
+        if size > length:
+            raise ValueError(f"--crop {crop} is larger than the model window {brain.shape}")
+        start = int(np.clip(c - size // 2, 0, length - size))
+        window.append(slice(start, start + size))
+    return tuple(window)
+
+
+def compare_precision(
+    cases: list[Case],
+    targets: list[Modality],
+    weights: WeightStore,
+    device: torch.device,
+    sampler: str = "ddpm",
+    steps: int = 1000,
+    seed: int = 42,
+    crop: tuple[int, int, int] | None = None,
+) -> list[dict[str, Any]]:
+    """Per case and target: SSIM(bf16, fp32) with the same noise against SSIM(fp32, fp32 other seed)."""
+    rows = []
+    for case in cases:
+        volumes = {m: load_volume(p, case.id) for m, p in case.files.items()}
+        for target in targets:
+            conditions = {m: v for m, v in volumes.items() if m != target}
+            base = _synthesizer(weights, device, Variant(sampler, steps), seed)
+            prepared = base.prepare(conditions, target, case.id)
+            window = _crop_window(prepared.images[0] > 0, crop)
+            images = torch.from_numpy(np.ascontiguousarray(prepared.images[(slice(None), *window)]))[None]
+            results = {}
+            seconds = {}
+            for name, variant, run_seed in (
+                ("fp32", Variant(sampler, steps, "fp32"), seed),
+                ("fp32_other_seed", Variant(sampler, steps, "fp32"), seed + 1),
+                ("bf16", Variant(sampler, steps, "bf16"), seed),
+            ):
+                synthesizer = _synthesizer(weights, device, variant, run_seed)
+                generator = case_generator(run_seed, case.id, device)
+                log.info("%s %s: %s %d steps, %s, seed %d", case.id, target, sampler, steps, name, run_seed)
+                start = time.perf_counter()
+                out = synthesizer.predict(images, target, generator)
+                seconds[name] = round(time.perf_counter() - start, 2)
+                results[name] = out[0, 0].float().cpu().numpy()
+            between_precisions = ssim(results["bf16"], results["fp32"])
+            between_seeds = ssim(results["fp32_other_seed"], results["fp32"])
+            rows.append(
+                {
+                    "case": case.id,
+                    "target": target.value,
+                    "sampler": sampler,
+                    "steps": steps,
+                    "shape": list(images.shape[2:]),
+                    "ssim_bf16_vs_fp32": between_precisions,
+                    "ssim_fp32_seed_vs_seed": between_seeds,
+                    "max_abs_bf16_vs_fp32": float(np.abs(results["bf16"] - results["fp32"]).max()),
+                    "bf16_closer_than_seeds": between_precisions > between_seeds,
+                    "seconds": seconds,
+                }
+            )
+            log.info("%s", rows[-1])
+    return rows
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| case | target | variant | steps | s | SSIM | PSNR | SSIM brain | PSNR brain |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['target']} | {r['variant']} | {r['steps']} | {r['seconds']:.1f} | "
+            f"{r['ssim']:.4f} | {r['psnr']:.2f} | {r.get('ssim_brain', float('nan')):.4f} | "
+            f"{r.get('psnr_brain', float('nan')):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m brasyn.quality", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("samplers", "precision"):
+        p = commands.add_parser(name)
+        p.add_argument("--data", type=Path, required=True, help="folder of complete case folders")
+        p.add_argument("--weights", type=Path, default=Path(__file__).resolve().parent.parent / "weights")
+        p.add_argument("--target", choices=[m.value for m in Modality], action="append")
+        p.add_argument("--case", action="append", help="only this case id (repeatable)")
+        p.add_argument("--seed", type=int, default=42)
+        p.add_argument("--device", default="auto")
+        p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+        p.add_argument("--json", type=Path, help="also write the JSON here")
+        p.add_argument("-v", "--verbose", action="count", default=0)
+    samplers = commands.choices["samplers"]
+    samplers.add_argument(
+        "--variant", action="append", help=f"sampler:steps[:precision] (default {DEFAULT_VARIANTS})"
+    )
+    precision = commands.choices["precision"]
+    precision.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    precision.add_argument("--steps", type=int, default=1000)
+    precision.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose + 1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cases = complete_cases(args.data, args.case)
+        targets = [Modality(t) for t in args.target] if args.target else list(Modality)
+        weights = WeightStore(args.weights)
+        device = select_device(args.device)
+        if args.command == "samplers":
+            variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
+            rows = compare_samplers(cases, targets, weights, device, variants, args.seed)
+        else:
+            crop = tuple(args.crop) if args.crop else None
+            rows = compare_precision(
+                cases, targets, weights, device, args.sampler, args.steps, args.seed, crop
+            )
+    except (BrasynError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    result = {"command": args.command, "device": str(device), "weights": str(args.weights), "rows": rows}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.command == "samplers":
+        sys.stderr.write(_markdown(rows) + "\n")
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
