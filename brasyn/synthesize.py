@@ -34,6 +34,7 @@ from brasyn.errors import CaseError, WeightsError
 from brasyn.intensity import estimate_scale, high_percentile, restore_intensity
 from brasyn.modalities import Modality, conditions_for
 from brasyn.preprocess import Geometry, prepare, restore_geometry
+from brasyn.resample import plan_grid, to_model_grid, to_reference_grid
 from brasyn.runtime import case_generator, peak_memory_mib, reset_peak_memory
 from brasyn.volumes import Volume, check_same_grid, load_volume, write_volume
 from brasyn.weights import WeightStore
@@ -86,6 +87,10 @@ class CaseResult:
     peak_memory_mib: float | None = None
     message: str = ""
     files: list[str] = field(default_factory=list)
+    resampled: bool = False
+    """Whether the inputs were resampled onto a 1 mm model grid (``brasyn.resample``)."""
+    grid_of: str | None = None
+    """The contrast whose grid the output is on, when resampled."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,8 +247,14 @@ class Synthesizer:
         output_dir: Path,
         overwrite: bool = False,
         preview: Callable[[Case, Prepared, np.ndarray], None] | None = None,
+        grid_of: Modality | None = None,
     ) -> CaseResult:
-        """Synthesise and write one case; never raises for a problem of the case itself."""
+        """Synthesise and write one case; never raises for a problem of the case itself.
+
+        Inputs that are not on one 1 mm grid are resampled onto one (:mod:`brasyn.resample`) and the
+        result goes back onto the grid of ``grid_of`` (default: the highest-resolution input); the
+        preview then shows the resampled inputs, as the model saw them.
+        """
         start = time.perf_counter()
         result = CaseResult(case=case.id, status="failed", device=str(self.device))
         result.files = [str(p) for p in case.files.values()]
@@ -261,6 +272,11 @@ class Synthesizer:
         bar = None
         try:
             volumes = {m: load_volume(p, case.id) for m, p in case.conditions.items()}
+            plan = plan_grid(volumes, case.id, grid_of)
+            if plan is not None:
+                reference = volumes[plan.reference]
+                volumes = to_model_grid(volumes, plan)
+                result.resampled, result.grid_of = True, plan.reference.value
             if self.settings.progress and self.settings.method == "diffusion":
                 bar = tqdm(
                     total=self.steps_for(case.target),
@@ -271,13 +287,17 @@ class Synthesizer:
                 )
             progress = (lambda info: bar.update(1)) if bar is not None else None
             data, prepared, model_space = self.synthesize(volumes, case.target, case.id, progress)
+            if plan is None:
+                reference = prepared.reference
+            else:
+                data = to_reference_grid(data, prepared.brain, plan, reference)
             if not np.any(data):
                 raise CaseError(
                     case.id,
                     f"the synthetic image is empty (all voxels 0); check the inputs and {self.source}",
                     case.files.values(),
                 )
-            write_volume(data, prepared.reference, output, description=f"brasyn synthetic {case.target}")
+            write_volume(data, reference, output, description=f"brasyn synthetic {case.target}")
             if preview is not None:
                 preview(case, prepared, model_space)
         except CaseError as exc:
