@@ -311,3 +311,21 @@ def test_the_model_grid_covers_every_brain_at_1mm_on_the_reference_lattice(tmp_p
     # voxel centres of the 1 mm reference fall on model voxel centres
     offset = np.linalg.solve(plan.affine, BRATS_AFFINE @ [0, 0, 0, 1])[:3]
     np.testing.assert_allclose(offset, np.round(offset), atol=1e-6)
+
+
+def test_a_slab_covering_part_of_the_brain_is_not_taken_for_a_misregistered_one(tmp_path):
+    """Overlap is judged where both fields of view have data: a co-registered FLAIR slab over the upper
+    half of the head passes, the same slab moved 40 mm sideways does not."""
+    full = phantom(seed=3)
+    slab_affine = BRATS_AFFINE.copy()
+    slab_affine[:3, 3] += BRATS_AFFINE[:3, 2] * 20  # starts at slice 20 of the others
+    volumes = {
+        Modality.T1N: load_volume(save_nifti(tmp_path / "a.nii.gz", phantom(seed=1)), "c"),
+        Modality.T1C: load_volume(save_nifti(tmp_path / "b.nii.gz", phantom(seed=2)), "c"),
+        Modality.T2F: load_volume(save_nifti(tmp_path / "f.nii.gz", full[:, :, 20:], slab_affine), "c"),
+    }
+    assert plan_grid(volumes, "c").overlap > 0.9
+    slab_affine[:3, 3] += (40.0, 0.0, 0.0)
+    volumes[Modality.T2F] = load_volume(save_nifti(tmp_path / "g.nii.gz", full[:, :, 20:], slab_affine), "c")
+    with pytest.raises(CaseError, match="not co-registered"):
+        plan_grid(volumes, "c")
