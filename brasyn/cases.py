@@ -23,7 +23,7 @@ from brasyn.modalities import (
     modality_from_alias,
     output_file_name,
     parse_contrast_name,
-    split_nifti_extension,
+    split_image_extension,
 )
 
 __all__ = ["Case", "discover"]
@@ -123,8 +123,8 @@ def _names(paths: list[Path]) -> str:
 
 
 def _ignore_reason(name: str) -> str:
-    if split_nifti_extension(name) is None:
-        return "not a NIfTI image (.nii or .nii.gz)"
+    if split_image_extension(name) is None:
+        return "not an image (.nii, .nii.gz, .mha, .mhd or .nrrd)"
     if is_annotation_name(name):
         return "a segmentation or mask"
     return "no contrast name (t1n, t1c, t2w, t2f or an alias) in it"

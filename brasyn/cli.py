@@ -40,7 +40,7 @@ from brasyn.diffusion import SAMPLERS
 from brasyn.errors import BrasynError, CaseError, WeightsError
 from brasyn.intensity import OUTPUT_THRESHOLD
 from brasyn.logs import configure_logging
-from brasyn.modalities import MODALITIES, Modality
+from brasyn.modalities import MODALITIES, Modality, modality_from_alias
 from brasyn.prefetch import prefetched
 from brasyn.preprocess import to_model
 from brasyn.preview import mosaic, write_png
@@ -56,7 +56,18 @@ log = logging.getLogger("brasyn")
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 """The weights folder shipped beside the package (baked into the container image)."""
-PARAMETER_KEYS = {"sampler", "steps", "seed", "device", "eta", "naming", "target", "method", "precision"}
+PARAMETER_KEYS = {
+    "sampler",
+    "steps",
+    "seed",
+    "device",
+    "eta",
+    "naming",
+    "target",
+    "method",
+    "precision",
+    "grid_of",
+}
 EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE, EXIT_TERMINATED = 0, 1, 2, 143
 
 
@@ -180,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("input", "brats2023"),
         default="input",
         help="output names like the case's inputs (default) or always <case>-<contrast>.nii.gz",
+    )
+    parser.add_argument(
+        "--grid-of",
+        choices=[m.value for m in MODALITIES],
+        help="when a case's contrasts are not on one 1 mm grid: write the output on the grid of this input "
+        "contrast (default: the highest-resolution one); a case that lacks it fails",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace existing outputs instead of skipping"
@@ -466,6 +483,14 @@ def run(args: argparse.Namespace) -> int:
     synthesizer = _synthesizer(args, settings)
     device = synthesizer.device
     target = Modality(args.target) if args.target else None
+    try:
+        grid_of = modality_from_alias(args.grid_of) if getattr(args, "grid_of", None) else None
+    except ValueError as exc:
+        raise UsageError(f"grid_of: {exc}") from exc
+    if grid_of is not None and grid_of is target:
+        raise UsageError(
+            f"--grid-of {grid_of.value} names the contrast to synthesise; name an input contrast"
+        )
     found = discover(args.input, target=target, naming=args.naming)
     shard = _shard(args)
     if shard is not None:
@@ -497,7 +522,7 @@ def run(args: argparse.Namespace) -> int:
     interrupted = False
     stream = prefetched(
         found,
-        load=synthesizer.load,
+        load=lambda case: synthesizer.load(case, grid_of),
         wanted=lambda item: (
             isinstance(item, Case) and synthesizer.needs_work(item, args.output, args.overwrite)
         ),
@@ -515,7 +540,12 @@ def run(args: argparse.Namespace) -> int:
                     )
                 else:
                     result = synthesizer.process(
-                        item, args.output, overwrite=args.overwrite, preview=preview, loaded=loaded
+                        item,
+                        args.output,
+                        overwrite=args.overwrite,
+                        preview=preview,
+                        grid_of=grid_of,
+                        loaded=loaded,
                     )
                 results.append(result)
                 _log_result(result)

@@ -24,6 +24,7 @@ __all__ = [
     "AmbiguousNameError",
     "modality_from_alias",
     "split_nifti_extension",
+    "split_image_extension",
     "is_annotation_name",
     "parse_contrast_name",
     "naming_family",
@@ -115,6 +116,9 @@ NAMING_SCHEMES: tuple[str, ...] = ("input", "brats2023")
 """Accepted values of ``naming``: named like the inputs, or ``<case>-<contrast>.nii.gz`` always."""
 
 _NIFTI_EXTENSION = re.compile(r"(\.nii\.gz|\.nii)$", re.IGNORECASE)
+_IMAGE_EXTENSION = re.compile(r"(\.nii\.gz|\.nii|\.mha|\.mhd|\.nrrd)$", re.IGNORECASE)
+"""NIfTI (nibabel), MetaImage and NRRD (SimpleITK): what hospital exports and research pipelines hand over.
+A ``.mhd`` header's pixel file (``.raw``, ``.zraw``) is not an image name of its own."""
 _SEPARATOR_SPLIT = re.compile(r"([-_.])")
 
 
@@ -145,7 +149,7 @@ class ContrastName:
     suffix: str
     """Everything after the token, its leading separator included (``_bet``); often empty."""
     extension: str
-    """``.nii.gz`` or ``.nii`` as written."""
+    """``.nii.gz``, ``.nii``, ``.mha``, ``.mhd`` or ``.nrrd`` as written."""
 
     @property
     def name(self) -> str:
@@ -177,6 +181,21 @@ def split_nifti_extension(name: str) -> tuple[str, str] | None:
     return name[: match.start()], match.group(1)
 
 
+def split_image_extension(name: str) -> tuple[str, str] | None:
+    """``(stem, extension)`` of an image file name brasyn reads (NIfTI, MetaImage, NRRD), or ``None``."""
+    match = _IMAGE_EXTENSION.search(name)
+    if match is None or match.start() == 0:
+        return None
+    return name[: match.start()], match.group(1)
+
+
+def _output_extension(names: list[ContrastName]) -> str:
+    """``.nii.gz`` for NIfTI inputs (what the challenge expects); otherwise the inputs' own format, the
+    most common one where they mix (ties to the first contrast's)."""
+    kinds = [".nii.gz" if n.extension.lower() in (".nii", ".nii.gz") else n.extension.lower() for n in names]
+    return max(kinds, key=kinds.count) if kinds else ".nii.gz"
+
+
 def _split_tokens(stem: str) -> list[str]:
     """Tokens at even indices, separators at odd ones; empty tokens kept so that joining is exact."""
     return _SEPARATOR_SPLIT.split(stem)
@@ -184,7 +203,7 @@ def _split_tokens(stem: str) -> list[str]:
 
 def is_annotation_name(name: str) -> bool:
     """Whether a file name marks a segmentation, mask or prediction rather than an image."""
-    split = split_nifti_extension(name)
+    split = split_image_extension(name)
     stem = split[0] if split else name
     return any(part.lower() in ANNOTATION_WORDS for part in _split_tokens(stem)[::2])
 
@@ -192,15 +211,15 @@ def is_annotation_name(name: str) -> bool:
 def parse_contrast_name(name: str, case_id: str | None = None) -> ContrastName | None:
     """Read which contrast a file holds from its base name.
 
-    Returns ``None`` for files that are not contrast images: not NIfTI, a segmentation or mask
-    (:data:`ANNOTATION_WORDS`), or no contrast token at all. Raises :class:`AmbiguousNameError` when two
-    tokens name different contrasts. When the same contrast is named twice (``T1_scan_t1.nii.gz``) the
-    last token is taken as the contrast token, since names put the contrast last by convention.
+    Returns ``None`` for files that are not contrast images: not NIfTI, MetaImage or NRRD, a segmentation
+    or mask (:data:`ANNOTATION_WORDS`), or no contrast token at all. Raises :class:`AmbiguousNameError`
+    when two tokens name different contrasts. When the same contrast is named twice (``T1_scan_t1.nii.gz``)
+    the last token is taken as the contrast token, since names put the contrast last by convention.
 
     A name that starts with ``case_id`` and a separator (``<case>-t1c.nii.gz``) is read after it, so a
     case id that happens to contain a contrast or mask word does not confuse the reading.
     """
-    split = split_nifti_extension(name)
+    split = split_image_extension(name)
     if split is None:
         return None
     stem, extension = split
@@ -299,7 +318,9 @@ def output_file_name(
 ) -> str:
     """The flat file name of the synthetic ``target`` contrast of a case whose images are ``names``.
 
-    Always ends in ``.nii.gz`` (the challenge and the orchestrator expect it, whatever the inputs use).
+    Ends in ``.nii.gz`` for NIfTI inputs (the challenge and the orchestrator expect it, whether the inputs
+    are ``.nii`` or ``.nii.gz``); MetaImage or NRRD inputs give an output in their own format (``.mha``,
+    ``.mhd``, ``.nrrd``; the most common one when a case mixes formats).
     ``naming="input"``: when every input shares prefix, separator and suffix, the output follows them
     (``BraTS2021_00000_t1ce.nii.gz``, ``TCGA-DU-7294_fla_bet.nii.gz``); bare names (``T1.nii.gz``) and
     inputs that disagree fall back to ``<case_id>-<canonical>.nii.gz``, because a name built from one input
@@ -311,10 +332,11 @@ def output_file_name(
     names = list(names)
     patterns = {(n.prefix, n.separator, n.suffix) for n in names}
     prefix, separator, suffix = patterns.pop() if len(patterns) == 1 else ("", "", "")
+    extension = _output_extension(names)
     if naming == "input" and prefix:
-        result = f"{prefix}{separator}{_token_for(target, names)}{suffix}.nii.gz"
+        result = f"{prefix}{separator}{_token_for(target, names)}{suffix}{extension}"
     elif case_id:
-        result = f"{case_id}-{target.value}.nii.gz"
+        result = f"{case_id}-{target.value}{extension}"
     else:
         raise ValueError(f"an empty case id cannot name the output of the {target.value} contrast")
     if "/" in result or "\\" in result or result.startswith("."):

@@ -41,6 +41,7 @@ from brasyn.errors import CaseError, WeightsError
 from brasyn.intensity import estimate_scale, high_percentile, restore_intensity
 from brasyn.modalities import Modality, conditions_for
 from brasyn.preprocess import Geometry, prepare, restore_geometry
+from brasyn.resample import GridPlan, plan_grid, to_model_grid, to_reference_grid
 from brasyn.runtime import case_generator, peak_memory_mib, reset_peak_memory
 from brasyn.volumes import Volume, check_same_grid, load_volume, write_volume
 from brasyn.weights import WeightStore
@@ -96,6 +97,10 @@ class CaseResult:
     peak_memory_mib: float | None = None
     message: str = ""
     files: list[str] = field(default_factory=list)
+    resampled: bool = False
+    """Whether the inputs were resampled onto a 1 mm model grid (``brasyn.resample``)."""
+    grid_of: str | None = None
+    """The contrast whose grid the output is on, when resampled."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,7 +111,12 @@ class Loaded:
     """A case read from disk and brought into model space, ready to be sampled."""
 
     volumes: dict[Modality, Volume]
+    """The conditions as the model sees them (resampled onto a 1 mm grid where ``plan`` says so)."""
     prepared: Prepared
+    plan: GridPlan | None = None
+    """How the inputs were resampled; None when they were on one 1 mm grid already."""
+    reference: Volume | None = None
+    """With a plan: the input whose grid the result goes back onto."""
 
 
 @dataclass
@@ -276,13 +286,19 @@ class Synthesizer:
             return False
         return overwrite or not (output_dir / case.output_name).exists()
 
-    def load(self, case: Case) -> Loaded:
-        """Reads ``case``'s conditions and brings them into model space (CPU only, no model): the part
-        of a case that can run while another case is being sampled. Raises CaseError."""
+    def load(self, case: Case, grid_of: Modality | None = None) -> Loaded:
+        """Reads ``case``'s conditions, resamples them onto one 1 mm grid where they are not on one, and
+        brings them into model space (CPU only, no model): the part of a case that can run while another
+        case is being sampled. Raises CaseError."""
         if case.target is None:
             raise CaseError(case.id, case.skip_reason or "nothing to synthesise")
         volumes = {m: load_volume(p, case.id) for m, p in case.conditions.items()}
-        return Loaded(volumes, self.prepare(volumes, case.target, case.id))
+        plan = plan_grid(volumes, case.id, grid_of)
+        reference = None
+        if plan is not None:
+            reference = volumes[plan.reference]
+            volumes = to_model_grid(volumes, plan)
+        return Loaded(volumes, self.prepare(volumes, case.target, case.id), plan, reference)
 
     def process(
         self,
@@ -290,12 +306,17 @@ class Synthesizer:
         output_dir: Path,
         overwrite: bool = False,
         preview: Callable[[Case, Prepared, np.ndarray], None] | None = None,
+        grid_of: Modality | None = None,
         loaded: Callable[[], Loaded] | None = None,
     ) -> CaseResult:
         """Synthesise and write one case; never raises for a problem of the case itself.
 
-        ``loaded`` returns :meth:`load`'s result for this case (or raises its CaseError) where that was
-        started ahead, while the previous case was sampled."""
+        Inputs that are not on one 1 mm grid are resampled onto one (:mod:`brasyn.resample`) and the
+        result goes back onto the grid of ``grid_of`` (default: the highest-resolution input); the
+        preview then shows the resampled inputs, as the model saw them. ``loaded`` returns
+        :meth:`load`'s result for this case (or raises its CaseError) where that was started ahead,
+        while the previous case was sampled.
+        """
         start = time.perf_counter()
         result = CaseResult(case=case.id, status="failed", device=str(self.device))
         result.files = [str(p) for p in case.files.values()]
@@ -312,7 +333,9 @@ class Synthesizer:
         reset_peak_memory(self.device)
         bar = None
         try:
-            ready = loaded() if loaded is not None else self.load(case)
+            ready = loaded() if loaded is not None else self.load(case, grid_of)
+            if ready.plan is not None:
+                result.resampled, result.grid_of = True, ready.plan.reference.value
             if self.settings.progress and self.settings.method == "diffusion":
                 bar = tqdm(
                     total=self.steps_for(case.target),
@@ -325,13 +348,17 @@ class Synthesizer:
             data, prepared, model_space = self.synthesize(
                 ready.volumes, case.target, case.id, progress, prepared=ready.prepared
             )
+            reference = prepared.reference
+            if ready.plan is not None:
+                reference = ready.reference
+                data = to_reference_grid(data, prepared.brain, ready.plan, reference)
             if not np.any(data):
                 raise CaseError(
                     case.id,
                     f"the synthetic image is empty (all voxels 0); check the inputs and {self.source}",
                     case.files.values(),
                 )
-            write_volume(data, prepared.reference, output, description=f"brasyn synthetic {case.target}")
+            write_volume(data, reference, output, description=f"brasyn synthetic {case.target}")
             if preview is not None:
                 preview(case, prepared, model_space)
         except CaseError as exc:

@@ -1,5 +1,10 @@
-"""NIfTI in and out: reading with every check a user's file can fail, and writing the synthetic contrast
+"""Images in and out: reading with every check a user's file can fail, and writing the synthetic contrast
 atomically on the grid and header of an input.
+
+NIfTI (``.nii``, ``.nii.gz``) goes through nibabel exactly as the challenge expects; MetaImage (``.mha``,
+``.mhd``) and NRRD (``.nrrd``) go through SimpleITK and are turned into the same :class:`Volume`: voxels
+in ITK index order (x, y, z) and the 4x4 RAS affine nibabel would give, so everything downstream sees one
+representation whatever the format.
 """
 
 from __future__ import annotations
@@ -13,14 +18,18 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 
 from brasyn.errors import CaseError
 
 __all__ = [
+    "ITK_EXTENSIONS",
     "TEMP_PREFIX",
     "Volume",
+    "affine_from_itk",
     "check_same_grid",
     "grid_difference",
+    "itk_geometry",
     "load_volume",
     "remove_stale_temporaries",
     "write_volume",
@@ -29,6 +38,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AFFINE_TOLERANCE_MM = 1e-3
+ITK_EXTENSIONS = (".mha", ".mhd", ".nrrd")
+"""Formats read and written through SimpleITK; everything else is NIfTI through nibabel."""
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+ORTHONORMAL_TOLERANCE = 1e-3
 TEMP_PREFIX = ".brasyn-partial-"
 """Name prefix of files being written; only ever present for the instant before the rename."""
 
@@ -40,15 +53,54 @@ class Volume:
     path: Path
     data: np.ndarray
     affine: np.ndarray
-    header: nib.Nifti1Header
+    """Voxel index to RAS millimetres, as nibabel gives it."""
+    header: nib.Nifti1Header | None
+    """The NIfTI header; ``None`` for a volume read through SimpleITK."""
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.data.shape)  # type: ignore[return-value]
 
 
+def is_itk_path(path: Path) -> bool:
+    """Whether ``path`` is read and written through SimpleITK rather than nibabel."""
+    return path.name.lower().endswith(ITK_EXTENSIONS)
+
+
+def affine_from_itk(spacing, origin, direction) -> np.ndarray:
+    """The RAS affine of an ITK grid (LPS millimetres, direction row-major, index order x, y, z)."""
+    matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing, dtype=np.float64)
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS_TO_RAS @ matrix
+    affine[:3, 3] = _LPS_TO_RAS @ np.asarray(origin, dtype=np.float64)
+    return affine
+
+
+def itk_geometry(affine: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """``(spacing, origin, direction)`` of an ITK image on the grid of a RAS ``affine``."""
+    matrix = _LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    direction = matrix / spacing
+    origin = _LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)[:3, 3]
+    return tuple(map(float, spacing)), tuple(map(float, origin)), tuple(map(float, direction.ravel()))
+
+
+def degenerate_axes(affine: np.ndarray) -> str | None:
+    """Why the direction cosines of ``affine`` cannot place voxels in the world, or None when they can."""
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    if not np.all(np.isfinite(matrix)) or np.any(spacing < 1e-6):
+        return "an axis of zero length (degenerate direction cosines or voxel size 0)"
+    direction = matrix / spacing
+    if np.max(np.abs(direction.T @ direction - np.eye(3))) > ORTHONORMAL_TOLERANCE:
+        return "direction cosines that are not orthonormal (a sheared or degenerate orientation)"
+    return None
+
+
 def load_volume(path: Path, case: str) -> Volume:
-    """Read a NIfTI file and check that it holds one finite, non-empty 3-D image."""
+    """Read a NIfTI, MetaImage or NRRD file and check that it holds one finite, non-empty 3-D image."""
+    if is_itk_path(path):
+        return _load_itk(path, case)
     name = path.name
     try:
         image = nib.load(str(path))
@@ -71,8 +123,58 @@ def load_volume(path: Path, case: str) -> Volume:
             f"{name} is truncated or corrupt ({_reason(exc)}); copy or export the file again.",
             [path],
         ) from exc
+    header = image.header.copy()
+    return _checked(Volume(path, data, image.affine.astype(np.float64), header), case)
+
+
+def _load_itk(path: Path, case: str) -> Volume:
+    name = path.name
+    try:
+        image = sitk.ReadImage(str(path))
+    except Exception as exc:
+        raise CaseError(
+            case,
+            f"{name} cannot be read as a {path.suffix.lstrip('.').upper()} image ({_reason(exc)}); check the "
+            "file (and, for .mhd, its .raw/.zraw companion) and re-export it if needed.",
+            [path],
+        ) from exc
+    if image.GetDimension() == 2:
+        raise CaseError(
+            case,
+            f"{name} is a 2-D image {image.GetSize()}; each contrast must be a 3-D volume (export the whole "
+            "series, not one slice).",
+            [path],
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise CaseError(
+            case,
+            f"{name} has {image.GetNumberOfComponentsPerPixel()} values per voxel (a vector or colour "
+            "image); each contrast must be a single grey-value volume.",
+            [path],
+        )
+    try:
+        array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    except Exception as exc:
+        raise CaseError(
+            case, f"{name} is truncated or corrupt ({_reason(exc)}); copy or export the file again.", [path]
+        ) from exc
+    # numpy gives (z, y, x); the Volume keeps ITK's index order, as nibabel does for NIfTI
+    data = np.ascontiguousarray(array.transpose(tuple(range(array.ndim))[::-1]))
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
+    spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+    if image.GetDimension() != 3:
+        spacing, origin = spacing[:3], origin[:3]
+        d = image.GetDimension()
+        direction = [direction[r * d + c] for r in range(3) for c in range(3)]
+    return _checked(Volume(path, data, affine_from_itk(spacing, origin, direction), None), case)
+
+
+def _checked(volume: Volume, case: str) -> Volume:
+    """The checks every contrast must pass, whatever its format."""
+    path, name, data = volume.path, volume.path.name, volume.data
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = volume.data = data[..., 0]
     if data.ndim != 3:
         raise CaseError(
             case,
@@ -91,8 +193,15 @@ def load_volume(path: Path, case: str) -> Volume:
         )
     if not np.any(data):
         raise CaseError(case, f"{name} is empty (every voxel is 0); check the export.", [path])
-    header = image.header.copy()
-    return Volume(path=path, data=data, affine=image.affine.astype(np.float64), header=header)
+    problem = degenerate_axes(volume.affine)
+    if problem:
+        raise CaseError(
+            case,
+            f"{name} has {problem}, so its voxels cannot be placed in the patient's space; fix the "
+            "orientation in the export (or convert it with a tool that writes a valid header).",
+            [path],
+        )
+    return volume
 
 
 def grid_difference(a: Volume, b: Volume) -> str | None:
@@ -120,20 +229,30 @@ def check_same_grid(volumes: dict[str, Volume], case: str) -> None:
 
 
 def write_volume(data: np.ndarray, reference: Volume, path: Path, description: str = "") -> None:
-    """Write ``data`` as float32 NIfTI with the grid and header of ``reference``, atomically.
+    """Write ``data`` as float32 on the grid of ``reference``, atomically, in the format ``path`` names.
 
-    The whole compressed file is built in memory, written under a temporary name in the target folder
-    and renamed, so an interrupted run never leaves a partial file under the final name, and the
-    temporary one exists only for the duration of one write.
+    NIfTI keeps the header of a NIfTI ``reference`` (qform and sform with their codes). The whole file
+    is written under a temporary name in the target folder and renamed, so an interrupted run never
+    leaves a partial file under the final name, and the temporary one exists only for the duration of
+    one write. MetaImage and NRRD are written through SimpleITK with the reference's spacing, origin
+    and direction (see :func:`_write_itk`).
     """
     if data.shape != reference.shape:
         raise ValueError(f"data shape {data.shape} differs from the reference grid {reference.shape}")
-    header = reference.header.copy()
-    image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), None, header)
+    if is_itk_path(path):
+        _write_itk(np.asarray(data, dtype=np.float32), reference.affine, path)
+        return
+    if reference.header is None:
+        header = nib.Nifti1Header()
+        header.set_qform(reference.affine, code=1)
+        header.set_sform(reference.affine, code=1)
+    else:
+        header = reference.header
+    image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), None, header.copy())
     image.set_data_dtype(np.float32)
     # keep both orientation records of the input, with their codes
-    image.set_qform(reference.header.get_qform(), code=int(reference.header["qform_code"]))
-    image.set_sform(reference.header.get_sform(), code=int(reference.header["sform_code"]))
+    image.set_qform(header.get_qform(), code=int(header["qform_code"]))
+    image.set_sform(header.get_sform(), code=int(header["sform_code"]))
     image.header.set_slope_inter(1.0, 0.0)
     image.header["cal_min"] = 0.0
     image.header["cal_max"] = 0.0
@@ -154,6 +273,54 @@ def write_volume(data: np.ndarray, reference: Volume, path: Path, description: s
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_itk(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Compressed MetaImage or NRRD through SimpleITK, under a temporary name, then renamed.
+
+    ``.mha`` and ``.nrrd`` are single files. A ``.mhd`` header names its pixel file (``<stem>.zraw``),
+    which is moved to its final name first and the header, pointing at it, last: the header's rename
+    is the moment the output exists, so an interrupted run leaves at most a pixel file that the next
+    run overwrites.
+    """
+    image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
+    spacing, origin, direction = itk_geometry(affine)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    suffix = path.suffix.lower()
+    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    companions: list[Path] = []
+    try:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+        if suffix == ".mhd":
+            header = tmp.read_text()
+            pixels = next(tmp.with_suffix(ext) for ext in (".zraw", ".raw") if tmp.with_suffix(ext).exists())
+            companions.append(pixels)
+            final_pixels = path.with_suffix(pixels.suffix)
+            tmp.write_text(
+                header.replace(f"ElementDataFile = {pixels.name}", f"ElementDataFile = {final_pixels.name}")
+            )
+            _sync(pixels)
+            os.chmod(pixels, 0o644)
+            os.replace(pixels, final_pixels)
+        _sync(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, *companions):
+            leftover.unlink(missing_ok=True)
+        raise
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -96,10 +96,21 @@ def test_segmentations_and_masks_are_not_contrasts(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["x_t1.mha", "x_t1.nrrd", "x_t1.nii.gz.bak", "README.md", "t1.json", ".nii.gz", "x_t1niigz"]
+    "name",
+    ["x_t1.raw", "x_t1.zraw", "x_t1.nii.gz.bak", "README.md", "t1.json", ".nii.gz", ".mha", "x_t1niigz"],
 )
-def test_non_nifti_files_are_not_contrasts(name):
+def test_files_that_are_not_images_are_not_contrasts(name):
     assert parse_contrast_name(name) is None
+
+
+@pytest.mark.parametrize("extension", [".mha", ".MHA", ".mhd", ".nrrd", ".nii", ".nii.gz"])
+def test_metaimage_and_nrrd_names_are_contrasts_and_name_their_output_in_their_format(extension):
+    names = [parse_contrast_name(f"P7_{m}{extension}") for m in ("t1", "t1ce", "t2")]
+    assert [n.modality.value for n in names] == ["t1n", "t1c", "t2w"]
+    assert names[0].extension == extension
+    expected = ".nii.gz" if extension.startswith(".nii") else extension.lower()
+    assert output_file_name("P7", "t2f", names) == f"P7_flair{expected}"
+    assert output_file_name("P7", "t2f", names, naming="brats2023") == f"P7-t2f{expected}"
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import pytest
 from brasyn.cli import main
 from brasyn.modalities import conditions_for, modality_from_alias
 from brasyn.weights import WeightStore, init_random
-from tests.helpers import container_prefix, make_case, phantom, save_nifti
+from tests.helpers import BRATS_AFFINE, container_prefix, make_case, phantom, save_nifti
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--sampler", "ddim", "--steps", "2", "--device", "cpu", "--no-progress"]
@@ -126,7 +126,9 @@ def test_bad_cases_fail_with_their_reason_while_the_others_are_written(tmp_path,
     raw = trunc["t2w"].read_bytes()
     trunc["t2w"].write_bytes(raw[: len(raw) // 3])
     grid = make_case(inputs, "grid-case", seed=4)
-    save_nifti(grid["t2w"], phantom((48, 56, 42), seed=9))
+    shifted = BRATS_AFFINE.copy()
+    shifted[:3, 3] += 60.0  # a brain 60 mm away from the others: not co-registered
+    save_nifti(grid["t2w"], phantom((48, 56, 40), seed=9), shifted)
     four_d = make_case(inputs, "fourd-case", seed=5)
     save_nifti(four_d["t1n"], np.stack([phantom(seed=5)] * 2, axis=-1))
     make_case(inputs, "two-contrasts", ("t1n", "t1c"), seed=6)
@@ -146,7 +148,7 @@ def test_bad_cases_fail_with_their_reason_while_the_others_are_written(tmp_path,
     expectations = {
         "nan-case": ("NaN", "nan-case-t1c.nii.gz"),
         "truncated-case": ("truncated or corrupt", "truncated-case-t2w.nii.gz"),
-        "grid-case": ("one voxel grid", "grid-case-t2w.nii.gz"),
+        "grid-case": ("not co-registered", "grid-case-t2w.nii.gz"),
         "fourd-case": ("single 3-D volume", "fourd-case-t1n.nii.gz"),
         "two-contrasts": ("three of", "two-contrasts-t1n.nii.gz"),
         "dup-case": ("t1n", "dup-case_t1.nii"),
