@@ -1,0 +1,51 @@
+"""The quality comparisons: sampler table and bf16-versus-seeds check, on a small complete case."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from brasyn import quality
+from brasyn.weights import init_random
+from tests.helpers import make_case
+
+
+@pytest.fixture(scope="module")
+def complete(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quality")
+    make_case(root / "data", "BraTS-GLI-00009-000", ("t1n", "t1c", "t2w", "t2f"), shape=(64, 64, 64))
+    init_random(root / "weights", "tiny", seed=0, targets=["t2f"])
+    return root
+
+
+def test_sampler_table_scores_each_variant_against_the_real_contrast(complete, tmp_path, capsys):
+    out = tmp_path / "samplers.json"
+    args = ["samplers", "--data", str(complete / "data"), "--weights", str(complete / "weights")]
+    args += ["--target", "t2f", "--device", "cpu", "--variant", "x0:1", "--variant", "dpm++2m:3"]
+    assert quality.main([*args, "--json", str(out)]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rows == json.loads(out.read_text())["rows"]
+    assert [(r["variant"], r["steps"]) for r in rows] == [("x0:1:fp32", 1), ("dpm++2m:3:fp32", 3)]
+    for row in rows:
+        assert row["case"] == "BraTS-GLI-00009-000" and row["target"] == "t2f"
+        assert -1 <= row["ssim"] <= 1 and row["psnr"] > 0 and "ssim_brain" in row
+
+
+def test_precision_check_compares_bf16_with_the_seed_to_seed_spread(complete, capsys):
+    args = ["precision", "--data", str(complete / "data"), "--weights", str(complete / "weights")]
+    args += ["--target", "t2f", "--device", "cpu", "--steps", "3", "--crop", "32", "32", "32"]
+    assert quality.main(args) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["shape"] == [32, 32, 32] and row["steps"] == 3
+    assert 0 < row["ssim_fp32_seed_vs_seed"] < 1
+    assert row["bf16_closer_than_seeds"] == (row["ssim_bf16_vs_fp32"] > row["ssim_fp32_seed_vs_seed"])
+    assert set(row["seconds"]) == {"fp32", "fp32_other_seed", "bf16"}
+
+
+def test_bad_variants_and_folders_without_complete_cases_exit_2(complete, tmp_path):
+    with pytest.raises(ValueError, match="sampler:steps"):
+        quality.parse_variant("ddim")
+    with pytest.raises(ValueError, match="precision"):
+        quality.parse_variant("ddim:5:fp16")
+    assert quality.main(["samplers", "--data", str(tmp_path), "--weights", str(complete / "weights")]) == 2
