@@ -403,6 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     if any(s % divisor for s in args.shape):
         print(f"--shape must be multiples of {divisor} for the {args.config} config", file=sys.stderr)
         return 2
+    if args.official and not (args.official / "guided_diffusion" / "unet.py").is_file():
+        print(
+            f"--official {args.official}: not a checkout of github.com/pfriedri/cwdm "
+            "(git clone https://github.com/pfriedri/cwdm; it needs PyWavelets)",
+            file=sys.stderr,
+        )
+        return 2
     if not 1 <= args.steps <= 1000:
         print(f"--steps must be between 1 and 1000, got {args.steps}", file=sys.stderr)
         return 2

@@ -74,3 +74,17 @@ def test_bench_refuses_steps_outside_the_chain(capsys):
 def test_bench_refuses_a_shape_the_network_cannot_take(capsys):
     assert bench.main(["--config", "tiny", "--shape", "32", "32", "30"]) == 2
     assert "multiples of 32" in capsys.readouterr().err
+
+
+def test_bench_refuses_an_official_folder_that_is_not_a_checkout(tmp_path, capsys):
+    args = ["--config", "tiny", "--shape", "32", "32", "32", "--official", str(tmp_path)]
+    assert bench.main(args) == 2
+    assert "not a checkout of github.com/pfriedri/cwdm" in capsys.readouterr().err
+
+
+def test_bench_times_the_fast_samplers(capsys):
+    args = ["--config", "tiny", "--shape", "32", "32", "32", "--device", "cpu", "--repeats", "1"]
+    assert bench.main([*args, "--warmup", "0", "--sampler", "dpm++2m", "--steps", "3"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["dpm++2m_step_ms"]["median"] > 0
+    assert printed["case"]["steps"] == 3 and printed["case"]["precision"] == "fp32"
