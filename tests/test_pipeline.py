@@ -434,9 +434,7 @@ def test_fast_samplers_and_bf16_run_through_the_pipeline(tmp_path):
         assert main([*base, "--output", str(tmp_path / label), "--report", str(report), *extra]) == 0
         results[label] = nib.load(tmp_path / label / name).get_fdata()
         settings = json.loads(report.read_text())["settings"]
-        assert settings["speed"]["precision"] == (
-            "bf16" if label == "bf16" else "auto" if label != "fp32" else "fp32"
-        )
+        assert settings["speed"]["precision"] == ("bf16" if label == "bf16" else "fp32")
     brain = results["fp32"] > 0
     assert brain.sum() > 1000 and results["x0"][brain].std() > 0
     scale = np.abs(results["fp32"][brain]).mean()
