@@ -26,6 +26,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from brasyn.metrics import score, ssim
 from brasyn.modalities import Modality
 from brasyn.runtime import case_generator, select_device
 from brasyn.synthesize import SynthesisSettings, Synthesizer
-from brasyn.volumes import load_volume
+from brasyn.volumes import Volume, load_volume
 from brasyn.weights import WeightStore
 
 __all__ = ["Variant", "complete_cases", "compare_precision", "compare_samplers", "main", "parse_variant"]
@@ -85,6 +86,16 @@ def complete_cases(data: Path, ids: list[str] | None = None) -> list[Case]:
     return cases
 
 
+def _withheld(
+    cases: list[Case], targets: list[Modality]
+) -> Iterator[tuple[Case, Modality, dict[Modality, Volume], dict[Modality, Volume]]]:
+    """Each case and target in turn: (case, target, all four volumes, the three conditions)."""
+    for case in cases:
+        volumes = {m: load_volume(p, case.id) for m, p in case.files.items()}
+        for target in targets:
+            yield case, target, volumes, {m: v for m, v in volumes.items() if m != target}
+
+
 def _synthesizer(weights: WeightStore, device: torch.device, variant: Variant, seed: int) -> Synthesizer:
     settings = SynthesisSettings(
         sampler=variant.sampler,
@@ -106,28 +117,25 @@ def compare_samplers(
 ) -> list[dict[str, Any]]:
     """One row per case, target and variant: seconds and the scores against the real contrast."""
     rows = []
-    for case in cases:
-        volumes = {m: load_volume(p, case.id) for m, p in case.files.items()}
-        for target in targets:
-            conditions = {m: v for m, v in volumes.items() if m != target}
-            for variant in variants:
-                synthesizer = _synthesizer(weights, device, variant, seed)
-                log.info("%s %s: %s", case.id, target, variant.name)
-                start = time.perf_counter()
-                data, _, _ = synthesizer.synthesize(conditions, target, case.id)
-                seconds = time.perf_counter() - start
-                scores = score(data, volumes[target].data)
-                rows.append(
-                    {
-                        "case": case.id,
-                        "target": target.value,
-                        "variant": variant.name,
-                        "steps": synthesizer.steps_for(target),
-                        "seconds": round(seconds, 2),
-                        **{k: v for k, v in scores.items() if v is not None},
-                    }
-                )
-                log.info("%s", rows[-1])
+    for case, target, volumes, conditions in _withheld(cases, targets):
+        for variant in variants:
+            synthesizer = _synthesizer(weights, device, variant, seed)
+            log.info("%s %s: %s", case.id, target, variant.name)
+            start = time.perf_counter()
+            data, _, _ = synthesizer.synthesize(conditions, target, case.id)
+            seconds = time.perf_counter() - start
+            scores = score(data, volumes[target].data)
+            rows.append(
+                {
+                    "case": case.id,
+                    "target": target.value,
+                    "variant": variant.name,
+                    "steps": synthesizer.steps_for(target),
+                    "seconds": round(seconds, 2),
+                    **{k: v for k, v in scores.items() if v is not None},
+                }
+            )
+            log.info("%s", rows[-1])
     return rows
 
 
@@ -158,45 +166,42 @@ def compare_precision(
 ) -> list[dict[str, Any]]:
     """Per case and target: SSIM(bf16, fp32) with the same noise against SSIM(fp32, fp32 other seed)."""
     rows = []
-    for case in cases:
-        volumes = {m: load_volume(p, case.id) for m, p in case.files.items()}
-        for target in targets:
-            conditions = {m: v for m, v in volumes.items() if m != target}
-            base = _synthesizer(weights, device, Variant(sampler, steps), seed)
-            prepared = base.prepare(conditions, target, case.id)
-            window = _crop_window(prepared.images[0] > 0, crop)
-            images = torch.from_numpy(np.ascontiguousarray(prepared.images[(slice(None), *window)]))[None]
-            results = {}
-            seconds = {}
-            for name, variant, run_seed in (
-                ("fp32", Variant(sampler, steps, "fp32"), seed),
-                ("fp32_other_seed", Variant(sampler, steps, "fp32"), seed + 1),
-                ("bf16", Variant(sampler, steps, "bf16"), seed),
-            ):
-                synthesizer = _synthesizer(weights, device, variant, run_seed)
-                generator = case_generator(run_seed, case.id, device)
-                log.info("%s %s: %s %d steps, %s, seed %d", case.id, target, sampler, steps, name, run_seed)
-                start = time.perf_counter()
-                out = synthesizer.predict(images, target, generator)
-                seconds[name] = round(time.perf_counter() - start, 2)
-                results[name] = out[0, 0].float().cpu().numpy()
-            between_precisions = ssim(results["bf16"], results["fp32"])
-            between_seeds = ssim(results["fp32_other_seed"], results["fp32"])
-            rows.append(
-                {
-                    "case": case.id,
-                    "target": target.value,
-                    "sampler": sampler,
-                    "steps": steps,
-                    "shape": list(images.shape[2:]),
-                    "ssim_bf16_vs_fp32": between_precisions,
-                    "ssim_fp32_seed_vs_seed": between_seeds,
-                    "max_abs_bf16_vs_fp32": float(np.abs(results["bf16"] - results["fp32"]).max()),
-                    "bf16_closer_than_seeds": between_precisions > between_seeds,
-                    "seconds": seconds,
-                }
-            )
-            log.info("%s", rows[-1])
+    for case, target, _, conditions in _withheld(cases, targets):
+        base = _synthesizer(weights, device, Variant(sampler, steps), seed)
+        prepared = base.prepare(conditions, target, case.id)
+        window = _crop_window(prepared.images[0] > 0, crop)
+        images = torch.from_numpy(np.ascontiguousarray(prepared.images[(slice(None), *window)]))[None]
+        results = {}
+        seconds = {}
+        for name, variant, run_seed in (
+            ("fp32", Variant(sampler, steps, "fp32"), seed),
+            ("fp32_other_seed", Variant(sampler, steps, "fp32"), seed + 1),
+            ("bf16", Variant(sampler, steps, "bf16"), seed),
+        ):
+            synthesizer = _synthesizer(weights, device, variant, run_seed)
+            generator = case_generator(run_seed, case.id, device)
+            log.info("%s %s: %s %d steps, %s, seed %d", case.id, target, sampler, steps, name, run_seed)
+            start = time.perf_counter()
+            out = synthesizer.predict(images, target, generator)
+            seconds[name] = round(time.perf_counter() - start, 2)
+            results[name] = out[0, 0].float().cpu().numpy()
+        between_precisions = ssim(results["bf16"], results["fp32"])
+        between_seeds = ssim(results["fp32_other_seed"], results["fp32"])
+        rows.append(
+            {
+                "case": case.id,
+                "target": target.value,
+                "sampler": sampler,
+                "steps": steps,
+                "shape": list(images.shape[2:]),
+                "ssim_bf16_vs_fp32": between_precisions,
+                "ssim_fp32_seed_vs_seed": between_seeds,
+                "max_abs_bf16_vs_fp32": float(np.abs(results["bf16"] - results["fp32"]).max()),
+                "bf16_closer_than_seeds": between_precisions > between_seeds,
+                "seconds": seconds,
+            }
+        )
+        log.info("%s", rows[-1])
     return rows
 
 
