@@ -14,7 +14,8 @@ Times in milliseconds (median of ``--repeats`` after ``--warmup`` runs, synchron
 - ``case``: one synthetic case end to end, written to a temporary folder and run once through the
   pipeline with randomly initialised weights of ``--config`` and ``--steps`` steps of ``--sampler``, split
   into its phases ``load`` (NIfTI reading), ``prepare`` (model space), ``sample``, ``restore`` (geometry
-  and intensity), ``write`` (NIfTI writing), with the time to load the checkpoint beside. The case is
+  and intensity), ``write`` (NIfTI writing), with the time to load the checkpoint (and bring it into the
+  run's memory format) beside. The case is
   ``--case-shape`` (default: 240x240x155, the BraTS grid, for the default ``--shape``; otherwise
   ``--shape``); it runs with the speed switches given here (the pipeline's defaults are channels_last_3d,
   TF32 and cuDNN autotuning on, precision ``auto``);
@@ -166,7 +167,7 @@ def time_case(args: argparse.Namespace, device: torch.device, shape: tuple[int, 
         )
         synthesizer = Synthesizer(WeightStore(root / "weights"), device, settings)
         start = time.perf_counter()
-        synthesizer.weights.load(CASE_TARGET, device)
+        synthesizer.model_for(CASE_TARGET)
         _sync(device)
         model_load = (time.perf_counter() - start) * 1e3
         reset_peak_memory(device)
@@ -248,7 +249,7 @@ def time_maths(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
                 result["compile_ms"] = (time.perf_counter() - start) * 1e3
             log.info("timing the denoiser forward at %s (%s)", tuple(inputs.shape), args.precision)
             result["forward_ms"] = time_ms(lambda: model(inputs, t), device, args.repeats, args.warmup)
-            ours = model(inputs, t).float()
+            ours = model(inputs, t).float() if args.official else None
             log.info("timing one %s step", args.sampler)
             result[f"{args.sampler}_step_ms"] = time_ms(
                 lambda: diffusion.sample(model, cond, band_shape, args.sampler, steps=1, generator=gen),

@@ -306,11 +306,11 @@ def _settings(args: argparse.Namespace) -> SynthesisSettings:
             progress=not args.no_progress,
             method=str(args.method),
             speed=SpeedSettings(
-                precision=str(getattr(args, "precision", "fp32")),
-                channels_last=bool(getattr(args, "channels_last", True)),
-                tf32=bool(getattr(args, "tf32", True)),
-                cudnn_benchmark=bool(getattr(args, "cudnn_benchmark", True)),
-                compile=bool(getattr(args, "compile", False)),
+                precision=str(args.precision),
+                channels_last=bool(args.channels_last),
+                tf32=bool(args.tf32),
+                cudnn_benchmark=bool(args.cudnn_benchmark),
+                compile=bool(args.compile),
             ),
         )
     except (TypeError, ValueError) as exc:
@@ -484,7 +484,7 @@ def run(args: argparse.Namespace) -> int:
     device = synthesizer.device
     target = Modality(args.target) if args.target else None
     try:
-        grid_of = modality_from_alias(args.grid_of) if getattr(args, "grid_of", None) else None
+        grid_of = modality_from_alias(args.grid_of) if args.grid_of else None
     except ValueError as exc:
         raise UsageError(f"grid_of: {exc}") from exc
     if grid_of is not None and grid_of is target:
@@ -526,7 +526,7 @@ def run(args: argparse.Namespace) -> int:
         wanted=lambda item: (
             isinstance(item, Case) and synthesizer.needs_work(item, args.output, args.overwrite)
         ),
-        enabled=bool(getattr(args, "prefetch", True)) and len(found) > 1,
+        enabled=args.prefetch and len(found) > 1,
     )
     with _terminate_on_sigterm(), closing(stream):
         try:

@@ -38,41 +38,27 @@ def prefetched(
         for item in items:
             yield item, _now(load, item)
         return
+    ahead = [index for index, item in enumerate(items) if wanted(item)]
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brasyn-prefetch")
     futures: dict[int, Future[Result]] = {}
 
-    def start_after(index: int) -> None:
-        for ahead in range(index + 1, len(items)):
-            if wanted(items[ahead]):
-                futures[ahead] = pool.submit(load, items[ahead])
-                return
+    def submit(position: int) -> None:
+        if position < len(ahead):
+            futures[ahead[position]] = pool.submit(load, items[ahead[position]])
 
+    submit(0)
+    position = 1
     try:
-        if items and wanted(items[0]):
-            futures[0] = pool.submit(load, items[0])
         for index, item in enumerate(items):
             future = futures.pop(index, None)
             if future is None:
                 yield item, _now(load, item)
                 continue
-            started = [False]
-
-            def get(
-                future: Future[Result] = future, index: int = index, started: list[bool] = started
-            ) -> Result:
-                try:
-                    return future.result()
-                finally:
-                    # this item is in hand: read the next one while the caller works on this one
-                    if not started[0]:
-                        started[0] = True
-                        start_after(index)
-
-            yield item, get
-            if not started[0]:  # the caller did not use this item
-                started[0] = True
-                start_after(index)
+            # one worker: the next load queues behind this one, so it runs while the caller works on
+            # this item, and never more than one ahead
+            submit(position)
+            position += 1
+            yield item, future.result
     finally:
-        for future in futures.values():
-            future.cancel()
+        # a load not yet started is cancelled, one under way finishes unused
         pool.shutdown(wait=False, cancel_futures=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -53,6 +54,16 @@ def make_case(
         paths[m] = save_nifti(folder / case_id / pattern.format(case=case_id, m=m), data, affine)
     return paths
 
+
+TORCHRUN_TWO = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--nproc_per_node",
+    "2",
+    "--standalone",  # a free port of its own: runs side by side never collide
+]
+"""Two processes on this machine under torchrun; the script or ``-m module`` and its arguments follow."""
 
 UNSHARE = ["unshare", "--user", "--map-user=4242", "--map-group=4242", "--net", "env", "-u", "HOME"]
 

@@ -4,28 +4,12 @@ import torch
 
 from brasyn import bench
 
+TINY = ["--config", "tiny", "--shape", "32", "32", "32", "--device", "cpu", "--repeats", "1", "--warmup", "0"]
+
 
 def test_bench_prints_timings_as_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = bench.main(
-        [
-            "--config",
-            "tiny",
-            "--shape",
-            "32",
-            "32",
-            "32",
-            "--device",
-            "cpu",
-            "--repeats",
-            "1",
-            "--warmup",
-            "0",
-            "--json",
-            str(out),
-            "--no-case",
-        ]
-    )
+    code = bench.main([*TINY, "--json", str(out), "--no-case"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
@@ -37,21 +21,7 @@ def test_bench_prints_timings_as_json(tmp_path, capsys):
 
 
 def test_bench_times_a_whole_case_by_phase_with_the_chosen_sampler_and_precision(capsys):
-    args = [
-        "--config",
-        "tiny",
-        "--shape",
-        "32",
-        "32",
-        "32",
-        "--device",
-        "cpu",
-        "--repeats",
-        "1",
-        "--warmup",
-        "0",
-    ]
-    assert bench.main([*args, "--precision", "bf16", "--sampler", "ddpm", "--steps", "2"]) == 0
+    assert bench.main([*TINY, "--precision", "bf16", "--sampler", "ddpm", "--steps", "2"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["precision"] == "bf16" and printed["sampler"] == "ddpm"
     assert printed["ddpm_step_ms"]["median"] > 0 and "ddim_step_ms" not in printed
@@ -83,8 +53,7 @@ def test_bench_refuses_an_official_folder_that_is_not_a_checkout(tmp_path, capsy
 
 
 def test_bench_times_the_fast_samplers(capsys):
-    args = ["--config", "tiny", "--shape", "32", "32", "32", "--device", "cpu", "--repeats", "1"]
-    assert bench.main([*args, "--warmup", "0", "--sampler", "dpm++2m", "--steps", "3"]) == 0
+    assert bench.main([*TINY, "--sampler", "dpm++2m", "--steps", "3"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["dpm++2m_step_ms"]["median"] > 0
     assert printed["case"]["steps"] == 3 and printed["case"]["precision"] == "fp32"

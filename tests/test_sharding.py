@@ -5,7 +5,7 @@ import pytest
 from brasyn.cli import main
 from brasyn.sharding import Shard, parse_shard, shard_from_environment
 from brasyn.weights import init_random
-from tests.helpers import make_case
+from tests.helpers import TORCHRUN_TWO, make_case
 
 
 @pytest.fixture
@@ -70,7 +70,6 @@ def test_sharded_runs_write_what_one_run_writes_each_case_once(tmp_path, batch):
 def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_rank_fails(tmp_path, batch):
     import os
     import subprocess
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
@@ -79,12 +78,7 @@ def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_ra
 
     def torchrun(output):
         cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--standalone",  # a free port of its own: runs side by side never collide
+            *TORCHRUN_TWO,
             str(root / "entrypoint.py"),
             "--input",
             str(inputs),

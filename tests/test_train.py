@@ -16,7 +16,7 @@ import pytest
 from brasyn.cli import main as synthesize_main
 from brasyn.train import main as train_main
 from brasyn.weights import WeightStore
-from tests.helpers import make_case
+from tests.helpers import TORCHRUN_TWO, make_case
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL = ("t1n", "t1c", "t2w", "t2f")
@@ -159,12 +159,7 @@ def test_two_process_torchrun_on_cpu_writes_one_checkpoint(data, tmp_path):
     out = tmp_path / "w"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",  # a free port of its own: runs side by side never collide
+        *TORCHRUN_TWO,
         "-m",
         "brasyn.train",
         *_args(data, out, 4),
