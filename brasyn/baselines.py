@@ -48,21 +48,18 @@ from brasyn.weights import DEFAULT_INTENSITY_RATIOS, _parse_ratios, _write_atomi
 
 __all__ = [
     "BASELINES_NAME",
-    "BASELINE_METHODS",
     "NEAREST",
     "Baselines",
     "LinearFit",
     "predict_linear",
     "predict_nearest",
     "fit_baselines",
-    "load_for",
     "main",
 ]
 
 log = logging.getLogger("brasyn.baselines")
 
 BASELINES_NAME = "baselines.json"
-BASELINE_METHODS = ("linear", "nearest")
 FORMAT_VERSION = 1
 NEAREST: dict[Modality, Modality] = {
     Modality.T1N: Modality.T1C,
@@ -121,17 +118,6 @@ class Baselines:
     provenance: dict[str, Any] = field(default_factory=dict)
     source: str = "the default intensity ratios (no baselines.json)"
     """Where the numbers come from, for messages."""
-
-    def predict(self, method: str, images: np.ndarray, target: Modality) -> np.ndarray:
-        """The [0, 1] model-space target from the (3, D, H, W) conditions; WeightsError without a fit."""
-        target = Modality(target)
-        if method == "nearest":
-            return predict_nearest(images, target)
-        if method != "linear":
-            raise ValueError(f"unknown baseline {method!r}; choose one of {', '.join(BASELINE_METHODS)}")
-        if target not in self.linear:
-            raise WeightsError(f"{self.source} has no linear fit for target {target.value}")
-        return predict_linear(images, target, self.linear[target])
 
     def ratios(self, target: Modality) -> dict[Modality, float]:
         return self.intensity_ratios[Modality(target)]
@@ -208,17 +194,6 @@ class Baselines:
             raise WeightsError(
                 f"{path} cannot be used ({e}); fit it again: {_HOW_TO_FIT.format(folder=folder)}"
             ) from e
-
-
-def load_for(method: str, folder: Path | str) -> Baselines:
-    """What ``method`` needs from a weights folder: ``linear`` its ``baselines.json``; ``nearest`` that
-    file when present (for its intensity ratios), else the defaults."""
-    if method not in BASELINE_METHODS:
-        raise ValueError(f"unknown baseline {method!r}; choose one of {', '.join(BASELINE_METHODS)}")
-    if method == "nearest" and not (Path(folder) / BASELINES_NAME).exists():
-        log.info("no %s in %s: restoring the intensity scale with the default ratios", BASELINES_NAME, folder)
-        return Baselines()
-    return Baselines.load(folder)
 
 
 # --- fitting ---------------------------------------------------------------------------------------

@@ -12,13 +12,13 @@ Times in milliseconds (median of ``--repeats`` after ``--warmup`` runs, synchron
 - ``<sampler>_step_ms``: one sampler step (forward, image-space clipping, update);
 - ``dwt3_ms`` / ``idwt3_ms``: the Haar transform of the volume and back;
 - ``case``: one synthetic case end to end, written to a temporary folder and run once through the
-  pipeline with randomly initialised weights of ``--config`` and ``--steps`` steps of ``--sampler``, split
-  into its phases ``load`` (NIfTI reading), ``prepare`` (model space), ``sample``, ``restore`` (geometry
-  and intensity), ``write`` (NIfTI writing), with the time to load the checkpoint (and bring it into the
-  run's memory format) beside. The case is
-  ``--case-shape`` (default: 240x240x155, the BraTS grid, for the default ``--shape``; otherwise
-  ``--shape``); it runs with the speed switches given here (the pipeline's defaults are channels_last_3d,
-  TF32 and cuDNN autotuning on, precision ``auto``);
+  batch runner (:func:`brasyn.batch.run_batch`, the code path of every run) with randomly initialised
+  weights of ``--config`` and ``--steps`` steps of ``--sampler``. Its phases are the runner's own
+  timings: ``load`` (reading the files), ``prepare`` (model space), ``sample``, ``restore`` (geometry and
+  intensity), ``write``; the time to load the checkpoint (and bring it into the run's memory format) is
+  beside. The case is ``--case-shape`` (default: 240x240x155, the BraTS grid, for the default
+  ``--shape``; otherwise ``--shape``); it runs with the speed switches given here (the same flags and
+  defaults as ``python -m brasyn``: channels_last_3d, TF32 and cuDNN autotuning on, precision fp32);
 - ``official``, with ``--official DIR`` (a checkout of github.com/pfriedri/cwdm, not part of brasyn): the
   official ``UNetModel`` built with the BraTS settings, loaded with the same weights, timed on the same
   input in the same process as it runs there (float32, contiguous), with ``speedup`` = official forward /
@@ -49,13 +49,16 @@ import torch
 
 from brasyn.acceleration import SpeedSettings, configure_backends, network_precision, optimise_model
 from brasyn.bands import image_to_bands
+from brasyn.batch import run_batch
+from brasyn.cases import discover
 from brasyn.diffusion import SAMPLERS, Diffusion
+from brasyn.errors import BrasynError
 from brasyn.modalities import Modality, conditions_for
+from brasyn.predictors import DiffusionPredictor, Sampling
 from brasyn.preprocess import BRATS_SHAPE, TRAINING_SHAPE
-from brasyn.runtime import case_generator, peak_memory_mib, reset_peak_memory
-from brasyn.synthesize import SynthesisSettings, Synthesizer
+from brasyn.runtime import reset_peak_memory
+from brasyn.synthesize import PHASES, Synthesizer
 from brasyn.unet import PRESETS, Denoiser
-from brasyn.volumes import load_volume, write_volume
 from brasyn.wavelet import dwt3, idwt3
 from brasyn.weights import WeightStore, init_random
 
@@ -64,6 +67,7 @@ log = logging.getLogger("brasyn.bench")
 PRECISIONS = ("fp32", "bf16")
 BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 CASE_TARGET = Modality.T2F
+CASE_ID = "BraTS-BENCH-00000-000"
 
 
 def _sync(device: torch.device) -> None:
@@ -156,57 +160,43 @@ def _synthetic_case(folder: Path, case_id: str, shape: tuple[int, int, int]) -> 
 
 
 def time_case(args: argparse.Namespace, device: torch.device, shape: tuple[int, int, int]) -> dict[str, Any]:
-    """One synthetic case through the pipeline, each phase timed once (in milliseconds)."""
+    """One synthetic case through the batch runner, as a run processes it; the phases (in milliseconds)
+    are the runner's own timings."""
     with tempfile.TemporaryDirectory(prefix="brasyn-bench-") as tmp:
         root = Path(tmp)
-        case_id = "BraTS-BENCH-00000-000"
-        files = _synthetic_case(root / "input", case_id, shape)
+        _synthetic_case(root / "input", CASE_ID, shape)
         init_random(root / "weights", args.config, targets=[CASE_TARGET])
-        settings = SynthesisSettings(
-            sampler=args.sampler, steps=args.steps, seed=0, progress=False, speed=speed_settings(args)
+        predictor = DiffusionPredictor(
+            WeightStore(root / "weights"), device, Sampling(args.sampler, args.steps), speed_settings(args)
         )
-        synthesizer = Synthesizer(WeightStore(root / "weights"), device, settings)
         start = time.perf_counter()
-        synthesizer.model_for(CASE_TARGET)
+        predictor.model_for(CASE_TARGET)
         _sync(device)
         model_load = (time.perf_counter() - start) * 1e3
         reset_peak_memory(device)
-
-        phases: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            _sync(device)
-            now = time.perf_counter()
-            phases[name] = (now - clock) * 1e3
-            clock = now
-
-        volumes = {m: load_volume(p, case_id) for m, p in files.items()}
-        lap("load")
-        prepared = synthesizer.prepare(volumes, CASE_TARGET, case_id)
-        lap("prepare")
-        generator = case_generator(0, case_id, device)
-        images = torch.from_numpy(prepared.images)[None]
-        model_space = synthesizer.predict(images, CASE_TARGET, generator)[0, 0].float().cpu().numpy()
-        lap("sample")
-        data = synthesizer.restore(model_space, prepared, CASE_TARGET)
-        lap("restore")
-        (root / "output").mkdir()
-        write_volume(data, prepared.reference, root / "output" / f"{case_id}-{CASE_TARGET.value}.nii.gz")
-        lap("write")
-    steps = synthesizer.steps_for(CASE_TARGET)
+        batch = run_batch(
+            discover(root / "input"),
+            Synthesizer(predictor, seed=0, progress=False),
+            root / "output",
+            prefetch=False,
+        )
+    (result,) = batch.results
+    if result.status != "written":
+        raise BrasynError(f"the benchmark case was not written: {result.message}")
+    phases = {name: result.phases[name] * 1e3 for name in PHASES}
+    steps = predictor.steps(CASE_TARGET)
     return {
         "stored_shape": list(shape),
-        "model_shape": list(prepared.geometry.model_shape),
+        "model_shape": result.model_shape,
         "sampler": args.sampler,
-        "precision": synthesizer.precision,
+        "precision": predictor.precision,
         "steps": steps,
         "model_load_ms": model_load,
         "phases_ms": phases,
         "total_ms": sum(phases.values()),
+        "case_seconds": result.seconds,
         "sample_ms_per_step": phases["sample"] / steps,
-        "peak_memory_mib": peak_memory_mib(device),
+        "peak_memory_mib": result.peak_memory_mib,
     }
 
 
@@ -225,7 +215,6 @@ def time_maths(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
         for p in plain.parameters():  # fresh models output zeros; give every layer work to do
             p.normal_(0.0, 0.02, generator=gen)
     state = {k: v.detach().clone() for k, v in plain.state_dict().items()} if args.official else None
-    configure_backends(device, speed_settings(args))
     model = optimise_model(plain, device, speed_settings(args))
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -322,6 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    configure_backends(device, speed_settings(args))  # process-wide: once, for everything timed here
     result: dict[str, Any] = {
         "device": str(device),
         **_environment(device),

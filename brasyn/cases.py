@@ -8,6 +8,7 @@ report every badly named case before any time is spent on the model. Per-case pr
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from brasyn.modalities import (
     split_image_extension,
 )
 
-__all__ = ["Case", "discover"]
+__all__ = ["Case", "complete_cases", "discover"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ class Case:
     """Flat file name of the synthetic contrast; ``None`` when ``target`` is ``None``."""
     skip_reason: str | None = None
     """Why ``target`` is ``None``, in a sentence for the log."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether the case holds all four contrasts (what training, fitting and scoring need)."""
+        return all(m in self.files for m in MODALITIES)
 
     @property
     def conditions(self) -> dict[Modality, Path]:
@@ -108,6 +114,28 @@ def discover(
                 logger.debug("ignored %s in the input folder: not a case folder", path.name)
     results = [_read_case(case_id, folder, wanted, naming) for case_id, folder in case_dirs]
     return _refuse_collisions(results)
+
+
+def complete_cases(found: Iterable[Case | CaseError], purpose: str) -> tuple[list[Case], list[CaseError]]:
+    """Discovery results split into the cases that hold all four contrasts and the rest, each of the rest
+    as a :class:`CaseError` saying what it lacks and that ``purpose`` (e.g. "training") needs all four."""
+    complete: list[Case] = []
+    rest: list[CaseError] = []
+    for item in found:
+        if isinstance(item, CaseError):
+            rest.append(item)
+        elif item.complete:
+            complete.append(item)
+        else:
+            absent = ", ".join(m.value for m in MODALITIES if m not in item.files)
+            rest.append(
+                CaseError(
+                    item.id,
+                    f"no {absent}; {purpose} needs all four contrasts (t1n, t1c, t2w, t2f)",
+                    item.files.values(),
+                )
+            )
+    return complete, rest
 
 
 def _looks_like_contrast(name: str) -> bool:

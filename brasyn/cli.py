@@ -15,16 +15,12 @@ Exit status: 0 when every case was written or skipped, 1 when any case failed (a
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,22 +29,20 @@ import numpy as np
 import torch
 
 from brasyn import __version__
-from brasyn.acceleration import PRECISIONS, SpeedSettings
-from brasyn.baselines import load_for
+from brasyn.acceleration import PRECISIONS, SpeedSettings, configure_backends
+from brasyn.batch import run_batch
 from brasyn.cases import Case, discover
 from brasyn.diffusion import SAMPLERS
-from brasyn.errors import BrasynError, CaseError, WeightsError
-from brasyn.intensity import OUTPUT_THRESHOLD
+from brasyn.errors import BrasynError, ExitCode, UsageError, WeightsError
+from brasyn.intensity import keep_signal
 from brasyn.logs import configure_logging
 from brasyn.modalities import MODALITIES, Modality, modality_from_alias
-from brasyn.prefetch import prefetched
-from brasyn.preprocess import to_model
+from brasyn.model_space import ModelSpace
+from brasyn.predictors import METHODS, Predictor, Sampling, make_predictor
 from brasyn.preview import mosaic, write_png
-from brasyn.runtime import select_device, writable_cache_environment
+from brasyn.runtime import writable_cache_environment
 from brasyn.sharding import Shard, parse_shard, shard_from_environment
-from brasyn.synthesize import METHODS, CaseResult, Prepared, SynthesisSettings, Synthesizer
-from brasyn.volumes import remove_stale_temporaries
-from brasyn.weights import WeightStore
+from brasyn.synthesize import Preview, Synthesizer
 
 __all__ = ["DEFAULT_WEIGHTS", "main"]
 
@@ -68,17 +62,6 @@ PARAMETER_KEYS = {
     "precision",
     "grid_of",
 }
-EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE, EXIT_TERMINATED = 0, 1, 2, 143
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived: stop after cleaning up the case in progress."""
-
-
-class UsageError(BrasynError):
-    """The run cannot start: the message says why and what to do."""
-
-
 MOUNTED_WEIGHTS = Path("/weights")
 """Where a container user mounts other weights (``-v DIR:/weights``)."""
 
@@ -296,109 +279,44 @@ def _check_paths(args: argparse.Namespace) -> None:
         )
 
 
-def _settings(args: argparse.Namespace) -> SynthesisSettings:
+def _settings(args: argparse.Namespace) -> tuple[Sampling, SpeedSettings]:
     try:
-        return SynthesisSettings(
-            sampler=str(args.sampler),
-            steps=int(args.steps),
-            eta=float(args.eta),
-            seed=int(args.seed),
-            progress=not args.no_progress,
-            method=str(args.method),
-            speed=SpeedSettings(
-                precision=str(args.precision),
-                channels_last=bool(args.channels_last),
-                tf32=bool(args.tf32),
-                cudnn_benchmark=bool(args.cudnn_benchmark),
-                compile=bool(args.compile),
-            ),
+        sampling = Sampling(sampler=str(args.sampler), steps=int(args.steps), eta=float(args.eta))
+        speed = SpeedSettings(
+            precision=str(args.precision),
+            channels_last=bool(args.channels_last),
+            tf32=bool(args.tf32),
+            cudnn_benchmark=bool(args.cudnn_benchmark),
+            compile=bool(args.compile),
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
+    return sampling, speed
 
 
-def _synthesizer(args: argparse.Namespace, settings: SynthesisSettings) -> Synthesizer:
-    """The synthesizer of the run: weights and device for diffusion, the fitted numbers for a baseline."""
-    if settings.method != "diffusion":
-        if str(args.device).strip().lower() not in ("auto", "cpu"):
-            log.info("the %s baseline runs on the CPU; --device %s is not used", settings.method, args.device)
-        try:
-            baselines = load_for(settings.method, args.weights)
-        except WeightsError as exc:
-            raise UsageError(f"--method {settings.method}: {exc}") from exc
-        return Synthesizer(None, torch.device("cpu"), settings, baselines)
+def _predictor(args: argparse.Namespace, sampling: Sampling, speed: SpeedSettings) -> Predictor:
+    """The predictor the run asks for; a sentence and exit 2 when it cannot be had."""
     try:
-        weights = WeightStore(args.weights)
+        return make_predictor(args.method, args.weights, _device_spec(str(args.device)), sampling, speed)
     except WeightsError as exc:
-        raise UsageError(str(exc)) from exc
-    try:
-        device = select_device(_device_spec(str(args.device)))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    try:
-        return Synthesizer(weights, device, settings)
+        raise UsageError(
+            f"--method {args.method}: {exc}" if args.method != "diffusion" else str(exc)
+        ) from exc
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
 
 
-@contextmanager
-def _terminate_on_sigterm() -> Iterator[None]:
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _previewer(folder: Path | None):
+def _previewer(folder: Path | None) -> Preview | None:
     if folder is None:
         return None
     folder.mkdir(parents=True, exist_ok=True)
 
-    def preview(case: Case, prepared: Prepared, model_space) -> None:
-        # show the synthetic image as written: thresholded, zero outside the brain
-        shown = np.where(
-            (model_space > OUTPUT_THRESHOLD) & (to_model(prepared.brain, prepared.geometry) > 0),
-            model_space,
-            0.0,
-        )
-        volumes = [*prepared.images, shown]
-        write_png(folder / f"{case.id}-{case.target}.png", mosaic(volumes))
+    def preview(case: Case, images: np.ndarray, record: ModelSpace, model_space: np.ndarray) -> None:
+        # the synthetic image as it is written: thresholded, zero outside the brain
+        shown = keep_signal(model_space, record.model_brain())
+        write_png(folder / f"{case.id}-{case.target}.png", mosaic([*images, shown]))
 
     return preview
-
-
-def _log_result(result: CaseResult) -> None:
-    line = f"[{result.status}] {result.case}: {result.message}"
-    if result.status == "written":
-        line += f" ({result.seconds:.1f} s, {result.device}, peak {result.peak_memory_mib:.0f} MiB)"
-        log.info(line)
-    elif result.status == "skipped":
-        log.info(line)
-    else:
-        log.error(line)
-
-
-def _table(results: list[CaseResult]) -> str:
-    rows = [("case", "status", "target", "seconds", "message")]
-    rows += [(r.case, r.status, r.target or "-", f"{r.seconds:.1f}", r.message) for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
-        for row in rows
-    )
-
-
-def _write_report(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".brasyn-report-", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(report, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
@@ -450,11 +368,11 @@ def _run_workers(argv: list[str], args: argparse.Namespace) -> int:
         codes = [worker.wait() for worker in workers]
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if any(code in (EXIT_TERMINATED, -signal.SIGTERM) for code in codes):
-        return EXIT_TERMINATED
-    if any(code == EXIT_USAGE for code in codes):
-        return EXIT_USAGE
-    return EXIT_FAILED_CASES if any(codes) else EXIT_OK
+    if any(code in (ExitCode.TERMINATED, -signal.SIGTERM) for code in codes):
+        return ExitCode.TERMINATED
+    if any(code == ExitCode.USAGE for code in codes):
+        return ExitCode.USAGE
+    return ExitCode.FAILED_CASES if any(codes) else ExitCode.OK
 
 
 def _shard(args: argparse.Namespace) -> Shard | None:
@@ -474,14 +392,13 @@ def _device_spec(spec: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Everything after argument parsing; returns the exit status."""
-    started = dt.datetime.now(dt.timezone.utc)
     args.input = args.input or Path(os.environ.get("BRASYN_INPUT", "/input"))
     args.output = args.output or Path(os.environ.get("BRASYN_OUTPUT", "/output"))
     args.weights = args.weights or _default_weights()
-    settings = _settings(args)
+    sampling, speed = _settings(args)
     _check_paths(args)
-    synthesizer = _synthesizer(args, settings)
-    device = synthesizer.device
+    predictor = _predictor(args, sampling, speed)
+    configure_backends(predictor.device, speed)
     target = Modality(args.target) if args.target else None
     try:
         grid_of = modality_from_alias(args.grid_of) if args.grid_of else None
@@ -492,91 +409,45 @@ def run(args: argparse.Namespace) -> int:
             f"--grid-of {grid_of.value} names the contrast to synthesise; name an input contrast"
         )
     found = discover(args.input, target=target, naming=args.naming)
-    shard = _shard(args)
-    if shard is not None:
-        found = shard.select(found, key=lambda item: item.case if isinstance(item, CaseError) else item.id)
-        log.info("shard %s: %d case(s)", shard, len(found))
-        if args.report is not None and shard.count > 1:
-            args.report = args.report.with_name(
-                f"{args.report.stem}.shard-{shard.index}-of-{shard.count}.json"
-            )
-    if shard is None or shard.count == 1:
-        # with several shards another process may be writing into the same folder right now
-        remove_stale_temporaries(args.output)
-    if settings.method == "diffusion":
+    if args.method == "diffusion":
         log.info(
             "%d case(s) in %s; weights %s; %s, %d steps, seed %d, on %s in %s",
             len(found),
             args.input,
             args.weights,
-            settings.sampler,
-            1 if settings.sampler == "x0" else settings.steps,
-            settings.seed,
-            device,
-            synthesizer.precision,
+            sampling.sampler,
+            1 if sampling.sampler == "x0" else sampling.steps,
+            args.seed,
+            predictor.device,
+            predictor.precision,
         )
     else:
-        log.info("%d case(s) in %s; %s", len(found), args.input, synthesizer.source)
-    preview = _previewer(args.extras)
-    results: list[CaseResult] = []
-    interrupted = False
-    stream = prefetched(
+        log.info("%d case(s) in %s; %s", len(found), args.input, predictor.describe())
+    batch = run_batch(
         found,
-        load=lambda case: synthesizer.load(case, grid_of),
-        wanted=lambda item: (
-            isinstance(item, Case) and synthesizer.needs_work(item, args.output, args.overwrite)
-        ),
-        enabled=args.prefetch and len(found) > 1,
-    )
-    with _terminate_on_sigterm(), closing(stream):
-        try:
-            for item, loaded in stream:
-                if isinstance(item, CaseError):
-                    result = CaseResult(
-                        case=item.case,
-                        status="failed",
-                        message=item.message,
-                        files=[str(f) for f in item.files],
-                    )
-                else:
-                    result = synthesizer.process(
-                        item,
-                        args.output,
-                        overwrite=args.overwrite,
-                        preview=preview,
-                        grid_of=grid_of,
-                        loaded=loaded,
-                    )
-                results.append(result)
-                _log_result(result)
-        except (Terminated, KeyboardInterrupt):
-            interrupted = True
-            log.error("stopped by a signal; the case in progress was discarded, finished cases are kept")
-
-    counts = {s: sum(r.status == s for r in results) for s in ("written", "skipped", "failed")}
-    if results:
-        sys.stderr.write(_table(results) + "\n")
-    log.info("%d written, %d skipped, %d failed", counts["written"], counts["skipped"], counts["failed"])
-    if args.report is not None:
-        _write_report(
-            args.report,
-            {
-                "brasyn_version": __version__,
-                "started": started.isoformat(),
-                "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
-                "input": str(args.input),
-                "output": str(args.output),
-                "weights": str(args.weights),
-                "device": str(device),
-                "settings": asdict(settings),
-                "interrupted": interrupted,
-                "summary": counts,
-                "cases": [r.to_dict() for r in results],
+        Synthesizer(predictor, seed=int(args.seed), progress=not args.no_progress),
+        args.output,
+        overwrite=args.overwrite,
+        grid_of=grid_of,
+        prefetch=args.prefetch,
+        preview=_previewer(args.extras),
+        shard=_shard(args),
+        report=args.report,
+        context={
+            "input": str(args.input),
+            "output": str(args.output),
+            "weights": str(args.weights),
+            "device": str(predictor.device),
+            "settings": {
+                **asdict(sampling),
+                "seed": int(args.seed),
+                "progress": not args.no_progress,
+                "method": args.method,
+                "speed": asdict(speed),
             },
-        )
-    if interrupted:
-        return EXIT_TERMINATED
-    return EXIT_FAILED_CASES if counts["failed"] else EXIT_OK
+        },
+    )
+    return int(batch.exit_code)
 
 
 def demo(argv: list[str]) -> int:
@@ -606,7 +477,7 @@ def demo(argv: list[str]) -> int:
     )
     configure_logging(args.verbose)
     code = run(args)
-    if code == EXIT_OK and kind == "real":
+    if code == ExitCode.OK and kind == "real":
         pairs, _ = pair_predictions(output, DEFAULT_SOURCE)
         for pair in pairs:
             row = score_pair(pair)
@@ -626,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in writable_cache_environment().items():
         os.environ[key] = value
     if argv[:1] == ["hotfix"]:
-        return EXIT_OK
+        return ExitCode.OK
     configure_logging(0)
     try:
         if argv[:1] == ["demo"]:
@@ -637,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run_workers(argv, args)
         return run(args)
     except SystemExit as exc:  # argparse has printed its message
-        return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
+        return ExitCode.OK if exc.code in (0, None) else ExitCode.USAGE
     except BrasynError as exc:
         log.error("%s", exc)
-        return EXIT_USAGE
+        return ExitCode.USAGE

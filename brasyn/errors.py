@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["BrasynError", "CaseError", "WeightsError"]
+__all__ = ["BrasynError", "CaseError", "ExitCode", "UsageError", "WeightsError"]
 
 
 class BrasynError(Exception):
@@ -27,3 +28,21 @@ class CaseError(BrasynError):
 
 class WeightsError(BrasynError):
     """A weights folder, manifest or checkpoint is missing, corrupt or does not match."""
+
+
+class UsageError(BrasynError):
+    """The command cannot start: the message says why and what to do."""
+
+
+class ExitCode(enum.IntEnum):
+    """Exit status of every brasyn command."""
+
+    OK = 0
+    FAILED_CASES = 1
+    """Some cases failed; all others ran."""
+    USAGE = 2
+    """The command could not start (bad arguments, missing folders or weights)."""
+    INTERRUPTED = 130
+    """Stopped by SIGINT (Ctrl-C)."""
+    TERMINATED = 143
+    """Stopped by SIGTERM."""

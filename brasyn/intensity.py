@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["OUTPUT_THRESHOLD", "estimate_scale", "high_percentile", "restore_intensity"]
+__all__ = ["OUTPUT_THRESHOLD", "estimate_scale", "high_percentile", "keep_signal", "restore_intensity"]
 
 OUTPUT_THRESHOLD = 0.04
 """Synthetic [0, 1] values at or below this are background noise: the official code zeroes them."""
@@ -36,9 +36,14 @@ def estimate_scale(condition_percentiles: Mapping[str, float], ratios: Mapping[s
     return float(np.median(estimates))
 
 
+def keep_signal(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """A [0, 1] synthetic image as it will be written, still in [0, 1]: values at or below
+    :data:`OUTPUT_THRESHOLD` and voxels outside ``brain`` (no input signal) are 0 (float32)."""
+    return np.where((image > OUTPUT_THRESHOLD) & brain, image, 0.0).astype(np.float32)
+
+
 def restore_intensity(image: np.ndarray, scale: float, brain: np.ndarray) -> np.ndarray:
     """A [0, 1] synthetic image on the input scale: background (no input signal) is 0, nothing negative."""
-    out = np.where(image > OUTPUT_THRESHOLD, image, 0.0).astype(np.float32) * np.float32(scale)
-    out[~brain] = 0.0
+    out = keep_signal(image, brain) * np.float32(scale)
     np.maximum(out, 0.0, out=out)
     return out

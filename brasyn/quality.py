@@ -8,14 +8,18 @@ each contrast in turn (or ``--target``) withheld and synthesised from the other 
                                       [--device D] [--json FILE]
 
 ``samplers``: each ``sampler:steps[:precision]`` variant synthesises the withheld contrast through the
-pipeline (seed and noise as a run would draw them) and is scored against the real one with the
-challenge's metrics (:func:`brasyn.metrics.score`): the table a user picks a fast mode from.
+batch runner that every run uses (:func:`brasyn.batch.run_batch`: an input folder without the
+contrast, the same seed and noise, resampling, restoring and writing), and the written file is scored
+against the real one with the challenge's metrics (:func:`brasyn.metrics.score`): the table a user
+picks a fast mode from.
 
 ``precision``: with identical noise, the model-space result of bfloat16 against float32 must differ less
 than two float32 results with different seeds differ from each other. Three chains per case (float32 with
 ``--seed``, float32 with ``--seed + 1``, bfloat16 with ``--seed``); SSIM between the float32 and bfloat16
 results, and between the two float32 ones, over the model window or a ``--crop`` of it centred on the
-brain (a crop keeps a 1000-step CPU run to minutes; the network is fully convolutional).
+brain (a crop keeps a 1000-step CPU run to minutes; the network is fully convolutional). The conditions
+are brought into model space as a run does (:func:`brasyn.model_space.to_model_space`); the comparison
+itself is of the predictor's model-space output, where a crop is possible.
 """
 
 from __future__ import annotations
@@ -25,27 +29,29 @@ import dataclasses
 import json
 import logging
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from brasyn.acceleration import SpeedSettings
-from brasyn.cases import Case, discover
+from brasyn.acceleration import SpeedSettings, configure_backends
+from brasyn.batch import run_batch
+from brasyn.cases import Case, complete_cases, discover
 from brasyn.diffusion import SAMPLERS
 from brasyn.errors import BrasynError
 from brasyn.logs import configure_logging
 from brasyn.metrics import score, ssim
 from brasyn.modalities import Modality
-from brasyn.runtime import case_generator, select_device
-from brasyn.synthesize import SynthesisSettings, Synthesizer
-from brasyn.volumes import Volume, load_volume
+from brasyn.predictors import DiffusionPredictor, Sampling
+from brasyn.runtime import select_device
+from brasyn.synthesize import Synthesizer
+from brasyn.volumes import load_volume
 from brasyn.weights import WeightStore
 
-__all__ = ["Variant", "complete_cases", "compare_precision", "compare_samplers", "main", "parse_variant"]
+__all__ = ["Variant", "complete_cases_in", "compare_precision", "compare_samplers", "main", "parse_variant"]
 
 log = logging.getLogger("brasyn.quality")
 
@@ -74,9 +80,9 @@ def parse_variant(text: str) -> Variant:
     return Variant(parts[0], int(parts[1]), precision)
 
 
-def complete_cases(data: Path, ids: list[str] | None = None) -> list[Case]:
+def complete_cases_in(data: Path, ids: list[str] | None = None) -> list[Case]:
     """The case folders under ``data`` that hold all four contrasts (optionally only ``ids``)."""
-    cases = [c for c in discover(data) if isinstance(c, Case) and set(c.files) == set(Modality)]
+    cases, _ = complete_cases(discover(data), "a quality comparison")
     if ids:
         cases = [c for c in cases if c.id in ids]
     if not cases:
@@ -86,25 +92,20 @@ def complete_cases(data: Path, ids: list[str] | None = None) -> list[Case]:
     return cases
 
 
-def _withheld(
-    cases: list[Case], targets: list[Modality]
-) -> Iterator[tuple[Case, Modality, dict[Modality, Volume], dict[Modality, Volume]]]:
-    """Each case and target in turn: (case, target, all four volumes, the three conditions)."""
-    for case in cases:
-        volumes = {m: load_volume(p, case.id) for m, p in case.files.items()}
-        for target in targets:
-            yield case, target, volumes, {m: v for m, v in volumes.items() if m != target}
-
-
-def _synthesizer(weights: WeightStore, device: torch.device, variant: Variant, seed: int) -> Synthesizer:
-    settings = SynthesisSettings(
-        sampler=variant.sampler,
-        steps=variant.steps,
-        seed=seed,
-        progress=False,
-        speed=SpeedSettings(precision=variant.precision),
+def _predictor(weights: WeightStore, device: torch.device, variant: Variant) -> DiffusionPredictor:
+    return DiffusionPredictor(
+        weights, device, Sampling(variant.sampler, variant.steps), SpeedSettings(precision=variant.precision)
     )
-    return Synthesizer(weights, device, settings)
+
+
+def _withheld_inputs(case: Case, target: Modality, root: Path) -> Path:
+    """An input folder holding ``case`` less ``target`` (links to its files), as a user's run gets it."""
+    folder = root / f"{case.id}-without-{target.value}"
+    (folder / case.id).mkdir(parents=True)
+    for modality, path in case.files.items():
+        if modality is not target:
+            (folder / case.id / path.name).symlink_to(path.resolve())
+    return folder
 
 
 def compare_samplers(
@@ -115,27 +116,37 @@ def compare_samplers(
     variants: list[Variant],
     seed: int = 42,
 ) -> list[dict[str, Any]]:
-    """One row per case, target and variant: seconds and the scores against the real contrast."""
+    """One row per case, target and variant: the seconds of the case as a run takes them (the batch
+    runner, seed and noise as a run draws them) and the written file's scores against the real contrast."""
     rows = []
-    for case, target, volumes, conditions in _withheld(cases, targets):
-        for variant in variants:
-            synthesizer = _synthesizer(weights, device, variant, seed)
-            log.info("%s %s: %s", case.id, target, variant.name)
-            start = time.perf_counter()
-            data, _, _ = synthesizer.synthesize(conditions, target, case.id)
-            seconds = time.perf_counter() - start
-            scores = score(data, volumes[target].data)
-            rows.append(
-                {
-                    "case": case.id,
-                    "target": target.value,
-                    "variant": variant.name,
-                    "steps": synthesizer.steps_for(target),
-                    "seconds": round(seconds, 2),
-                    **{k: v for k, v in scores.items() if v is not None},
-                }
-            )
-            log.info("%s", rows[-1])
+    with tempfile.TemporaryDirectory(prefix="brasyn-quality-") as tmp:
+        for case in cases:
+            for target in targets:
+                truth = load_volume(case.files[target], case.id)
+                inputs = _withheld_inputs(case, target, Path(tmp))
+                for number, variant in enumerate(variants):
+                    log.info("%s %s: %s", case.id, target, variant.name)
+                    predictor = _predictor(weights, device, variant)
+                    output = inputs.with_name(f"{inputs.name}-{number}")
+                    batch = run_batch(
+                        discover(inputs), Synthesizer(predictor, seed, progress=False), output, prefetch=False
+                    )
+                    (result,) = batch.results
+                    if result.status != "written":
+                        raise BrasynError(f"{case.id} {target}: {variant.name} failed: {result.message}")
+                    data = load_volume(Path(result.output), case.id).data
+                    scores = score(data, truth.data)
+                    rows.append(
+                        {
+                            "case": case.id,
+                            "target": target.value,
+                            "variant": variant.name,
+                            "steps": predictor.steps(target),
+                            "seconds": round(result.seconds, 2),
+                            **{k: v for k, v in scores.items() if v is not None},
+                        }
+                    )
+                    log.info("%s", rows[-1])
     return rows
 
 
@@ -166,43 +177,54 @@ def compare_precision(
 ) -> list[dict[str, Any]]:
     """Per case and target: SSIM(bf16, fp32) with the same noise against SSIM(fp32, fp32 other seed)."""
     rows = []
-    for case, target, _, conditions in _withheld(cases, targets):
-        base = _synthesizer(weights, device, Variant(sampler, steps), seed)
-        prepared = base.prepare(conditions, target, case.id)
-        window = _crop_window(prepared.images[0] > 0, crop)
-        images = torch.from_numpy(np.ascontiguousarray(prepared.images[(slice(None), *window)]))[None]
-        results = {}
-        seconds = {}
-        for name, variant, run_seed in (
-            ("fp32", Variant(sampler, steps, "fp32"), seed),
-            ("fp32_other_seed", Variant(sampler, steps, "fp32"), seed + 1),
-            ("bf16", Variant(sampler, steps, "bf16"), seed),
-        ):
-            synthesizer = _synthesizer(weights, device, variant, run_seed)
-            generator = case_generator(run_seed, case.id, device)
-            log.info("%s %s: %s %d steps, %s, seed %d", case.id, target, sampler, steps, name, run_seed)
-            start = time.perf_counter()
-            out = synthesizer.predict(images, target, generator)
-            seconds[name] = round(time.perf_counter() - start, 2)
-            results[name] = out[0, 0].float().cpu().numpy()
-        between_precisions = ssim(results["bf16"], results["fp32"])
-        between_seeds = ssim(results["fp32_other_seed"], results["fp32"])
-        rows.append(
-            {
-                "case": case.id,
-                "target": target.value,
-                "sampler": sampler,
-                "steps": steps,
-                "shape": list(images.shape[2:]),
-                "ssim_bf16_vs_fp32": between_precisions,
-                "ssim_fp32_seed_vs_seed": between_seeds,
-                "max_abs_bf16_vs_fp32": float(np.abs(results["bf16"] - results["fp32"]).max()),
-                "bf16_closer_than_seeds": between_precisions > between_seeds,
-                "seconds": seconds,
-            }
-        )
-        log.info("%s", rows[-1])
+    for case in cases:
+        volumes = {m: load_volume(p, case.id) for m, p in case.files.items()}
+        for target in targets:
+            synthesizer = Synthesizer(_predictor(weights, device, Variant(sampler, steps)), seed)
+            conditions = {m: v for m, v in volumes.items() if m is not target}
+            prepared, _ = synthesizer.to_model_space(conditions, target, case.id)
+            window = _crop_window(prepared[0] > 0, crop)
+            images = np.ascontiguousarray(prepared[(slice(None), *window)])
+            results = {}
+            seconds = {}
+            for name, variant, run_seed in (
+                ("fp32", Variant(sampler, steps, "fp32"), seed),
+                ("fp32_other_seed", Variant(sampler, steps, "fp32"), seed + 1),
+                ("bf16", Variant(sampler, steps, "bf16"), seed),
+            ):
+                runner = Synthesizer(_predictor(weights, device, variant), run_seed)
+                log.info("%s %s: %s %d steps, %s, seed %d", case.id, target, sampler, steps, name, run_seed)
+                start = time.perf_counter()
+                results[name] = runner.predict(images, target, case.id)
+                seconds[name] = round(time.perf_counter() - start, 2)
+            rows.append(_precision_row(case, target, sampler, steps, images, results, seconds))
+            log.info("%s", rows[-1])
     return rows
+
+
+def _precision_row(
+    case: Case,
+    target: Modality,
+    sampler: str,
+    steps: int,
+    images: np.ndarray,
+    results: dict[str, np.ndarray],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    between_precisions = ssim(results["bf16"], results["fp32"])
+    between_seeds = ssim(results["fp32_other_seed"], results["fp32"])
+    return {
+        "case": case.id,
+        "target": target.value,
+        "sampler": sampler,
+        "steps": steps,
+        "shape": list(images.shape[1:]),
+        "ssim_bf16_vs_fp32": between_precisions,
+        "ssim_fp32_seed_vs_seed": between_seeds,
+        "max_abs_bf16_vs_fp32": float(np.abs(results["bf16"] - results["fp32"]).max()),
+        "bf16_closer_than_seeds": between_precisions > between_seeds,
+        "seconds": seconds,
+    }
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
@@ -250,10 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        cases = complete_cases(args.data, args.case)
+        cases = complete_cases_in(args.data, args.case)
         targets = [Modality(t) for t in args.target] if args.target else list(Modality)
         weights = WeightStore(args.weights)
         device = select_device(args.device)
+        configure_backends(
+            device, SpeedSettings()
+        )  # process-wide, once: TF32 and autotuning as a run has them
         if args.command == "samplers":
             variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
             rows = compare_samplers(cases, targets, weights, device, variants, args.seed)

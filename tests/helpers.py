@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 
 BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 
@@ -78,3 +79,28 @@ def container_prefix() -> list[str] | None:
         return None
     probe = subprocess.run([*UNSHARE, "true"], capture_output=True, check=False)
     return UNSHARE if probe.returncode == 0 else None
+
+
+class FirstCondition:
+    """A predictor that returns its first condition as the 'synthetic' target: what comes out of the
+    pipeline is then that input after the forward transform and its inverse, and can be checked voxel by
+    voxel. Its intensity ratios are given (e.g. a weights folder's)."""
+
+    def __init__(self, ratios) -> None:
+        self.ratios = ratios
+        self.device = torch.device("cpu")
+
+    def predict(self, images, target, generator=None, progress=None):
+        return images[:, :1].clone()
+
+    def intensity_ratios(self, target):
+        return self.ratios(target)
+
+    def steps(self, target):
+        return 0
+
+    def describe(self):
+        return "the first condition"
+
+    def settings(self):
+        return {"method": "first-condition"}

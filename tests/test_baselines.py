@@ -15,7 +15,6 @@ from brasyn.baselines import (
     Baselines,
     LinearFit,
     fit_baselines,
-    load_for,
     main,
     predict_linear,
     predict_nearest,
@@ -24,6 +23,7 @@ from brasyn.cli import main as brasyn_main
 from brasyn.errors import WeightsError
 from brasyn.intensity import OUTPUT_THRESHOLD, high_percentile
 from brasyn.modalities import MODALITIES, Modality, conditions_for
+from brasyn.predictors import LinearPredictor, NearestPredictor
 from brasyn.preprocess import normalise
 from brasyn.weights import DEFAULT_INTENSITY_RATIOS, WeightStore, init_random
 from tests.helpers import make_case, phantom, save_nifti
@@ -122,14 +122,14 @@ def test_fit_command_without_complete_cases_says_so(tmp_path, capsys):
 
 def test_linear_needs_its_file_and_nearest_falls_back_to_the_default_ratios(tmp_path):
     with pytest.raises(WeightsError, match=r"python -m brasyn\.baselines fit"):
-        load_for("linear", tmp_path)
-    assert load_for("nearest", tmp_path).ratios(T1C) == DEFAULT_INTENSITY_RATIOS[T1C]
+        LinearPredictor.from_folder(tmp_path)
+    assert NearestPredictor.from_folder(tmp_path).intensity_ratios(T1C) == DEFAULT_INTENSITY_RATIOS[T1C]
     (tmp_path / BASELINES_NAME).write_text('{"format_version": 1, "linear": {"t2f": {"weights": {}}}}')
     with pytest.raises(WeightsError, match="needs 'weights' for t1n, t1c, t2w"):
-        load_for("nearest", tmp_path)
+        NearestPredictor.from_folder(tmp_path)
     (tmp_path / BASELINES_NAME).write_text("{not json")
     with pytest.raises(WeightsError, match="cannot be used"):
-        load_for("linear", tmp_path)
+        LinearPredictor.from_folder(tmp_path)
 
 
 # --- through the pipeline ----------------------------------------------------------------------------

@@ -9,10 +9,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from brasyn.batch import run_batch
+from brasyn.cases import discover
 from brasyn.cli import main
 from brasyn.preprocess import normalise
 from brasyn.synthesize import Synthesizer
-from brasyn.weights import init_random
+from brasyn.weights import WeightStore, init_random
+from tests.helpers import FirstCondition
 
 # case folder -> (files kept as the three inputs, the withheld file, expected output name)
 CASES = {
@@ -69,36 +72,17 @@ def test_real_cases_come_back_on_their_own_grid_orientation_and_scale(real_input
     assert nib.aff2axcodes(nib.load(output / CASES["BraTS-MET-00110-000"][1]).affine) == ("R", "A", "S")
 
 
-def test_geometry_and_intensity_are_undone_exactly_on_real_files(real_inputs, weights, monkeypatch, tmp_path):
+def test_geometry_and_intensity_are_undone_exactly_on_real_files(real_inputs, weights, tmp_path):
     """With a 'model' that returns its first condition, the written file must be that input, normalised,
     thresholded and rescaled, voxel for voxel in the input's own orientation (RAS case included)."""
     root, _ = real_inputs
-
-    def first_condition(self, images, target, generator=None, progress=None):
-        return images[:, :1].clone()
-
-    monkeypatch.setattr(Synthesizer, "sample_images", first_condition)
-    output = tmp_path / "out"
-    assert (
-        main(
-            [
-                "--input",
-                str(root),
-                "--output",
-                str(output),
-                "--weights",
-                str(weights),
-                "--device",
-                "cpu",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    from brasyn.modalities import conditions_for, modality_from_alias, parse_contrast_name
-    from brasyn.weights import WeightStore
-
     store = WeightStore(weights)
+    output = tmp_path / "out"
+    synthesizer = Synthesizer(FirstCondition(lambda t: store.info(t).intensity_ratios), progress=False)
+    batch = run_batch(discover(root), synthesizer, output)
+    assert batch.counts == {"written": len(CASES), "skipped": 0, "failed": 0}
+    from brasyn.modalities import conditions_for, modality_from_alias, parse_contrast_name
+
     for case, (_, name) in CASES.items():
         files = {parse_contrast_name(p.name, case).modality: p for p in (root / case).iterdir()}
         target = modality_from_alias(

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import brasyn.synthesize
-from brasyn.baselines import load_for
+import brasyn.model_space
 from brasyn.cli import DEFAULT_WEIGHTS, main
 from brasyn.errors import CaseError
 from brasyn.modalities import Modality
+from brasyn.model_space import from_model_space
+from brasyn.predictors import LinearPredictor
 from brasyn.resample import GridPlan, on_model_grid, plan_grid
-from brasyn.synthesize import SynthesisSettings, Synthesizer
+from brasyn.synthesize import Synthesizer
 from brasyn.volumes import load_volume, write_volume
 from tests.helpers import BRATS_AFFINE, phantom, save_nifti
 
@@ -193,21 +194,21 @@ def test_a_1mm_nifti_case_takes_the_plain_path_byte_for_byte(hospital, monkeypat
     files = {Modality(m): inputs / f"orig-{m}.nii.gz" for m in ("t1n", "t1c", "t2w")}
     volumes = {m: load_volume(p, "orig") for m, p in files.items()}
     assert on_model_grid(volumes) and plan_grid(volumes, "orig") is None
-    settings = SynthesisSettings(method="linear", progress=False)
-    synthesizer = Synthesizer(
-        None, brasyn.synthesize.torch.device("cpu"), settings, load_for("linear", DEFAULT_WEIGHTS)
-    )
-    data, prepared, _ = synthesizer.synthesize(volumes, Modality.T2F, "orig")
+    predictor = LinearPredictor.from_folder(DEFAULT_WEIGHTS)
+    synthesizer = Synthesizer(predictor, progress=False)
+    images, record = synthesizer.to_model_space(volumes, Modality.T2F, "orig")
+    model_space = synthesizer.predict(images, Modality.T2F, "orig")
+    data = from_model_space(model_space, record, predictor.intensity_ratios(Modality.T2F))
     plain = tmp_path / "plain" / "orig-t2f.nii.gz"
     plain.parent.mkdir()
-    write_volume(data, prepared.reference, plain, description="brasyn synthetic t2f")
+    write_volume(data, record.reference, plain, description="brasyn synthetic t2f")
     assert (hospital["output"] / "orig-t2f.nii.gz").read_bytes() == plain.read_bytes()
 
     def refuse(*args, **kwargs):
         raise AssertionError("a 1 mm case must not be resampled")
 
-    monkeypatch.setattr(brasyn.synthesize, "to_model_grid", refuse)
-    monkeypatch.setattr(brasyn.synthesize, "to_reference_grid", refuse)
+    monkeypatch.setattr(brasyn.model_space, "to_model_grid", refuse)
+    monkeypatch.setattr(brasyn.model_space, "to_reference_grid", refuse)
     only = tmp_path / "in"
     shutil.copytree(inputs, only / "orig")
     assert main(["--input", str(only), "--output", str(tmp_path / "out"), *LINEAR]) == 0

@@ -1,0 +1,221 @@
+"""A folder of cases to a folder of outputs: the loop every job runs.
+
+:func:`run_batch` takes the discovered cases (and the per-case errors discovery found), this process's
+share of them (``--shard``, torchrun), and a :class:`~brasyn.synthesize.Synthesizer`; it removes what a
+killed earlier run left behind, reads the next case ahead while the current one is predicted, processes
+each case, stops cleanly on SIGTERM or Ctrl-C (the case in progress is discarded, finished ones are kept),
+logs one line per case and a summary table, and writes the JSON report. The command line, ``brasyn
+demo``, ``python -m brasyn.bench`` and ``python -m brasyn.quality`` all run cases through it, so what
+they time and score is what users run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brasyn import __version__
+from brasyn.cases import Case
+from brasyn.errors import CaseError, ExitCode
+from brasyn.modalities import Modality
+from brasyn.prefetch import prefetched
+from brasyn.sharding import Shard
+from brasyn.synthesize import CaseResult, Preview, Synthesizer
+from brasyn.volumes import remove_stale_temporaries
+
+__all__ = ["BatchResult", "Interrupted", "report_path_for", "run_batch", "write_report"]
+
+log = logging.getLogger("brasyn")
+
+STATUSES = ("written", "skipped", "failed")
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived: the batch ends after discarding the case in progress."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class BatchResult:
+    """What a batch did: one result per case in this share, and whether a signal cut it short."""
+
+    results: list[CaseResult]
+    started: dt.datetime
+    finished: dt.datetime
+    interrupted: bool = False
+    signal: int | None = None
+    """The signal that stopped the batch (SIGTERM or SIGINT), when one did."""
+    shard: Shard | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    """What the caller wants the report to say about the run (input, weights, settings ...)."""
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {s: sum(r.status == s for r in self.results) for s in STATUSES}
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.interrupted:
+            return ExitCode.INTERRUPTED if self.signal == signal.SIGINT else ExitCode.TERMINATED
+        return ExitCode.FAILED_CASES if self.counts["failed"] else ExitCode.OK
+
+    def report(self) -> dict[str, Any]:
+        """The run report (``docs/report.schema.json``)."""
+        return {
+            "brasyn_version": __version__,
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat(),
+            **self.context,
+            "interrupted": self.interrupted,
+            "summary": self.counts,
+            "cases": [r.to_dict() for r in self.results],
+        }
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM (and SIGINT, through KeyboardInterrupt) end the loop; outside the main thread, where
+    Python cannot install handlers, the caller's handling stays."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _log_result(result: CaseResult) -> None:
+    line = f"[{result.status}] {result.case}: {result.message}"
+    if result.status == "written":
+        line += f" ({result.seconds:.1f} s, {result.device}, peak {result.peak_memory_mib:.0f} MiB)"
+        log.info(line)
+    elif result.status == "skipped":
+        log.info(line)
+    else:
+        log.error(line)
+
+
+def summary_table(results: Sequence[CaseResult]) -> str:
+    """One row per case: id, status, target, seconds and the message."""
+    rows = [("case", "status", "target", "seconds", "message")]
+    rows += [(r.case, r.status, r.target or "-", f"{r.seconds:.1f}", r.message) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        for row in rows
+    )
+
+
+def report_path_for(path: Path, shard: Shard | None) -> Path:
+    """Each of several shards writes its own report beside the asked-for one."""
+    if shard is None or shard.count == 1:
+        return path
+    return path.with_name(f"{path.stem}.shard-{shard.index}-of-{shard.count}.json")
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write the report atomically (never a half-written JSON for a job manager to read)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".brasyn-report-", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(report, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def _case_id(item: Case | CaseError) -> str:
+    return item.case if isinstance(item, CaseError) else item.id
+
+
+def run_batch(
+    found: Sequence[Case | CaseError],
+    synthesizer: Synthesizer,
+    output: Path,
+    *,
+    overwrite: bool = False,
+    grid_of: Modality | None = None,
+    prefetch: bool = True,
+    preview: Preview | None = None,
+    shard: Shard | None = None,
+    report: Path | None = None,
+    context: dict[str, Any] | None = None,
+) -> BatchResult:
+    """Process this share of ``found`` into ``output``; see the module text.
+
+    ``report`` is written (per shard, :func:`report_path_for`) with ``context`` merged in, also after a
+    stop signal. Never raises for a problem of one case.
+    """
+    started = dt.datetime.now(dt.timezone.utc)
+    output.mkdir(parents=True, exist_ok=True)
+    if shard is not None:
+        found = shard.select(found, key=_case_id)
+        log.info("shard %s: %d case(s)", shard, len(found))
+    if shard is None or shard.count == 1:
+        # with several shards another process may be writing into the same folder right now
+        remove_stale_temporaries(output)
+    results: list[CaseResult] = []
+    interrupted, signum = False, None
+    stream = prefetched(
+        found,
+        load=lambda case: synthesizer.load(case, grid_of),
+        wanted=lambda item: isinstance(item, Case) and synthesizer.needs_work(item, output, overwrite),
+        enabled=prefetch and len(found) > 1,
+    )
+    with _stop_on_signals(), closing(stream):
+        try:
+            for item, loaded in stream:
+                if isinstance(item, CaseError):
+                    result = CaseResult(
+                        case=item.case,
+                        status="failed",
+                        message=item.message,
+                        files=[str(f) for f in item.files],
+                    )
+                else:
+                    result = synthesizer.process(
+                        item, output, overwrite=overwrite, preview=preview, grid_of=grid_of, loaded=loaded
+                    )
+                results.append(result)
+                _log_result(result)
+        except Interrupted as stop:
+            interrupted, signum = True, stop.signum
+        except KeyboardInterrupt:
+            interrupted, signum = True, signal.SIGINT
+    if interrupted:
+        log.error("stopped by a signal; the case in progress was discarded, finished cases are kept")
+    batch = BatchResult(
+        results,
+        started,
+        dt.datetime.now(dt.timezone.utc),
+        interrupted,
+        signum,
+        shard,
+        dict(context or {}),
+    )
+    if results:
+        sys.stderr.write(summary_table(results) + "\n")
+    counts = batch.counts
+    log.info("%d written, %d skipped, %d failed", counts["written"], counts["skipped"], counts["failed"])
+    if report is not None:
+        write_report(report_path_for(report, shard), batch.report())
+    return batch

@@ -1,0 +1,284 @@
+"""What fills in the missing contrast in model space: the cWDM diffusion model or a baseline.
+
+A predictor takes the (1, 3, D, H, W) [0, 1] conditions of a case in model space (in
+:func:`~brasyn.modalities.conditions_for` order) and returns the (1, 1, D, H, W) [0, 1] target. It also
+says how to put the result back on the input scale (its intensity ratios), how many steps it takes (for a
+progress bar) and where its numbers come from. It knows nothing of files, grids or cases: the
+:class:`~brasyn.synthesize.Synthesizer` loads, prepares, restores and writes around it.
+
+:func:`make_predictor` is the one place a method name (``--method``) chooses a predictor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from brasyn.acceleration import SpeedSettings, network_precision, optimise_model, resolve_precision
+from brasyn.bands import bands_to_image, image_to_bands
+from brasyn.baselines import BASELINES_NAME, Baselines, predict_linear, predict_nearest
+from brasyn.diffusion import SAMPLERS, Diffusion
+from brasyn.errors import WeightsError
+from brasyn.modalities import Modality
+from brasyn.runtime import select_device
+from brasyn.weights import WeightStore
+
+__all__ = [
+    "METHODS",
+    "DiffusionPredictor",
+    "LinearPredictor",
+    "NearestPredictor",
+    "Predictor",
+    "Progress",
+    "Sampling",
+    "make_predictor",
+]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], None]
+"""Called after every sampling step with the sampler's step record."""
+
+
+class Predictor(Protocol):
+    """Model space in, model space out."""
+
+    device: torch.device
+    """Where it computes (and where a case's random generator must live)."""
+
+    def predict(
+        self,
+        images: torch.Tensor,
+        target: Modality,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
+        """(1, 3, D, H, W) [0, 1] conditions to the (1, 1, D, H, W) [0, 1] target; WeightsError when
+        what it needs for ``target`` is missing."""
+        ...
+
+    def intensity_ratios(self, target: Modality) -> dict[Modality, float]:
+        """Per condition: p99.9(target) / p99.9(condition), to restore the input scale."""
+        ...
+
+    def steps(self, target: Modality) -> int:
+        """Steps ``predict`` reports through ``progress`` (0: none, no progress bar)."""
+        ...
+
+    def describe(self) -> str:
+        """Where the predictions come from, for messages."""
+        ...
+
+    def settings(self) -> dict[str, Any]:
+        """What a run report records about it."""
+        ...
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the diffusion model is sampled; the defaults are the official cWDM inference."""
+
+    sampler: str = "ddpm"
+    """"ddpm" (ancestral, as the official code), "ddim" (deterministic with eta 0), "dpm++2m"
+    (DPM-Solver++(2M), deterministic, for 10-20 steps) or "x0" (one step: a quick preview)."""
+    steps: int = 1000
+    """Number of sampling steps (1000 is the full chain; fewer respaces it; "x0" always takes 1)."""
+    eta: float = 0.0
+    """DDIM noise (0: deterministic)."""
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
+
+
+class DiffusionPredictor:
+    """cWDM: one checkpoint per target from a weights folder, loaded on first use and kept."""
+
+    method = "diffusion"
+
+    def __init__(
+        self,
+        weights: WeightStore,
+        device: torch.device,
+        sampling: Sampling | None = None,
+        speed: SpeedSettings | None = None,
+    ) -> None:
+        self.weights = weights
+        self.device = device
+        self.sampling = sampling or Sampling()
+        self.speed = speed or SpeedSettings()
+        self.precision = resolve_precision(self.speed.precision, device)
+        """The precision the denoiser runs in ("auto" resolved for the device)."""
+        self._diffusions: dict[tuple[int, str], Diffusion] = {}
+        self._models: dict[Modality, torch.nn.Module] = {}
+
+    def describe(self) -> str:
+        return f"the weights ({self.weights.folder})"
+
+    def settings(self) -> dict[str, Any]:
+        return {"method": self.method, **asdict(self.sampling), "precision": self.precision}
+
+    def diffusion_for(self, target: Modality) -> Diffusion:
+        """The noise schedule the checkpoint for ``target`` was trained with."""
+        settings = self.weights.info(target).diffusion
+        key = (int(settings.get("steps", 1000)), str(settings.get("schedule", "linear")))
+        if key not in self._diffusions:
+            self._diffusions[key] = Diffusion(steps=key[0], schedule=key[1])
+        return self._diffusions[key]
+
+    def steps(self, target: Modality) -> int:
+        """Sampling steps for ``target``: as asked, at most the length of its training chain."""
+        if self.sampling.sampler == "x0":
+            return 1
+        return min(self.sampling.steps, self.diffusion_for(target).num_steps)
+
+    def model_for(self, target: Modality) -> torch.nn.Module:
+        """The denoiser for ``target`` as the speed settings want it (memory format, compiled); kept."""
+        if target not in self._models:
+            model = self.weights.load(target, self.device)
+            self._models[target] = optimise_model(model, self.device, self.speed)
+        return self._models[target]
+
+    def intensity_ratios(self, target: Modality) -> dict[Modality, float]:
+        return self.weights.info(target).intensity_ratios
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        images: torch.Tensor,
+        target: Modality,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
+        model = self.model_for(target)
+        info = self.weights.info(target)
+        diffusion = self.diffusion_for(target)
+        cond = image_to_bands(images.to(self.device, torch.float32))
+        shape = (cond.shape[0], info.config.out_channels, *cond.shape[2:])
+        with network_precision(self.device, self.precision):
+            bands = diffusion.sample(
+                model,
+                cond,
+                shape,
+                sampler=self.sampling.sampler,
+                steps=self.steps(target),
+                generator=generator,
+                progress=progress,
+                eta=self.sampling.eta,
+            )
+        return bands_to_image(bands).clamp_(0.0, 1.0)
+
+
+class _Baseline:
+    """A baseline of :mod:`brasyn.baselines`: CPU, one step, the ratios of its ``baselines.json``."""
+
+    method = ""
+
+    def __init__(self, baselines: Baselines | None = None) -> None:
+        self.baselines = baselines or Baselines()
+        self.device = torch.device("cpu")
+
+    def describe(self) -> str:
+        return f"the {self.method} baseline ({self.baselines.source})"
+
+    def settings(self) -> dict[str, Any]:
+        return {"method": self.method}
+
+    def steps(self, target: Modality) -> int:
+        return 0
+
+    def intensity_ratios(self, target: Modality) -> dict[Modality, float]:
+        return self.baselines.ratios(target)
+
+    def predict(
+        self,
+        images: torch.Tensor,
+        target: Modality,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
+        conditions = images[0].float().cpu().numpy()
+        return torch.from_numpy(self._predict(conditions, Modality(target)))[None, None]
+
+    def _predict(self, conditions: np.ndarray, target: Modality) -> np.ndarray:
+        raise NotImplementedError
+
+
+class LinearPredictor(_Baseline):
+    """Per target a least-squares weighted sum of the three conditions (``baselines.json``)."""
+
+    method = "linear"
+
+    @classmethod
+    def from_folder(cls, folder: Path | str) -> LinearPredictor:
+        """The fits of ``folder/baselines.json``; WeightsError saying how to make it when absent."""
+        return cls(Baselines.load(folder))
+
+    def _predict(self, conditions: np.ndarray, target: Modality) -> np.ndarray:
+        if target not in self.baselines.linear:
+            raise WeightsError(f"{self.baselines.source} has no linear fit for target {target.value}")
+        return predict_linear(conditions, target, self.baselines.linear[target])
+
+
+class NearestPredictor(_Baseline):
+    """The condition most like the target, as it is."""
+
+    method = "nearest"
+
+    @classmethod
+    def from_folder(cls, folder: Path | str) -> NearestPredictor:
+        """With the intensity ratios of ``folder/baselines.json`` where there is one, else the defaults."""
+        if not (Path(folder) / BASELINES_NAME).exists():
+            log.info(
+                "no %s in %s: restoring the intensity scale with the default ratios", BASELINES_NAME, folder
+            )
+            return cls()
+        return cls(Baselines.load(folder))
+
+    def _predict(self, conditions: np.ndarray, target: Modality) -> np.ndarray:
+        return predict_nearest(conditions, target)
+
+
+def _diffusion(weights: Path, device: str, sampling: Sampling, speed: SpeedSettings) -> DiffusionPredictor:
+    return DiffusionPredictor(WeightStore(weights), select_device(device), sampling, speed)
+
+
+def _baseline(kind: type[_Baseline]) -> Callable[[Path, str, Sampling, SpeedSettings], _Baseline]:
+    def build(weights: Path, device: str, sampling: Sampling, speed: SpeedSettings) -> _Baseline:
+        if device.strip().lower() not in ("auto", "cpu"):
+            log.info("the %s baseline runs on the CPU; --device %s is not used", kind.method, device)
+        return kind.from_folder(weights)
+
+    return build
+
+
+_BUILDERS: dict[str, Callable[[Path, str, Sampling, SpeedSettings], Predictor]] = {
+    "diffusion": _diffusion,
+    "linear": _baseline(LinearPredictor),
+    "nearest": _baseline(NearestPredictor),
+}
+METHODS = tuple(_BUILDERS)
+"""How the missing contrast is predicted: the cWDM model, or one of the baselines."""
+
+
+def make_predictor(
+    method: str,
+    weights: Path,
+    device: str = "auto",
+    sampling: Sampling | None = None,
+    speed: SpeedSettings | None = None,
+) -> Predictor:
+    """The predictor ``method`` names, from the weights folder ``weights``, on ``device`` (diffusion;
+    the baselines run on the CPU). WeightsError when the folder lacks what it needs, ValueError for an
+    unusable method, device or precision."""
+    if method not in _BUILDERS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return _BUILDERS[method](Path(weights), device, sampling or Sampling(), speed or SpeedSettings())
