@@ -7,7 +7,8 @@ only the model-space prediction differs. Neither needs a GPU or a checkpoint.
 
 - ``nearest``: the condition most like the target, as it is: t1n for t1c and back, t2w for t2f and back.
 - ``linear``: per target, ``bias + sum_c weight_c * c`` over the three conditions, clipped to [0, 1]; the
-  four numbers are least-squares fits over the brain voxels (any condition non-zero) of complete cases.
+  four numbers are least-squares fits over the brain voxels (any contrast non-zero) of complete cases,
+  each brought into model space as training brings it (cases on differing grids included).
 
 ``python -m brasyn.baselines fit --data DIR [--data DIR ...] --out WEIGHTS`` writes ``baselines.json``
 into a weights folder, beside (and independent of) ``manifest.json``::
@@ -38,12 +39,11 @@ from typing import Any
 import numpy as np
 
 from brasyn import __version__
-from brasyn.cases import Case, discover
+from brasyn.cases import complete_cases, discover
 from brasyn.errors import BrasynError, CaseError, WeightsError
-from brasyn.intensity import high_percentile
 from brasyn.modalities import MODALITIES, Modality, conditions_for
-from brasyn.preprocess import brain_mask, normalise
-from brasyn.volumes import check_same_grid, load_volume
+from brasyn.model_space import to_model_space
+from brasyn.volumes import Volume, load_volume
 from brasyn.weights import DEFAULT_INTENSITY_RATIOS, _parse_ratios, _write_atomic
 
 __all__ = [
@@ -200,13 +200,16 @@ class Baselines:
 
 
 def fit_baselines(
-    cases: Iterable[tuple[str, Mapping[Modality, np.ndarray]]], provenance: Mapping[str, Any] | None = None
+    cases: Iterable[tuple[str, Mapping[Modality, Volume]]], provenance: Mapping[str, Any] | None = None
 ) -> Baselines:
-    """Linear fits and intensity ratios from complete cases, each ``(case id, {contrast: stored volume})``.
+    """Linear fits and intensity ratios from complete cases, each ``(case id, {contrast: volume})``.
 
-    The cases are read one at a time, so the iterable may load them lazily. Each contrast is normalised as
-    the pipeline does; every target is fitted on the brain voxels of its own three conditions (the voxels
-    the pipeline keeps), accumulating the normal equations over all cases. ValueError without any case.
+    The cases are read one at a time, so the iterable may load them lazily. Each case is brought into
+    model space once, as training brings it (:func:`brasyn.model_space.to_model_space` of all four
+    contrasts: resampled where the grids differ, each contrast normalised as the pipeline does); every
+    target is fitted on the case's brain voxels (any contrast non-zero), accumulating the normal equations
+    over all cases. A case that cannot be brought into model space is skipped with a warning. ValueError
+    without any usable case.
     """
     gram = {t: np.zeros((4, 4)) for t in MODALITIES}
     moment = {t: np.zeros(4) for t in MODALITIES}
@@ -216,18 +219,21 @@ def fit_baselines(
     }
     ids = []
     for case_id, volumes in cases:
-        normalised = {m: normalise(volumes[m]) for m in MODALITIES}
-        percentile = {m: high_percentile(volumes[m]) for m in MODALITIES}
+        try:
+            stack, record = to_model_space(volumes, MODALITIES, case_id)
+        except CaseError as e:
+            log.warning("skipped %s: %s", e.case, e.message)
+            continue
+        brain = record.model_brain()
+        percentile = record.percentiles
         for target in MODALITIES:
-            order = conditions_for(target)
-            brain = brain_mask([volumes[m] for m in order])
             design = np.ones((int(brain.sum()), 4))
-            for column, condition in enumerate(order):
-                design[:, column] = normalised[condition][brain]
+            for column, condition in enumerate(conditions_for(target)):
+                design[:, column] = stack[MODALITIES.index(condition)][brain]
             gram[target] += design.T @ design
-            moment[target] += design.T @ normalised[target][brain].astype(np.float64)
+            moment[target] += design.T @ stack[MODALITIES.index(target)][brain].astype(np.float64)
             voxels[target] += len(design)
-            for condition in order:
+            for condition in conditions_for(target):
                 if percentile[target] > 0 and percentile[condition] > 0:
                     ratios[target][condition].append(percentile[target] / percentile[condition])
         ids.append(case_id)
@@ -246,27 +252,17 @@ def fit_baselines(
     return Baselines(linear, medians, tuple(ids), dict(provenance or {}), source="the fitted baselines")
 
 
-def _complete_cases(folders: Iterable[Path]) -> Iterator[tuple[str, dict[Modality, np.ndarray]]]:
-    """Every complete case under ``folders``, loaded and checked; others are skipped with a log line."""
+def _complete_cases(folders: Iterable[Path]) -> Iterator[tuple[str, dict[Modality, Volume]]]:
+    """Every complete case under ``folders``, loaded; others are skipped with a log line."""
     for folder in folders:
-        for item in discover(folder):
-            if isinstance(item, CaseError):
-                log.warning("skipped %s: %s", item.case, item.message)
-                continue
-            if not _is_complete(item):
-                log.info("skipped %s: it has %d contrasts, fitting needs all four", item.id, len(item.files))
-                continue
+        found, rest = complete_cases(discover(folder), "fitting")
+        for error in rest:
+            log.warning("skipped %s: %s", error.case, error.message)
+        for case in found:
             try:
-                loaded = {m: load_volume(item.files[m], item.id) for m in MODALITIES}
-                check_same_grid({m.value: v for m, v in loaded.items()}, item.id)
+                yield case.id, {m: load_volume(case.files[m], case.id) for m in MODALITIES}
             except CaseError as e:
                 log.warning("skipped %s: %s", e.case, e.message)
-                continue
-            yield item.id, {m: v.data for m, v in loaded.items()}
-
-
-def _is_complete(case: Case) -> bool:
-    return all(m in case.files for m in MODALITIES)
 
 
 def _parser() -> argparse.ArgumentParser:

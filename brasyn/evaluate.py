@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from brasyn import __version__
-from brasyn.cases import Case, discover
+from brasyn.cases import Case, complete_cases, discover
 from brasyn.errors import BrasynError, CaseError
 from brasyn.logs import configure_logging
 from brasyn.metrics import score as score_volumes
@@ -98,18 +98,11 @@ def drop(input_root: Path, output: Path, seed: int, record: Path) -> int:
     """Copy every complete case of ``input_root`` into ``output`` less one random contrast."""
     found = discover(input_root)
     choices = drop_choices([item.id if isinstance(item, Case) else item.case for item in found], seed)
+    complete, rest = complete_cases(found, "drop")
+    for error in rest:
+        log.error("[failed] %s: %s", error.case, error.message)
     dropped: dict[str, str] = {}
-    failures = 0
-    for item in found:
-        if isinstance(item, CaseError):
-            log.error("[failed] %s: %s", item.case, item.message)
-            failures += 1
-            continue
-        absent = [m.value for m in MODALITIES if m not in item.files]
-        if absent:
-            log.error("[failed] %s: no %s; drop needs all four contrasts", item.id, ", ".join(absent))
-            failures += 1
-            continue
+    for item in complete:
         left_out = choices[item.id]
         folder = output / item.id
         folder.mkdir(parents=True)
@@ -121,9 +114,13 @@ def drop(input_root: Path, output: Path, seed: int, record: Path) -> int:
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(dropped, indent=2) + "\n")
     log.info(
-        "%d case(s) written to %s, %d failed; dropped contrasts in %s", len(dropped), output, failures, record
+        "%d case(s) written to %s, %d failed; dropped contrasts in %s",
+        len(dropped),
+        output,
+        len(rest),
+        record,
     )
-    return EXIT_FAILED_CASES if failures else EXIT_OK
+    return EXIT_FAILED_CASES if rest else EXIT_OK
 
 
 # --- pairing predictions with the truth ------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Training examples: complete cases in model space, with the same discovery, checks and preprocessing as
-inference, cut into random patches and flipped when asked.
+"""Training examples: complete cases in model space, with the same discovery, checks and transform into
+model space as inference (:func:`brasyn.model_space.to_model_space`, cases on differing grids included),
+cut into random patches and flipped when asked.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brasyn.cases import Case, discover
-from brasyn.errors import BrasynError, CaseError
-from brasyn.intensity import high_percentile
-from brasyn.modalities import MODALITIES, Modality, conditions_for
-from brasyn.preprocess import MULTIPLE, prepare
-from brasyn.volumes import check_same_grid, load_volume
+from brasyn.cases import Case, complete_cases, discover
+from brasyn.errors import BrasynError
+from brasyn.modalities import Modality, conditions_for
+from brasyn.model_space import to_model_space
+from brasyn.preprocess import MULTIPLE
+from brasyn.volumes import load_volume
 
 __all__ = ["TrainingCase", "TrainingSet", "find_training_cases"]
 
@@ -39,33 +40,25 @@ def find_training_cases(folders: list[Path]) -> list[Case]:
     """Complete cases (all four contrasts) under ``folders``; others are skipped with a warning."""
     complete: list[Case] = []
     for folder in folders:
-        for item in discover(folder, target=Modality.T1N):
-            if isinstance(item, CaseError):
-                log.warning("skipping %s: %s", item.case, item.message)
-            elif len(item.files) < 4:
-                missing = [m.value for m in MODALITIES if m not in item.files]
-                log.warning(
-                    "skipping %s: no %s (training needs all four contrasts)", item.id, ", ".join(missing)
-                )
-            else:
-                complete.append(item)
+        cases, rest = complete_cases(discover(folder, target=Modality.T1N), "training")
+        for error in rest:
+            log.warning("skipping %s: %s", error.case, error.message)
+        complete += cases
     if not complete:
         raise BrasynError(
             f"no usable training case in {', '.join(map(str, folders))}: each case folder needs all four "
-            "contrasts (t1n, t1c, t2w, t2f) on one grid"
+            "contrasts (t1n, t1c, t2w, t2f), co-registered"
         )
     return complete
 
 
 def load_training_case(case: Case, target: Modality) -> TrainingCase:
-    """Load, check and preprocess one case exactly as inference does, plus its target contrast."""
+    """Load, check and bring one case into model space exactly as inference does (contrasts on differing
+    grids are resampled onto one 1 mm grid), the target contrast as the fourth channel."""
     order = [*conditions_for(target), target]
     volumes = {m: load_volume(case.files[m], case.id) for m in order}
-    check_same_grid({m.value: v for m, v in volumes.items()}, case.id)
-    stack, _, _ = prepare([volumes[m].data for m in order], volumes[order[0]].affine)
-    brain = stack.any(axis=0)
-    percentiles = {m: high_percentile(v.data) for m, v in volumes.items()}
-    return TrainingCase(case.id, stack, brain, percentiles)
+    stack, record = to_model_space(volumes, order, case.id)
+    return TrainingCase(case.id, stack, stack.any(axis=0), dict(record.percentiles))
 
 
 class TrainingSet:

@@ -25,8 +25,9 @@ from brasyn.intensity import OUTPUT_THRESHOLD, high_percentile
 from brasyn.modalities import MODALITIES, Modality, conditions_for
 from brasyn.predictors import LinearPredictor, NearestPredictor
 from brasyn.preprocess import normalise
+from brasyn.volumes import Volume
 from brasyn.weights import DEFAULT_INTENSITY_RATIOS, WeightStore, init_random
-from tests.helpers import make_case, phantom, save_nifti
+from tests.helpers import BRATS_AFFINE, make_case, phantom, save_nifti
 
 T1N, T1C, T2W, T2F = MODALITIES
 SHAPE = (32, 32, 24)
@@ -67,9 +68,13 @@ def test_linear_prediction_is_the_weighted_sum_clipped_to_unit_range():
     assert predict_linear(images, T2F, LinearFit({T1N: -5.0, T1C: 0, T2W: 0}, 0.0)).min() == 0.0
 
 
+def _volumes(case_id: str, arrays: dict[Modality, np.ndarray]) -> dict[Modality, Volume]:
+    return {m: Volume(Path(f"{case_id}-{m.value}.nii.gz"), a, BRATS_AFFINE, None) for m, a in arrays.items()}
+
+
 def test_fit_recovers_linear_coefficients_and_median_intensity_ratios(tmp_path):
     cases = _linear_cases(tmp_path)
-    baselines = fit_baselines(cases.items())
+    baselines = fit_baselines((c, _volumes(c, arrays)) for c, arrays in cases.items())
     fit = baselines.linear[T2F]
     got = np.array([fit.weights[T1N], fit.weights[T1C], fit.weights[T2W], fit.bias])
     # the normal equations summed case by case solve the least-squares problem of all voxels at once

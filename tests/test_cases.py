@@ -345,3 +345,19 @@ def test_real_cases_with_forced_target_are_named_like_their_inputs(real_root, ta
     for case in results:
         assert case.files[target] not in case.conditions.values()
         assert len(case.conditions) == 3
+
+
+def test_complete_cases_keeps_four_contrast_cases_and_says_what_the_others_lack(tmp_path):
+    from brasyn.cases import complete_cases
+    from tests.helpers import make_case
+
+    make_case(tmp_path, "full", ("t1n", "t1c", "t2w", "t2f"))
+    make_case(tmp_path, "three", ("t1n", "t2w", "t2f"))
+    make_case(tmp_path, "two", ("t1n", "t2w"))
+    complete, rest = complete_cases(discover(tmp_path), "training")
+    assert [c.id for c in complete] == ["full"]
+    assert {e.case: e.message for e in rest} == {
+        "three": "no t1c; training needs all four contrasts (t1n, t1c, t2w, t2f)",
+        "two": rest[1].message,
+    }
+    assert "needs three of" in rest[1].message  # discovery's own error passes through unchanged

@@ -170,3 +170,32 @@ def test_two_process_torchrun_on_cpu_writes_one_checkpoint(data, tmp_path):
     assert WeightStore(out).info("t2f").provenance["data"]["world_size"] == 2
     assert len(_losses(out)) == 4  # rank 0 alone logs
     shutil.rmtree(out)
+
+
+def test_a_case_whose_contrasts_lie_on_different_grids_trains_as_inference_takes_it(tmp_path):
+    """Inference resamples contrasts that share a world space but not a 1 mm grid; training, through the
+    same transform into model space, must accept that case too (it used to be skipped)."""
+    import SimpleITK as sitk
+
+    data = tmp_path / "data"
+    files = make_case(data, "mixed", ALL, seed=3, shape=(40, 48, 36))
+    coarse = sitk.ReadImage(str(files["t2w"]))
+    spacing = (1.5, 1.5, 2.0)
+    size = [int(n * s / t) for n, s, t in zip(coarse.GetSize(), coarse.GetSpacing(), spacing, strict=True)]
+    resampled = sitk.Resample(
+        coarse,
+        size,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        coarse.GetOrigin(),
+        spacing,
+        coarse.GetDirection(),
+        0.0,
+        sitk.sitkFloat32,
+    )
+    sitk.WriteImage(resampled, str(files["t2w"]))
+    out = tmp_path / "w"
+    assert train_main(_args(data, out, 2)) == 0
+    info = WeightStore(out).info("t2f")
+    assert info.provenance["data"]["cases"] == ["mixed"]
+    assert len(_losses(out)) == 2
