@@ -67,6 +67,11 @@ class SpeedSettings:
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
 
+    def configure_backends(self, device: torch.device) -> None:
+        """Set this run's process-wide backend switches for ``device`` (:func:`configure_backends`); a
+        command does this once, at its entry, never a library object."""
+        configure_backends(device, self)
+
 
 def cudnn_bf16_conv3d_problem(device: torch.device) -> str | None:
     """A sentence when this device's cuDNN has the slow (and, in 9.10.2, wrong) bf16 Conv3d kernels."""

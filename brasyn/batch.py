@@ -25,16 +25,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from brasyn import __version__
 from brasyn.cases import Case
-from brasyn.errors import CaseError, ExitCode
+from brasyn.errors import CaseError, ExitCode, UsageError
+from brasyn.intensity import keep_signal
 from brasyn.modalities import Modality
+from brasyn.model_space import ModelSpace
 from brasyn.prefetch import prefetched
+from brasyn.preview import mosaic, write_png
 from brasyn.sharding import Shard
 from brasyn.synthesize import CaseResult, Preview, Synthesizer
 from brasyn.volumes import remove_stale_temporaries
 
-__all__ = ["BatchResult", "Interrupted", "report_path_for", "run_batch", "write_report"]
+__all__ = [
+    "BatchResult",
+    "Interrupted",
+    "check_folders",
+    "previewer",
+    "report_path_for",
+    "run_batch",
+    "summary_table",
+    "write_report",
+]
 
 log = logging.getLogger("brasyn")
 
@@ -143,6 +157,53 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_folders(
+    input_root: Path, output: Path, report: Path | None = None, extras: Path | None = None
+) -> None:
+    """Refuse, with a sentence, folders a batch cannot run with: a missing input, an output inside the
+    input, a report or previews inside the output (which must hold only the synthetic images), an output
+    that cannot be created or written. Creates the output folder."""
+    if not input_root.is_dir():
+        raise UsageError(f"the input folder {input_root} does not exist (mount it, e.g. -v DATA:/input:ro)")
+    if _inside(output, input_root):
+        raise UsageError(
+            f"the output folder {output} lies inside the input folder {input_root}; "
+            "choose a separate folder (brasyn never writes into its input)"
+        )
+    for name, path in (("report", report), ("extras", extras)):
+        if path is not None and _inside(path, output):
+            raise UsageError(
+                f"--{name} {path} lies inside the output folder, which must hold only the "
+                "synthetic images; put it elsewhere"
+            )
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {output}: {exc.strerror}") from exc
+    if not os.access(output, os.W_OK):
+        raise UsageError(
+            f"the output folder {output} is not writable by this user (uid {os.getuid()}); "
+            "mount it writable or choose another folder"
+        )
+
+
+def previewer(folder: Path) -> Preview:
+    """Writes ``folder/<case>-<target>.png``: the three inputs as the model saw them and the synthetic
+    contrast as it is written (thresholded, zero outside the brain), in three planes."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def preview(case: Case, images: np.ndarray, record: ModelSpace, model_space: np.ndarray) -> None:
+        shown = keep_signal(model_space, record.model_brain())
+        write_png(folder / f"{case.id}-{case.target}.png", mosaic([*images, shown]))
+
+    return preview
+
+
 def _case_id(item: Case | CaseError) -> str:
     return item.case if isinstance(item, CaseError) else item.id
 
@@ -155,15 +216,16 @@ def run_batch(
     overwrite: bool = False,
     grid_of: Modality | None = None,
     prefetch: bool = True,
-    preview: Preview | None = None,
+    extras: Path | None = None,
     shard: Shard | None = None,
     report: Path | None = None,
     context: dict[str, Any] | None = None,
 ) -> BatchResult:
     """Process this share of ``found`` into ``output``; see the module text.
 
-    ``report`` is written (per shard, :func:`report_path_for`) with ``context`` merged in, also after a
-    stop signal. Never raises for a problem of one case.
+    ``extras`` is a folder for a PNG preview per written case (:func:`previewer`). ``report`` is written
+    (per shard, :func:`report_path_for`) with ``context`` merged in, also after a stop signal. Never
+    raises for a problem of one case.
     """
     started = dt.datetime.now(dt.timezone.utc)
     output.mkdir(parents=True, exist_ok=True)
@@ -173,6 +235,7 @@ def run_batch(
     if shard is None or shard.count == 1:
         # with several shards another process may be writing into the same folder right now
         remove_stale_temporaries(output)
+    preview = previewer(extras) if extras is not None else None
     results: list[CaseResult] = []
     interrupted, signum = False, None
     stream = prefetched(

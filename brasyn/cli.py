@@ -17,32 +17,26 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from brasyn import __version__
-from brasyn.acceleration import PRECISIONS, SpeedSettings, configure_backends
-from brasyn.batch import run_batch
-from brasyn.cases import Case, discover
+from brasyn.acceleration import PRECISIONS, SpeedSettings
+from brasyn.batch import check_folders, run_batch
+from brasyn.cases import discover
+from brasyn.demo import run_demo
 from brasyn.diffusion import SAMPLERS
 from brasyn.errors import BrasynError, ExitCode, UsageError, WeightsError
-from brasyn.intensity import keep_signal
 from brasyn.logs import configure_logging
 from brasyn.modalities import MODALITIES, Modality, modality_from_alias
-from brasyn.model_space import ModelSpace
 from brasyn.predictors import METHODS, Predictor, Sampling, make_predictor
-from brasyn.preview import mosaic, write_png
 from brasyn.runtime import writable_cache_environment
-from brasyn.sharding import Shard, parse_shard, shard_from_environment
-from brasyn.synthesize import Preview, Synthesizer
+from brasyn.sharding import Shard, parse_shard, run_workers, shard_from_environment
+from brasyn.synthesize import Synthesizer
 
 __all__ = ["DEFAULT_WEIGHTS", "main"]
 
@@ -248,37 +242,6 @@ def _mlcube_to_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents
-
-
-def _check_paths(args: argparse.Namespace) -> None:
-    if not args.input.is_dir():
-        raise UsageError(f"the input folder {args.input} does not exist (mount it, e.g. -v DATA:/input:ro)")
-    if _inside(args.output, args.input):
-        raise UsageError(
-            f"the output folder {args.output} lies inside the input folder {args.input}; "
-            "choose a separate folder (brasyn never writes into its input)"
-        )
-    for name in ("report", "extras"):
-        path = getattr(args, name)
-        if path is not None and _inside(path, args.output):
-            raise UsageError(
-                f"--{name} {path} lies inside the output folder, which must hold only the "
-                "synthetic images; put it elsewhere"
-            )
-    try:
-        args.output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the output folder {args.output}: {exc.strerror}") from exc
-    if not os.access(args.output, os.W_OK):
-        raise UsageError(
-            f"the output folder {args.output} is not writable by this user (uid {os.getuid()}); "
-            "mount it writable or choose another folder"
-        )
-
-
 def _settings(args: argparse.Namespace) -> tuple[Sampling, SpeedSettings]:
     try:
         sampling = Sampling(sampler=str(args.sampler), steps=int(args.steps), eta=float(args.eta))
@@ -299,80 +262,9 @@ def _predictor(args: argparse.Namespace, sampling: Sampling, speed: SpeedSetting
     try:
         return make_predictor(args.method, args.weights, _device_spec(str(args.device)), sampling, speed)
     except WeightsError as exc:
-        raise UsageError(
-            f"--method {args.method}: {exc}" if args.method != "diffusion" else str(exc)
-        ) from exc
+        raise UsageError(f"--method {args.method}: {exc}") from exc
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-
-
-def _previewer(folder: Path | None) -> Preview | None:
-    if folder is None:
-        return None
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def preview(case: Case, images: np.ndarray, record: ModelSpace, model_space: np.ndarray) -> None:
-        # the synthetic image as it is written: thresholded, zero outside the brain
-        shown = keep_signal(model_space, record.model_brain())
-        write_png(folder / f"{case.id}-{case.target}.png", mosaic([*images, shown]))
-
-    return preview
-
-
-def _without_option(argv: list[str], name: str) -> list[str]:
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == name:
-            skip = True
-        elif not arg.startswith(name + "="):
-            out.append(arg)
-    return out
-
-
-def _run_workers(argv: list[str], args: argparse.Namespace) -> int:
-    """``--devices``: the same run in one process per GPU (or N CPU processes), each on its own share."""
-    if args.shard or shard_from_environment():
-        raise UsageError(
-            "--devices starts its own shares: leave out --shard and do not start it with torchrun"
-        )
-    gpus = torch.cuda.device_count()
-    spec = str(args.devices).strip().lower()
-    try:
-        count = max(gpus, 1) if spec == "all" else int(spec)
-    except ValueError:
-        raise UsageError(f"--devices takes 'all' or a number of workers, got {args.devices!r}") from None
-    if count < 1:
-        raise UsageError("--devices needs at least one worker")
-    base = _without_option(_without_option(argv, "--devices"), "--device")
-    log.info("starting %d worker(s) on %s", count, f"{gpus} GPU(s)" if gpus else "the CPU")
-    # the workers import this very package, installed or not
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
-    }
-    workers = []
-    for i in range(count):
-        device = f"cuda:{i % gpus}" if gpus else "cpu"
-        cmd = [sys.executable, "-m", "brasyn", *base, "--shard", f"{i}/{count}", "--device", device]
-        workers.append(subprocess.Popen(cmd, env=env))
-
-    def forward(signum: int, frame: Any) -> None:
-        for worker in workers:
-            worker.send_signal(signum)
-
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        codes = [worker.wait() for worker in workers]
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if any(code in (ExitCode.TERMINATED, -signal.SIGTERM) for code in codes):
-        return ExitCode.TERMINATED
-    if any(code == ExitCode.USAGE for code in codes):
-        return ExitCode.USAGE
-    return ExitCode.FAILED_CASES if any(codes) else ExitCode.OK
 
 
 def _shard(args: argparse.Namespace) -> Shard | None:
@@ -396,9 +288,9 @@ def run(args: argparse.Namespace) -> int:
     args.output = args.output or Path(os.environ.get("BRASYN_OUTPUT", "/output"))
     args.weights = args.weights or _default_weights()
     sampling, speed = _settings(args)
-    _check_paths(args)
+    check_folders(args.input, args.output, report=args.report, extras=args.extras)
     predictor = _predictor(args, sampling, speed)
-    configure_backends(predictor.device, speed)
+    speed.configure_backends(predictor.device)  # process-wide switches: set once, here
     target = Modality(args.target) if args.target else None
     try:
         grid_of = modality_from_alias(args.grid_of) if args.grid_of else None
@@ -430,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         grid_of=grid_of,
         prefetch=args.prefetch,
-        preview=_previewer(args.extras),
+        extras=args.extras,
         shard=_shard(args),
         report=args.report,
         context={
@@ -450,46 +342,11 @@ def run(args: argparse.Namespace) -> int:
     return int(batch.exit_code)
 
 
-def demo(argv: list[str]) -> int:
-    """``brasyn demo [--out DIR] [options]``: write the example case, synthesise its FLAIR with the bundled
-    weights (20 DDIM steps unless told otherwise) and score it against the real one where it is known."""
-    from brasyn.evaluate import pair_predictions, score_pair
-    from brasyn.example import DEFAULT_SOURCE, write_example
-
-    parser = argparse.ArgumentParser(prog="brasyn demo", description=demo.__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "brasyn-demo")
-    known, rest = parser.parse_known_args(argv)
-    kind = write_example(known.out)
-    output = known.out / "output"
-    args = build_parser().parse_args(
-        [
-            "--input",
-            str(known.out / "input"),
-            "--output",
-            str(output),
-            "--sampler",
-            "ddim",
-            "--steps",
-            "20",
-            "--overwrite",
-            *rest,
-        ]
-    )
+def _synthesise(argv: list[str]) -> int:
+    """The main job on an argument list (what ``brasyn demo`` runs)."""
+    args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
-    code = run(args)
-    if code == ExitCode.OK and kind == "real":
-        pairs, _ = pair_predictions(output, DEFAULT_SOURCE)
-        for pair in pairs:
-            row = score_pair(pair)
-            log.info(
-                "%s %s: SSIM %.4f, PSNR %.2f dB against the real image",
-                row.case,
-                row.target,
-                row.ssim,
-                row.psnr,
-            )
-    log.info("the synthetic image is in %s", output)
-    return code
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -501,11 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(0)
     try:
         if argv[:1] == ["demo"]:
-            return demo(argv[1:])
+            return run_demo(argv[1:], _synthesise)
         args = _mlcube_to_args(argv[1:]) if argv[:1] == ["infer"] else build_parser().parse_args(argv)
         configure_logging(args.verbose)
         if getattr(args, "devices", None):
-            return _run_workers(argv, args)
+            if args.shard or shard_from_environment():
+                raise UsageError(
+                    "--devices starts its own shares: leave out --shard and do not start it with torchrun"
+                )
+            return run_workers(argv, args.devices)
         return run(args)
     except SystemExit as exc:  # argparse has printed its message
         return ExitCode.OK if exc.code in (0, None) else ExitCode.USAGE

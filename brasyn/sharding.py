@@ -1,19 +1,35 @@
-"""Which cases this process takes when a batch is spread over processes, GPUs or nodes.
+"""Which cases this process takes when a batch is spread over processes, GPUs or nodes, and the worker
+processes of ``--devices``.
 
 A shard is ``index/count``: the cases sorted by id, every ``count``-th from position ``index``, so shards
 are disjoint, cover every case, differ in size by at most one and do not depend on the order of discovery.
 Under ``torchrun`` (RANK, WORLD_SIZE set) the rank is the shard; ``--shard i/n`` sets it by hand, for
 Slurm arrays (``--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``) and Kubernetes indexed jobs.
+
+``--devices all|N`` (:func:`run_workers`) starts the same ``python -m brasyn`` command once per GPU (or N
+times on the CPU), each with ``--shard i/n`` and its own ``--device``, so every worker runs the ordinary
+batch on its share; SIGTERM is forwarded to all.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
-__all__ = ["Shard", "parse_shard", "shard_from_environment"]
+import torch
+
+from brasyn.errors import ExitCode, UsageError
+
+__all__ = ["Shard", "parse_shard", "run_workers", "shard_from_environment", "without_option", "worker_count"]
+
+log = logging.getLogger("brasyn")
 
 T = TypeVar("T")
 
@@ -51,3 +67,63 @@ def shard_from_environment(env: Mapping[str, str] | None = None) -> Shard | None
     if "RANK" in env and "WORLD_SIZE" in env:
         return Shard(int(env["RANK"]), int(env["WORLD_SIZE"]))
     return None
+
+
+def without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` less every ``name VALUE`` and ``name=VALUE``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
+
+
+def worker_count(spec: str, gpus: int) -> int:
+    """``all``: one per visible GPU (one on the CPU); a number: that many."""
+    spec = str(spec).strip().lower()
+    try:
+        count = max(gpus, 1) if spec == "all" else int(spec)
+    except ValueError:
+        raise UsageError(f"--devices takes 'all' or a number of workers, got {spec!r}") from None
+    if count < 1:
+        raise UsageError("--devices needs at least one worker")
+    return count
+
+
+def run_workers(argv: list[str], spec: str) -> ExitCode:
+    """Run ``argv`` (a ``python -m brasyn`` command line with ``--devices``) in worker processes and
+    combine their exit codes: any stopped -> 143, any unusable -> 2, any failed case -> 1."""
+    gpus = torch.cuda.device_count()
+    count = worker_count(spec, gpus)
+    base = without_option(without_option(argv, "--devices"), "--device")
+    log.info("starting %d worker(s) on %s", count, f"{gpus} GPU(s)" if gpus else "the CPU")
+    # the workers import this very package, installed or not
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+    }
+    workers = []
+    for i in range(count):
+        device = f"cuda:{i % gpus}" if gpus else "cpu"
+        cmd = [sys.executable, "-m", "brasyn", *base, "--shard", f"{i}/{count}", "--device", device]
+        workers.append(subprocess.Popen(cmd, env=env))
+
+    def forward(signum: int, frame: Any) -> None:
+        for worker in workers:
+            worker.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        codes = [worker.wait() for worker in workers]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if any(code in (ExitCode.TERMINATED, -signal.SIGTERM) for code in codes):
+        return ExitCode.TERMINATED
+    if any(code == ExitCode.USAGE for code in codes):
+        return ExitCode.USAGE
+    return ExitCode.FAILED_CASES if any(codes) else ExitCode.OK
