@@ -36,7 +36,7 @@ from brasyn.acceleration import (
 from brasyn.bands import bands_to_image, image_to_bands
 from brasyn.baselines import BASELINE_METHODS, Baselines
 from brasyn.cases import Case
-from brasyn.diffusion import SAMPLERS, Diffusion
+from brasyn.diffusion import SAMPLERS, Diffusion, DiffusionConfig
 from brasyn.errors import CaseError, WeightsError
 from brasyn.intensity import estimate_scale, high_percentile, restore_intensity
 from brasyn.modalities import Modality, conditions_for
@@ -148,7 +148,7 @@ class Synthesizer:
         self.device = device
         self.settings = settings
         self.baselines = baselines or Baselines()
-        self._diffusions: dict[tuple[int, str], Diffusion] = {}
+        self._diffusions: dict[DiffusionConfig, Diffusion] = {}
         self._models: dict[Modality, torch.nn.Module] = {}
         self.precision = "fp32"
         """The precision the denoiser runs in ("auto" resolved for the device)."""
@@ -167,11 +167,10 @@ class Synthesizer:
 
     def diffusion_for(self, target: Modality) -> Diffusion:
         """The noise schedule the checkpoint for ``target`` was trained with."""
-        settings = self.weights.info(target).diffusion
-        key = (int(settings.get("steps", 1000)), str(settings.get("schedule", "linear")))
-        if key not in self._diffusions:
-            self._diffusions[key] = Diffusion(steps=key[0], schedule=key[1])
-        return self._diffusions[key]
+        config = self.weights.info(target).diffusion
+        if config not in self._diffusions:
+            self._diffusions[config] = Diffusion.from_config(config)
+        return self._diffusions[config]
 
     def steps_for(self, target: Modality) -> int:
         """Sampling steps for ``target``: as asked, at most the length of its training chain."""
@@ -210,6 +209,7 @@ class Synthesizer:
                 generator=generator,
                 progress=progress,
                 eta=self.settings.eta,
+                clip=info.diffusion.clip,
             )
         return bands_to_image(bands).clamp_(0.0, 1.0)
 
