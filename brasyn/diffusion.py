@@ -9,15 +9,19 @@ Diffusion Implicit Models" (DDIM):
     mu_t          = coef1_t x_0 + coef2_t x_t                          DDPM eq. 7
     beta_tilde_t  = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)  DDPM eq. 7
 
-The schedule is data: tensors computed once in float64 (:class:`StepTables`), copied to the sampling
-device as float32 before a loop starts, so that no step synchronises host and device. Samplers are short
-free functions over ``(denoise, x, tables)`` reporting through a ``callback``.
+The settings a model was trained with are data too (:class:`DiffusionConfig`: chain length, schedule,
+what the network predicts, whether its x0 is clipped), so a weights manifest and a training state can
+record them and a reader can refuse what it does not support. The schedule is data: tensors computed once
+in float64 (:class:`StepTables`), copied to the sampling device as float32 before a loop starts, so that
+no step synchronises host and device. Samplers are short free functions over ``(denoise, x, tables)``
+reporting through a ``callback``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -29,6 +33,10 @@ from brasyn.bands import clip_bands
 
 __all__ = [
     "Diffusion",
+    "DiffusionConfig",
+    "SCHEDULES",
+    "PREDICTIONS",
+    "MAX_STEPS",
     "StepTables",
     "SAMPLERS",
     "VARIANCES",
@@ -43,6 +51,13 @@ SAMPLERS = ("ddpm", "ddim", "dpm++2m", "x0")
 """``ddpm``: ancestral (the official sampler); ``ddim``: deterministic DDIM; ``dpm++2m``: DPM-Solver++(2M),
 a second-order multistep solver for 10-20 steps; ``x0``: one step, the model's x0 from pure noise."""
 VARIANCES = ("fixed_large", "fixed_small")
+SCHEDULES = ("linear", "cosine")
+"""The noise schedules :func:`beta_schedule` knows."""
+PREDICTIONS = ("x0",)
+"""What a denoiser may predict: cWDM predicts the clean sub-bands (``predict_xstart``), and every sampler
+here is written for that."""
+MAX_STEPS = 10000
+"""Longest training chain a :class:`DiffusionConfig` accepts (the official one has 1000 steps)."""
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``denoise(x_t, t) -> x0``: the model's (clipped) prediction of the clean sub-bands."""
@@ -61,7 +76,67 @@ def beta_schedule(name: str, steps: int) -> torch.Tensor:
         s = torch.arange(steps + 1, dtype=torch.float64) / steps
         alpha_bar = torch.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
         return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
-    raise ValueError(f"unknown noise schedule {name!r}; choose 'linear' or 'cosine'")
+    choices = " or ".join(repr(n) for n in SCHEDULES)
+    raise ValueError(f"unknown noise schedule {name!r}; choose {choices}")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The diffusion settings a denoiser was trained with, one default per setting (the official cWDM).
+
+    A model only works with the chain it was trained on, so these travel with its weights (the manifest
+    entry) and with a training state; ``from_dict`` refuses what this code cannot honour rather than
+    sampling something else quietly.
+    """
+
+    steps: int = 1000
+    """Length of the training chain (1 .. MAX_STEPS); samplers may visit fewer of its timesteps."""
+    schedule: str = "linear"
+    """Noise schedule, one of SCHEDULES."""
+    prediction: str = "x0"
+    """What the network predicts; only "x0" (the clean sub-bands, as cWDM) is supported."""
+    clip: bool = True
+    """Clamp the predicted x0 to [0, 1] in image space while sampling, as the official code does."""
+
+    def __post_init__(self) -> None:
+        # bool is an int subclass, but True steps is a mistake, not a chain of one.
+        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral):
+            raise ValueError(f"steps must be a whole number, not {type(self.steps).__name__} {self.steps!r}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        object.__setattr__(self, "steps", int(self.steps))  # numpy integers become plain ints for JSON
+        if not isinstance(self.schedule, str) or self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"schedule {self.schedule!r} is not one of {', '.join(repr(n) for n in SCHEDULES)}"
+            )
+        if not isinstance(self.prediction, str):
+            raise ValueError(f"prediction must be a string, not {type(self.prediction).__name__}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(
+                f"prediction {self.prediction!r} is not supported: brasyn's denoisers and samplers predict "
+                f"the clean sub-bands, so only {', '.join(repr(p) for p in PREDICTIONS)} is"
+            )
+        if not isinstance(self.clip, bool):
+            raise ValueError(f"clip must be true or false, not {type(self.clip).__name__} {self.clip!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """All four settings as a plain JSON object."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> DiffusionConfig:
+        """Parse a JSON object; missing keys take the defaults (older manifests hold only ``steps`` and
+        ``schedule``), unknown keys and wrong types raise ValueError naming them."""
+        if not isinstance(settings, Mapping):
+            raise ValueError(f"diffusion settings must be an object, not {type(settings).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = [str(k) for k in settings if k not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown diffusion setting(s) {', '.join(repr(k) for k in unknown)}; "
+                f"the settings are {', '.join(known)}"
+            )
+        return cls(**settings)
 
 
 def spaced_timesteps(total: int, steps: int) -> list[int]:
@@ -258,15 +333,42 @@ class Diffusion:
     """The noise schedule of cWDM and the operations on it.
 
     ``tables`` holds the float64 schedule over all ``steps`` (``betas``, ``alphas_cumprod``,
-    ``posterior_variance`` ...); float32 copies are made once per device when needed.
+    ``posterior_variance`` ...); float32 copies are made once per device when needed. ``config`` is the
+    :class:`DiffusionConfig` it was built from (``Diffusion(steps, schedule)`` keeps the other defaults).
     """
 
     def __init__(self, steps: int = 1000, schedule: str = "linear") -> None:
-        self.num_steps = steps
-        self.schedule = schedule
-        betas = beta_schedule(schedule, steps)
-        self.tables = StepTables.from_alphas_cumprod(torch.cumprod(1 - betas, dim=0), torch.arange(steps))
+        self._config = DiffusionConfig(steps=steps, schedule=schedule)
+        betas = beta_schedule(self._config.schedule, self._config.steps)
+        self.tables = StepTables.from_alphas_cumprod(
+            torch.cumprod(1 - betas, dim=0), torch.arange(self._config.steps)
+        )
         self._device_tables: dict[tuple[torch.device, torch.dtype], StepTables] = {}
+
+    @classmethod
+    def from_config(cls, config: DiffusionConfig) -> Diffusion:
+        """The diffusion a checkpoint's settings describe; ``clip`` becomes the sampling default."""
+        if not isinstance(config, DiffusionConfig):
+            raise TypeError(f"config must be a DiffusionConfig, not {type(config).__name__}")
+        diffusion = cls(steps=config.steps, schedule=config.schedule)
+        # The tables depend on steps and schedule alone; the other settings ride along.
+        diffusion._config = config
+        return diffusion
+
+    @property
+    def config(self) -> DiffusionConfig:
+        """The settings this diffusion was built from."""
+        return self._config
+
+    @property
+    def num_steps(self) -> int:
+        """Length of the training chain."""
+        return self._config.steps
+
+    @property
+    def schedule(self) -> str:
+        """Name of the noise schedule."""
+        return self._config.schedule
 
     def tables_on(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> StepTables:
         key = (torch.device(device), dtype)
@@ -372,7 +474,7 @@ class Diffusion:
         generator: torch.Generator | None = None,
         progress: Callback | None = None,
         eta: float = 0.0,
-        clip: bool = True,
+        clip: bool | None = None,
         variance: str = "fixed_large",
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -382,9 +484,11 @@ class Diffusion:
         "ddim" is deterministic for ``eta = 0``; "dpm++2m" is DPM-Solver++(2M) over ``steps`` evenly spaced
         timesteps; "x0" is one step whatever ``steps`` says. ``noise`` replaces the initial Gaussian draw.
         ``progress`` receives a dict (``i``, ``steps``, ``t``, ``x``, ``pred_xstart``) after every step.
+        ``clip`` (clamp the predicted x0 to [0, 1] in image space) defaults to ``config.clip``.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+        clip = self._config.clip if clip is None else clip
         steps = self.num_steps if steps is None else steps
         if sampler == "x0":
             steps = 1

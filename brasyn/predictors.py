@@ -23,7 +23,7 @@ import torch
 from brasyn.acceleration import SpeedSettings, network_precision, optimise_model, resolve_precision
 from brasyn.bands import bands_to_image, image_to_bands
 from brasyn.baselines import BASELINES_NAME, Baselines, predict_linear, predict_nearest
-from brasyn.diffusion import SAMPLERS, Diffusion
+from brasyn.diffusion import SAMPLERS, Diffusion, DiffusionConfig
 from brasyn.errors import WeightsError
 from brasyn.modalities import Modality
 from brasyn.runtime import select_device
@@ -117,7 +117,7 @@ class DiffusionPredictor:
         self.speed = speed or SpeedSettings()
         self.precision = resolve_precision(self.speed.precision, device)
         """The precision the denoiser runs in ("auto" resolved for the device)."""
-        self._diffusions: dict[tuple[int, str], Diffusion] = {}
+        self._diffusions: dict[DiffusionConfig, Diffusion] = {}
         self._models: dict[Modality, torch.nn.Module] = {}
 
     def describe(self) -> str:
@@ -128,11 +128,10 @@ class DiffusionPredictor:
 
     def diffusion_for(self, target: Modality) -> Diffusion:
         """The noise schedule the checkpoint for ``target`` was trained with."""
-        settings = self.weights.info(target).diffusion
-        key = (int(settings.get("steps", 1000)), str(settings.get("schedule", "linear")))
-        if key not in self._diffusions:
-            self._diffusions[key] = Diffusion(steps=key[0], schedule=key[1])
-        return self._diffusions[key]
+        config = self.weights.info(target).diffusion
+        if config not in self._diffusions:
+            self._diffusions[config] = Diffusion.from_config(config)
+        return self._diffusions[config]
 
     def steps(self, target: Modality) -> int:
         """Sampling steps for ``target``: as asked, at most the length of its training chain."""
@@ -173,6 +172,7 @@ class DiffusionPredictor:
                 generator=generator,
                 progress=progress,
                 eta=self.sampling.eta,
+                clip=info.diffusion.clip,
             )
         return bands_to_image(bands).clamp_(0.0, 1.0)
 

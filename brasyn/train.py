@@ -9,8 +9,8 @@ The defaults are the official cWDM recipe (full 224x224x160 volumes, AdamW at lr
 MSE on the sub-bands). Training state (model, optimiser, step, random generators, EMA) is kept in
 ``WEIGHTS_DIR/training/<target>/state.pt`` every ``--save-every`` steps and on SIGTERM; ``--resume``
 continues from it exactly. ``log.jsonl`` beside it records the loss (and the validation SSIM). The final
-weights are written as ``<target>.pt`` with a manifest entry (config, sha256, command, data, intensity
-ratios).
+weights are written as ``<target>.pt`` with a manifest entry (config, diffusion settings, sha256, command,
+data, intensity ratios).
 
 Started by ``torchrun``, it trains with DistributedDataParallel (NCCL on GPU, gloo on CPU), each rank on
 its own share of the cases; rank 0 alone writes.
@@ -28,7 +28,7 @@ import shlex
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from brasyn.bands import bands_to_image, image_to_bands
-from brasyn.diffusion import Diffusion
+from brasyn.diffusion import Diffusion, DiffusionConfig
 from brasyn.errors import BrasynError, CaseError
 from brasyn.logs import configure_logging
 from brasyn.modalities import MODALITIES, Modality
@@ -72,6 +72,9 @@ class TrainSettings:
     val_every: int = 0
     val_steps: int = 10
     """DDIM steps of the validation sampler."""
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    """The chain the model learns to reverse; the checkpoint's manifest entry records it, since a model
+    only samples correctly with the settings it was trained with."""
 
 
 class Stop(BaseException):
@@ -109,7 +112,7 @@ class Trainer:
         self.demo = demo
         self.rank, self.world, _ = _distributed()
         self.work = out / "training" / settings.target.value
-        self.diffusion = Diffusion()
+        self.diffusion = Diffusion.from_config(settings.diffusion)
         torch.manual_seed(settings.seed)  # parameter init only; every draw in the loop uses self.generator
         self.model = Denoiser.from_config(PRESETS[settings.config]).to(device)
         self.ema = copy.deepcopy(self.model).eval() if settings.ema > 0 else None
@@ -140,6 +143,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "config": PRESETS[self.settings.config].to_dict(),
             "target": self.settings.target.value,
+            "diffusion": self.settings.diffusion.to_dict(),
         }
         tmp = self.state_path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -157,6 +161,17 @@ class Trainer:
             raise BrasynError(
                 f"--resume: {self.state_path} holds a {state['target']} model with another config; "
                 "use the same --target and --config as the interrupted run"
+            )
+        # States written before the diffusion settings were recorded were trained with the defaults.
+        try:
+            raw = state.get("diffusion")
+            trained = DiffusionConfig() if raw is None else DiffusionConfig.from_dict(raw)
+        except ValueError as e:
+            raise BrasynError(f"--resume: {self.state_path} holds invalid diffusion settings: {e}") from e
+        if trained != self.settings.diffusion:
+            raise BrasynError(
+                f"--resume: {self.state_path} was trained with the diffusion settings {trained.to_dict()}, "
+                f"but this run uses {self.settings.diffusion.to_dict()}; resume with the same settings"
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -274,20 +289,24 @@ class Trainer:
         """The trained (EMA when kept) weights into the weights folder, with a manifest entry."""
         if self.rank != 0:
             return
+        # The recipe goes into the JSON manifest: tuples as lists, the diffusion settings as their dict.
+        recipe = {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in vars(self.settings).items()
+            if k != "target"
+        }
+        recipe["diffusion"] = self.settings.diffusion.to_dict()
         save_checkpoint(
             self.out,
             (self.ema or self.model).eval(),
             self.settings.target,
             intensity_ratios=self.data.intensity_ratios(self.settings.target),
+            diffusion=self.settings.diffusion,
             provenance={
                 "source": "brasyn.train",
                 "command": self.command,
                 "steps": self.step,
-                "recipe": {
-                    k: (list(v) if isinstance(v, tuple) else v)
-                    for k, v in vars(self.settings).items()
-                    if k != "target"
-                },
+                "recipe": recipe,
                 "data": {"cases": [c.id for c in self.data.cases], "world_size": self.world},
                 **({"quality": "demo"} if self.demo else {}),
             },

@@ -5,9 +5,16 @@ the diffusion settings and the intensity ratios the pipeline uses to restore the
 
     {"format_version": 1,
      "checkpoints": {"t1n": {"file": "t1n.pt", "target": "t1n", "sha256": "...", "format": "brasyn",
-                             "config": {...}, "diffusion": {"steps": 1000, "schedule": "linear"},
+                             "config": {...},
+                             "diffusion": {"steps": 1000, "schedule": "linear", "prediction": "x0",
+                                           "clip": true},
                              "intensity_ratios": {"t1c": 0.7, "t2w": 0.46, "t2f": 1.11},
                              "provenance": {"source": "...", "created": "..."}}}}
+
+``diffusion`` is a :class:`~brasyn.diffusion.DiffusionConfig`: the training chain's length and schedule,
+what the network predicts (only ``"x0"``) and whether sampling clamps the predicted x0 to [0, 1]. Missing
+keys (manifests written before ``prediction`` and ``clip`` existed hold only ``steps`` and ``schedule``)
+and a missing ``diffusion`` take the defaults above; unknown keys are refused.
 
 Two file formats:
 
@@ -49,6 +56,7 @@ import torch
 from torch import nn
 
 from brasyn import __version__
+from brasyn.diffusion import DiffusionConfig
 from brasyn.errors import BrasynError, WeightsError
 from brasyn.modalities import MODALITIES, Modality, conditions_for
 from brasyn.unet import PRESETS, Denoiser, DenoiserConfig
@@ -57,7 +65,6 @@ __all__ = [
     "MANIFEST_NAME",
     "FORMAT_VERSION",
     "FORMATS",
-    "DEFAULT_DIFFUSION",
     "DEFAULT_INTENSITY_RATIOS",
     "CheckpointInfo",
     "WeightStore",
@@ -73,7 +80,6 @@ logger = logging.getLogger("brasyn.weights")
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 FORMATS = ("brasyn", "official")
-DEFAULT_DIFFUSION: dict[str, Any] = {"steps": 1000, "schedule": "linear"}
 OFFICIAL_SOURCE = "HuggingFace pfriedri/cwdm"
 
 # target -> {condition: median over cases of p99.9(target) / p99.9(condition)}.
@@ -120,8 +126,8 @@ class CheckpointInfo:
     """``"brasyn"`` (state_dict, config and target in a dict) or ``"official"`` (plain state_dict)."""
     config: DenoiserConfig
     """Size of the denoiser the state_dict belongs to."""
-    diffusion: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_DIFFUSION))
-    """Diffusion settings the model was trained with (``steps``, ``schedule``)."""
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    """Diffusion settings the model was trained with (chain length, schedule, prediction, clipping)."""
     intensity_ratios: dict[Modality, float] = field(default_factory=dict)
     """Per condition contrast c: median over training cases of p99.9(target) / p99.9(c); left empty, it
     becomes ``DEFAULT_INTENSITY_RATIOS[target]``."""
@@ -139,12 +145,14 @@ class CheckpointInfo:
             raise ValueError(f"format {self.format!r} is not one of {', '.join(FORMATS)}")
         if not isinstance(self.config, DenoiserConfig):
             raise ValueError(f"config must be a DenoiserConfig, not {type(self.config).__name__}")
-        diffusion = DEFAULT_DIFFUSION if self.diffusion is None else self.diffusion
+        diffusion = DiffusionConfig() if self.diffusion is None else self.diffusion
+        if not isinstance(diffusion, DiffusionConfig):
+            raise ValueError(f"diffusion must be a DiffusionConfig, not {type(diffusion).__name__}")
         provenance = {} if self.provenance is None else self.provenance
-        if not isinstance(diffusion, Mapping) or not isinstance(provenance, Mapping):
-            raise ValueError("diffusion and provenance must be dicts")
-        # Own copies: the record is frozen, and callers' dicts (or DEFAULT_*) must not change under it.
-        object.__setattr__(self, "diffusion", copy.deepcopy(dict(diffusion or DEFAULT_DIFFUSION)))
+        if not isinstance(provenance, Mapping):
+            raise ValueError("provenance must be a dict")
+        object.__setattr__(self, "diffusion", diffusion)
+        # An own copy: the record is frozen, and the caller's dict must not change under it.
         object.__setattr__(self, "provenance", copy.deepcopy(dict(provenance)))
         object.__setattr__(self, "intensity_ratios", _parse_ratios(target, self.intensity_ratios))
 
@@ -156,15 +164,16 @@ class CheckpointInfo:
             "sha256": self.sha256,
             "format": self.format,
             "config": self.config.to_dict(),
-            "diffusion": copy.deepcopy(self.diffusion),
+            "diffusion": self.diffusion.to_dict(),
             "intensity_ratios": {m.value: self.intensity_ratios[m] for m in conditions_for(self.target)},
             "provenance": copy.deepcopy(self.provenance),
         }
 
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any]) -> CheckpointInfo:
-        """Parse a manifest entry; ``ValueError`` says which field is wrong. Missing ``diffusion`` or
-        ``intensity_ratios`` take the defaults (``DEFAULT_DIFFUSION``, ``DEFAULT_INTENSITY_RATIOS``)."""
+        """Parse a manifest entry; ``ValueError`` says which field is wrong. Missing ``diffusion`` (or
+        some of its keys) and ``intensity_ratios`` take the defaults (``DiffusionConfig()``,
+        ``DEFAULT_INTENSITY_RATIOS``)."""
         if not isinstance(entry, Mapping):
             raise ValueError(f"an entry must be an object, got {type(entry).__name__}")
         for key in ("file", "target", "sha256", "format", "config"):
@@ -180,13 +189,20 @@ class CheckpointInfo:
             config = DenoiserConfig.from_dict(entry["config"])
         except (TypeError, ValueError) as e:
             raise ValueError(f"config is invalid: {e}") from e
+        raw = entry.get("diffusion")
+        if raw is not None and not isinstance(raw, Mapping):
+            raise ValueError("diffusion must be an object")
+        try:
+            diffusion = DiffusionConfig() if raw is None else DiffusionConfig.from_dict(raw)
+        except ValueError as e:
+            raise ValueError(f"diffusion is invalid: {e}") from e
         return cls(
             target=Modality(entry["target"]),
             file=entry["file"],
             sha256=entry["sha256"],
             format=entry["format"],
             config=config,
-            diffusion=entry.get("diffusion") or DEFAULT_DIFFUSION,
+            diffusion=diffusion,
             intensity_ratios=entry.get("intensity_ratios") or {},
             provenance=entry.get("provenance") or {},
         )
@@ -509,17 +525,21 @@ def save_checkpoint(
     *,
     intensity_ratios: Mapping[Modality | str, float] | None = None,
     provenance: Mapping[str, Any] | None = None,
-    diffusion: Mapping[str, Any] | None = None,
+    diffusion: DiffusionConfig | None = None,
     file_name: str | None = None,
 ) -> CheckpointInfo:
     """Write ``model`` as ``<target>.pt`` (brasyn format) into ``folder`` and add or replace its manifest
-    entry; both writes are atomic. Ratios default to ``DEFAULT_INTENSITY_RATIOS[target]``."""
+    entry; both writes are atomic. Ratios default to ``DEFAULT_INTENSITY_RATIOS[target]``, ``diffusion``
+    (the settings the model was trained with) to ``DiffusionConfig()``."""
     folder = Path(folder)
     target = Modality(target)
     file_name = file_name or f"{target.value}.pt"
     if not _is_plain_name(file_name):
         raise ValueError(f"file_name {file_name!r} must be a plain file name")
     ratios = _parse_ratios(target, intensity_ratios)  # before writing anything: a bad value leaves no trace
+    diffusion = DiffusionConfig() if diffusion is None else diffusion
+    if not isinstance(diffusion, DiffusionConfig):
+        raise ValueError(f"diffusion must be a DiffusionConfig, not {type(diffusion).__name__}")
     config = model.config
     folder.mkdir(parents=True, exist_ok=True)
     _existing_manifest(folder)
@@ -536,7 +556,7 @@ def save_checkpoint(
         sha256=digest,
         format="brasyn",
         config=config,
-        diffusion=dict(diffusion) if diffusion else dict(DEFAULT_DIFFUSION),
+        diffusion=diffusion,
         intensity_ratios=ratios,
         provenance={"created": _now(), "brasyn_version": __version__, **(provenance or {})},
     )
@@ -642,7 +662,7 @@ def import_official(
         sha256=digest,
         format="official",
         config=config,
-        diffusion=dict(DEFAULT_DIFFUSION),
+        diffusion=DiffusionConfig(),
         intensity_ratios=DEFAULT_INTENSITY_RATIOS[target],
         provenance={
             "source": OFFICIAL_SOURCE,

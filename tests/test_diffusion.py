@@ -1,8 +1,19 @@
+import json
+from dataclasses import fields
+
 import pytest
 import torch
 
 from brasyn.bands import bands_to_image, clip_bands, image_to_bands
-from brasyn.diffusion import Diffusion, sample_ancestral, sample_ddim, sample_dpmpp_2m, spaced_timesteps
+from brasyn.diffusion import (
+    SCHEDULES,
+    Diffusion,
+    DiffusionConfig,
+    sample_ancestral,
+    sample_ddim,
+    sample_dpmpp_2m,
+    spaced_timesteps,
+)
 from brasyn.unet import Denoiser
 from brasyn.wavelet import dwt3
 
@@ -343,3 +354,87 @@ def test_dpm_solver_through_diffusion_sample_is_deterministic_and_calls_the_mode
     ]
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
     assert calls[:10] == sorted(calls[:10], reverse=True) and len(set(calls[:10])) == 10
+
+
+# --- DiffusionConfig ----------------------------------------------------------------------------------
+
+
+def test_diffusion_config_defaults_are_the_official_cwdm_settings():
+    config = DiffusionConfig()
+    assert (config.steps, config.schedule, config.prediction, config.clip) == (1000, "linear", "x0", True)
+    assert Diffusion().config == config
+    assert Diffusion(steps=1000, schedule="linear").config == config
+    assert Diffusion(steps=100, schedule="cosine").config == DiffusionConfig(steps=100, schedule="cosine")
+
+
+@pytest.mark.parametrize(
+    "config", [DiffusionConfig(), DiffusionConfig(steps=250, schedule="cosine", clip=False)], ids=str
+)
+def test_diffusion_config_round_trips_through_a_json_dict_with_all_four_keys(config):
+    as_dict = config.to_dict()
+    assert list(as_dict) == ["steps", "schedule", "prediction", "clip"]
+    assert json.loads(json.dumps(as_dict)) == as_dict
+    assert DiffusionConfig.from_dict(json.loads(json.dumps(as_dict))) == config
+
+
+def test_old_two_key_settings_take_the_defaults_for_the_rest():
+    assert DiffusionConfig.from_dict({"steps": 1000, "schedule": "linear"}) == DiffusionConfig()
+    assert DiffusionConfig.from_dict({}) == DiffusionConfig()
+    assert DiffusionConfig.from_dict({"steps": 200}) == DiffusionConfig(steps=200, schedule="linear")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"steps": 1000, "schedule": "linear", "eta": 0.0}, r"unknown diffusion setting\(s\) 'eta'"),
+        ({"schedule": "quadratic"}, r"schedule 'quadratic' is not one of 'linear', 'cosine'"),
+        ({"prediction": "eps"}, r"prediction 'eps' is not supported.*only 'x0'"),
+        ({"steps": True}, r"steps must be a whole number, not bool"),
+        ({"steps": 1000.0}, r"steps must be a whole number, not float"),
+        ({"steps": "1000"}, r"steps must be a whole number, not str"),
+        ({"steps": 0}, r"steps must be between 1 and 10000, got 0"),
+        ({"steps": 10001}, r"steps must be between 1 and 10000, got 10001"),
+        ({"clip": 1}, r"clip must be true or false, not int"),
+        ({"prediction": 0}, r"prediction must be a string"),
+        ([["steps", 1000]], r"must be an object, not list"),
+    ],
+)
+def test_invalid_diffusion_settings_are_refused_naming_the_field(settings, message):
+    with pytest.raises(ValueError, match=message):
+        DiffusionConfig.from_dict(settings)
+
+
+def test_diffusion_config_constructor_validates_too():
+    with pytest.raises(ValueError, match="steps"):
+        DiffusionConfig(steps=True)
+    with pytest.raises(ValueError, match="prediction 'eps' is not supported"):
+        DiffusionConfig(prediction="eps")
+    with pytest.raises(ValueError, match="schedule"):
+        Diffusion(steps=100, schedule="sigmoid")
+    with pytest.raises(TypeError, match="DiffusionConfig"):
+        Diffusion.from_config({"steps": 100})
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_from_config_builds_the_same_tables_as_the_constructor(schedule):
+    config = DiffusionConfig(steps=100, schedule=schedule, clip=False)
+    built, direct = Diffusion.from_config(config), Diffusion(steps=100, schedule=schedule)
+    for f in fields(direct.tables):
+        assert torch.equal(getattr(built.tables, f.name), getattr(direct.tables, f.name)), f.name
+    assert len(built.tables) == 100
+    assert built.config == config and built.config.clip is False
+    assert (built.num_steps, built.schedule) == (100, schedule)
+
+
+def test_sampling_clips_as_the_config_says_unless_told_otherwise():
+    class Model(torch.nn.Module):
+        def forward(self, x, t):
+            return torch.full((1, 8, 4, 4, 4), 2.0)  # LLL/3 = 2 is outside [0, 1] in image space
+
+    raw = torch.full((1, 8, 4, 4, 4), 2.0)
+    cond, shape = torch.zeros(1, 24, 4, 4, 4), (1, 8, 4, 4, 4)
+    unclipped = Diffusion.from_config(DiffusionConfig(clip=False))
+    torch.testing.assert_close(unclipped.sample(Model(), cond, shape, "x0"), raw)
+    torch.testing.assert_close(unclipped.sample(Model(), cond, shape, "x0", clip=True), clip_bands(raw))
+    torch.testing.assert_close(Diffusion().sample(Model(), cond, shape, "x0"), clip_bands(raw))
+    torch.testing.assert_close(Diffusion().sample(Model(), cond, shape, "x0", clip=False), raw)

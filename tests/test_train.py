@@ -12,9 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from brasyn.cli import main as synthesize_main
+from brasyn.diffusion import DiffusionConfig
+from brasyn.errors import BrasynError
+from brasyn.modalities import Modality
+from brasyn.train import Trainer, TrainSettings
 from brasyn.train import main as train_main
+from brasyn.training_data import TrainingSet, find_training_cases, load_training_case
 from brasyn.weights import WeightStore
 from tests.helpers import TORCHRUN_TWO, make_case
 
@@ -71,6 +77,9 @@ def test_loss_falls_and_the_checkpoint_synthesises_a_case(data, tmp_path):
     assert info.provenance["steps"] == 40 and info.provenance["data"]["cases"] == ["case0", "case1"]
     assert "python -m brasyn.train" in info.provenance["command"]
     assert set(info.intensity_ratios) == {"t1n", "t1c", "t2w"}
+    entry = json.loads((out / "manifest.json").read_text())["checkpoints"]["t2f"]
+    assert entry["diffusion"] == {"steps": 1000, "schedule": "linear", "prediction": "x0", "clip": True}
+    assert info.diffusion == DiffusionConfig()
     cases = tmp_path / "in"
     make_case(cases, "new", ("t1n", "t1c", "t2w"), seed=5, shape=(40, 48, 36))
     code = synthesize_main(
@@ -103,6 +112,63 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(data, tmp_path):
     assert len(a) == len(b) == 12
     assert a == pytest.approx(b, rel=1e-6, abs=1e-9)
     assert WeightStore(straight).info("t2f").sha256 == WeightStore(split).info("t2f").sha256
+
+
+def _trainer(data: Path, out: Path, steps: int, diffusion: DiffusionConfig) -> Trainer:
+    cases = [load_training_case(c, Modality.T2F) for c in find_training_cases([data])]
+    settings = TrainSettings(
+        target=Modality.T2F, config="tiny", steps=steps, lr=1e-3, patch=(32, 32, 32), diffusion=diffusion
+    )
+    return Trainer(settings, TrainingSet(cases, settings.patch), out, torch.device("cpu"))
+
+
+def test_trained_checkpoint_records_its_diffusion_settings_and_resume_keeps_them(data, tmp_path):
+    out = tmp_path / "w"
+    config = DiffusionConfig(steps=200, schedule="cosine", clip=False)
+    trainer = _trainer(data, out, 2, config)
+    assert trainer.diffusion.config == config and trainer.diffusion.num_steps == 200
+    trainer.run(progress=False)
+    trainer.export()
+    entry = json.loads((out / "manifest.json").read_text())["checkpoints"]["t2f"]
+    assert entry["diffusion"] == {"steps": 200, "schedule": "cosine", "prediction": "x0", "clip": False}
+    assert entry["provenance"]["recipe"]["diffusion"] == entry["diffusion"]
+    assert WeightStore(out).info("t2f").diffusion == config
+    state_path = out / "training" / "t2f" / "state.pt"
+    assert torch.load(state_path, weights_only=True)["diffusion"] == config.to_dict()
+
+    # another chain than the one the state was trained on is refused; the same one resumes
+    with pytest.raises(
+        BrasynError, match=r"trained with the diffusion settings .*'steps': 200.*same settings"
+    ):
+        _trainer(data, out, 4, DiffusionConfig()).load_state()
+    resumed = _trainer(data, out, 4, config)
+    resumed.load_state()
+    assert resumed.step == 2
+
+    # a state written before the settings were recorded was trained with the defaults
+    state = torch.load(state_path, weights_only=True)
+    del state["diffusion"]
+    torch.save(state, state_path)
+    with pytest.raises(BrasynError, match="trained with the diffusion settings"):
+        _trainer(data, out, 4, config).load_state()
+    _trainer(data, out, 4, DiffusionConfig()).load_state()
+
+
+def test_cli_resume_refuses_a_state_trained_with_other_diffusion_settings(data, tmp_path, capsys):
+    out = tmp_path / "w"
+    assert train_main(_args(data, out, 2)) == 0
+    state_path = out / "training" / "t2f" / "state.pt"
+    state = torch.load(state_path, weights_only=True)
+    assert state["diffusion"] == DiffusionConfig().to_dict()
+    state["diffusion"] = DiffusionConfig(steps=500).to_dict()
+    torch.save(state, state_path)
+    capsys.readouterr()
+    assert train_main([*_args(data, out, 4), "--resume"]) == 2
+    assert "trained with the diffusion settings" in capsys.readouterr().err
+    state["diffusion"] = {"steps": 1000, "noise": "x"}
+    torch.save(state, state_path)
+    assert train_main([*_args(data, out, 4), "--resume"]) == 2
+    assert "invalid diffusion settings: unknown diffusion setting(s) 'noise'" in capsys.readouterr().err
 
 
 def test_bad_data_folders_are_refused_with_a_sentence(tmp_path, capsys):

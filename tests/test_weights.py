@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import brasyn.weights as weights
+from brasyn.diffusion import Diffusion, DiffusionConfig
 from brasyn.errors import WeightsError
 from brasyn.modalities import MODALITIES, Modality, conditions_for
 from brasyn.unet import PRESETS, Denoiser, DenoiserConfig
@@ -22,6 +23,7 @@ from brasyn.weights import (
 )
 
 TINY = PRESETS["tiny"]
+BUNDLED = Path(__file__).resolve().parents[1] / "weights"
 
 
 def _input(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +122,7 @@ def test_manifest_lists_each_checkpoint_with_hash_config_and_ratios(tiny_folder)
         assert entry["sha256"] == sha256_file(tiny_folder / entry["file"])
         assert entry["format"] == "brasyn"
         assert entry["config"] == TINY.to_dict()
-        assert entry["diffusion"] == {"steps": 1000, "schedule": "linear"}
+        assert entry["diffusion"] == {"steps": 1000, "schedule": "linear", "prediction": "x0", "clip": True}
         assert list(entry["intensity_ratios"]) == [m.value for m in conditions_for(target)]
         assert entry["intensity_ratios"] == {
             m.value: r for m, r in DEFAULT_INTENSITY_RATIOS[Modality(target)].items()
@@ -145,6 +147,85 @@ def test_manifest_entry_without_ratios_gets_the_defaults(tiny_folder):
     del manifest["checkpoints"]["t1c"]["intensity_ratios"]
     (tiny_folder / "manifest.json").write_text(json.dumps(manifest))
     assert WeightStore(tiny_folder).info("t1c").intensity_ratios == DEFAULT_INTENSITY_RATIOS[Modality.T1C]
+
+
+def test_manifest_entry_without_diffusion_or_with_the_old_two_keys_gets_the_defaults(tiny_folder):
+    manifest = _manifest(tiny_folder)
+    del manifest["checkpoints"]["t1c"]["diffusion"]
+    manifest["checkpoints"]["t2w"]["diffusion"] = {"steps": 1000, "schedule": "linear"}
+    manifest["checkpoints"]["t2f"]["diffusion"] = {"steps": 500}
+    (tiny_folder / "manifest.json").write_text(json.dumps(manifest))
+    store = WeightStore(tiny_folder)
+    assert store.info("t1c").diffusion == DiffusionConfig()
+    assert store.info("t2w").diffusion == DiffusionConfig()
+    assert store.info("t2f").diffusion == DiffusionConfig(steps=500)
+    assert isinstance(store.info("t1n").diffusion, DiffusionConfig)
+
+
+def test_bundled_manifest_with_two_diffusion_keys_still_loads_as_the_defaults():
+    store = WeightStore(BUNDLED)
+    assert store.targets() == list(MODALITIES)
+    for target in store.targets():
+        assert store.info(target).diffusion == DiffusionConfig()
+
+
+def test_saved_diffusion_settings_are_written_with_all_four_keys_and_read_back(tmp_path):
+    config = DiffusionConfig(steps=250, schedule="cosine", clip=False)
+    info = save_checkpoint(tmp_path, _perturbed_tiny(), "t2f", diffusion=config)
+    assert info.diffusion == config
+    entry = _manifest(tmp_path)["checkpoints"]["t2f"]
+    assert entry["diffusion"] == {"steps": 250, "schedule": "cosine", "prediction": "x0", "clip": False}
+    assert WeightStore(tmp_path).info("t2f").diffusion == config
+    with pytest.raises(ValueError, match="diffusion must be a DiffusionConfig"):
+        save_checkpoint(tmp_path / "other", _perturbed_tiny(), "t2f", diffusion={"steps": 250})
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize(
+    ("diffusion", "message"),
+    [
+        ({"steps": 1000, "schedule": "linear", "eta": 0}, r"unknown diffusion setting\(s\) 'eta'"),
+        ({"steps": 1000, "prediction": "eps"}, r"prediction 'eps' is not supported"),
+        ({"steps": "1000"}, r"steps must be a whole number"),
+        ({"schedule": "quadratic"}, r"schedule 'quadratic'"),
+        ({"clip": "yes"}, r"clip must be true or false"),
+        ([1000, "linear"], r"must be an object"),
+    ],
+)
+def test_invalid_diffusion_entry_is_refused_naming_the_entry_and_the_field(tiny_folder, diffusion, message):
+    manifest = _manifest(tiny_folder)
+    manifest["checkpoints"]["t1c"]["diffusion"] = diffusion
+    (tiny_folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        WeightsError, match=r"the entry 't1c' is invalid: diffusion (is invalid: )?" + message
+    ):
+        WeightStore(tiny_folder)
+
+
+def test_the_diffusion_predictor_samples_with_the_diffusion_settings_of_the_manifest(tmp_path, monkeypatch):
+    from brasyn.predictors import DiffusionPredictor, Sampling
+
+    config = DiffusionConfig(steps=50, schedule="cosine", clip=False)
+    save_checkpoint(tmp_path, _perturbed_tiny(), "t2f", diffusion=config)
+    save_checkpoint(tmp_path, _perturbed_tiny(), "t1n")
+    predictor = DiffusionPredictor(WeightStore(tmp_path), torch.device("cpu"), Sampling(sampler="x0"))
+    diffusion = predictor.diffusion_for(Modality.T2F)
+    assert diffusion.config == config and diffusion.num_steps == 50 and diffusion.schedule == "cosine"
+    assert predictor.diffusion_for(Modality.T2F) is diffusion  # built once per config
+    assert predictor.diffusion_for(Modality.T1N).config == DiffusionConfig()
+
+    clips = []
+    sample = Diffusion.sample
+
+    def spy(self, *args, **kwargs):
+        clips.append(kwargs.get("clip"))
+        return sample(self, *args, **kwargs)
+
+    monkeypatch.setattr(Diffusion, "sample", spy)
+    images = torch.rand(1, 3, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    for target in (Modality.T2F, Modality.T1N):
+        assert predictor.predict(images, target).shape == (1, 1, 32, 32, 32)
+    assert clips == [False, True]
 
 
 def test_default_ratios_cover_the_three_conditions_of_every_target():
