@@ -8,10 +8,11 @@ Slurm arrays (``--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``) and Kube
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
+
+from brasyn.runtime import torchrun_environment
 
 __all__ = ["Shard", "parse_shard", "shard_from_environment"]
 
@@ -46,8 +47,7 @@ def parse_shard(text: str) -> Shard:
 
 
 def shard_from_environment(env: Mapping[str, str] | None = None) -> Shard | None:
-    """The shard torchrun assigns (RANK of WORLD_SIZE), or None outside torchrun."""
-    env = os.environ if env is None else env
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return Shard(int(env["RANK"]), int(env["WORLD_SIZE"]))
-    return None
+    """The shard torchrun assigns (RANK of WORLD_SIZE), or None outside torchrun; a malformed variable
+    raises :class:`~brasyn.errors.UsageError` (see :func:`brasyn.runtime.torchrun_environment`)."""
+    job = torchrun_environment(env)
+    return None if job is None else Shard(job.rank, job.world_size)
