@@ -10,8 +10,9 @@ only the model-space prediction differs. Neither needs a GPU or a checkpoint.
   four numbers are least-squares fits over the brain voxels (any contrast non-zero) of complete cases,
   each brought into model space as training brings it (cases on differing grids included).
 
-``python -m brasyn.baselines fit --data DIR [--data DIR ...] --out WEIGHTS`` writes ``baselines.json``
-into a weights folder, beside (and independent of) ``manifest.json``::
+``python -m brasyn.baselines fit --data DIR [--data DIR ...] --out WEIGHTS [-v]`` writes ``baselines.json``
+into a weights folder, beside (and independent of) ``manifest.json`` (exit status 0, or 2 when nothing
+could be fitted or written)::
 
     {"format_version": 1,
      "linear": {"t1n": {"weights": {"t1c": 0.4, "t2w": 0.1, "t2f": 0.3}, "bias": 0.02, "voxels": 9}, ...},
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,9 +40,12 @@ import numpy as np
 
 from brasyn import __version__
 from brasyn.cases import complete_cases, discover
-from brasyn.errors import BrasynError, CaseError, WeightsError
+from brasyn.command import run_command
+from brasyn.errors import BrasynError, CaseError, ExitCode, WeightsError
+from brasyn.logs import configure_logging
 from brasyn.modalities import MODALITIES, Modality, conditions_for
 from brasyn.model_space import to_model_space
+from brasyn.options import add_verbosity_option
 from brasyn.volumes import Volume, load_volume
 from brasyn.weights import DEFAULT_INTENSITY_RATIOS, _parse_ratios, _write_atomic
 
@@ -269,39 +272,40 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m brasyn.baselines", description="Fit the linear and nearest-contrast baselines."
     )
+    add_verbosity_option(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     fit = commands.add_parser("fit", help=f"fit on complete cases and write {BASELINES_NAME}")
     fit.add_argument(
         "--data", type=Path, action="append", required=True, help="folder of complete cases (repeatable)"
     )
     fit.add_argument("--out", type=Path, required=True, help=f"weights folder to write {BASELINES_NAME} into")
+    # SUPPRESS: the sub-command's default must not undo a -v given before "fit"
+    add_verbosity_option(fit, default=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line; 0 on success, 2 when nothing could be fitted or written."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> ExitCode:
         args = _parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code) if isinstance(e.code, int) else 2
-    provenance = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "brasyn_version": __version__,
-        "command": "fit",
-        "data": [str(d) for d in args.data],
-    }
-    try:
+        configure_logging(args.verbose)
+        provenance = {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "brasyn_version": __version__,
+            "command": "fit",
+            "data": [str(d) for d in args.data],
+        }
         baselines = fit_baselines(_complete_cases(args.data), provenance)
         path = baselines.save(args.out)
-    except (BrasynError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{path}  ({len(baselines.training_cases)} cases)")
-    for target, fit in baselines.linear.items():
-        terms = " + ".join(f"{w:.3f}*{c.value}" for c, w in fit.weights.items())
-        print(f"{target.value} = {fit.bias:.3f} + {terms}")
-    return 0
+        print(f"{path}  ({len(baselines.training_cases)} cases)")
+        for target, fit in baselines.linear.items():
+            terms = " + ".join(f"{w:.3f}*{c.value}" for c, w in fit.weights.items())
+            print(f"{target.value} = {fit.bias:.3f} + {terms}")
+        return ExitCode.OK
+
+    # no complete case, an unreadable folder or an unwritable weights folder: one sentence, exit 2
+    return run_command(body, usage_errors=(BrasynError, ValueError, OSError))
 
 
 if __name__ == "__main__":

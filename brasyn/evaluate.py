@@ -2,7 +2,7 @@
 
     python -m brasyn.evaluate drop --input TRUTH --output DIR [--seed 7] [--record FILE]
     python -m brasyn.evaluate --pred DIR --truth TRUTH [--seg DIR] [--dropped FILE] [--json FILE] [--csv FILE]
-                                    [--device auto|cpu|cuda[:N]]
+                                    [--device auto|cpu|cuda[:N]] [-v]
 
 ``drop`` makes a test set the way the MedPerf preparation cube of the challenge does: ``random.seed(seed)``
 once, then for every case folder in sorted order ``random.choice(["t1c", "t1n", "t2f", "t2w"])`` is the
@@ -18,7 +18,7 @@ SSIM inside / outside the tumour where the truth case holds a segmentation (``*s
 ``--dropped``, a dropped contrast without a prediction counts as a failed case.
 
 Exit status: 0 when everything could be done, 1 when any case could not be dropped or evaluated (the
-others still are; the log says which and why), 2 when the run cannot start.
+others still are; the log says which and why), 2 when the run cannot start, 130 after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ import torch
 
 from brasyn import __version__
 from brasyn.cases import Case, complete_cases, discover
-from brasyn.errors import BrasynError, CaseError
+from brasyn.command import run_command
+from brasyn.errors import CaseError, ExitCode, UsageError
 from brasyn.logs import configure_logging
 from brasyn.metrics import score as score_volumes
 from brasyn.modalities import (
@@ -56,6 +57,7 @@ from brasyn.modalities import (
     parse_contrast_name,
     split_nifti_extension,
 )
+from brasyn.options import add_device_option, add_verbosity_option, whole_number
 from brasyn.runtime import select_device
 from brasyn.volumes import Volume, grid_difference, load_volume
 
@@ -76,11 +78,6 @@ DROP_CHOICES = ("t1c", "t1n", "t2f", "t2w")
 """The list the MedPerf preparation cube draws from, in its order (the order matters for the draw)."""
 DEFAULT_DROP_SEED = 7
 """The MedPerf preparation cube's seed."""
-EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(BrasynError):
-    """The run cannot start: the message says why and what to do."""
 
 
 # --- drop ------------------------------------------------------------------------------------------
@@ -94,7 +91,7 @@ def drop_choices(case_ids: Iterable[str], seed: int = DEFAULT_DROP_SEED) -> dict
     return {case_id: Modality(rng.choice(DROP_CHOICES)) for case_id in case_ids}
 
 
-def drop(input_root: Path, output: Path, seed: int, record: Path) -> int:
+def drop(input_root: Path, output: Path, seed: int, record: Path) -> ExitCode:
     """Copy every complete case of ``input_root`` into ``output`` less one random contrast."""
     found = discover(input_root)
     choices = drop_choices([item.id if isinstance(item, Case) else item.case for item in found], seed)
@@ -120,7 +117,7 @@ def drop(input_root: Path, output: Path, seed: int, record: Path) -> int:
         len(rest),
         record,
     )
-    return EXIT_FAILED_CASES if rest else EXIT_OK
+    return ExitCode.FAILED_CASES if rest else ExitCode.OK
 
 
 # --- pairing predictions with the truth ------------------------------------------------------------
@@ -445,7 +442,7 @@ def _score_device(spec: str) -> torch.device:
         raise UsageError(str(e)) from e
 
 
-def score(args: argparse.Namespace) -> int:
+def score(args: argparse.Namespace) -> ExitCode:
     for name, folder in (("predictions", args.predictions), ("truth", args.truth)):
         if not folder.is_dir():
             raise UsageError(f"the {name} folder {folder} does not exist or is not a folder")
@@ -500,13 +497,13 @@ def score(args: argparse.Namespace) -> int:
             writer.writeheader()
             for row in rows:
                 writer.writerow(row.to_dict())
-    return EXIT_FAILED_CASES if summary["failed"] else EXIT_OK
+    return ExitCode.FAILED_CASES if summary["failed"] else ExitCode.OK
 
 
 # --- command line ----------------------------------------------------------------------------------
 
 
-def _drop_command(args: argparse.Namespace) -> int:
+def _drop_command(args: argparse.Namespace) -> ExitCode:
     if not args.input.is_dir():
         raise UsageError(f"the input folder {args.input} does not exist or is not a folder")
     if _inside(args.output, args.input) or _inside(args.input, args.output):
@@ -546,8 +543,8 @@ def _score_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--csv", type=Path, help="write the per-case rows here as CSV (outside the predictions folder)"
     )
-    s.add_argument("--device", default="auto", help="auto (GPU if any, else CPU), cpu, cuda, cuda:N")
-    s.add_argument("-v", "--verbose", action="store_true", help="debug log")
+    add_device_option(s)
+    add_verbosity_option(s)
     return s
 
 
@@ -558,28 +555,28 @@ def _drop_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--input", type=Path, required=True, help="folder of complete cases")
     d.add_argument("--output", type=Path, required=True, help="new folder for the three-contrast cases")
-    d.add_argument("--seed", type=int, default=DEFAULT_DROP_SEED, help="default 7, as the MedPerf cube")
+    d.add_argument(
+        "--seed", type=whole_number(), default=DEFAULT_DROP_SEED, help="default 7, as the MedPerf cube"
+    )
     d.add_argument(
         "--record", type=Path, help="JSON case -> dropped contrast (default: <OUTPUT>_dropped.json)"
     )
-    d.add_argument("-v", "--verbose", action="store_true", help="debug log")
+    add_verbosity_option(d)
     return d
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m brasyn.evaluate [score] ...`` or ``... drop ...``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv[:1] in (["drop"], ["score"]) else "score"
     rest = argv[1:] if argv[:1] in (["drop"], ["score"]) else argv
-    try:
+
+    def body() -> ExitCode:
         args = (_drop_parser() if command == "drop" else _score_parser()).parse_args(rest)
-    except SystemExit as e:  # argparse has printed its message
-        return EXIT_OK if e.code in (0, None) else EXIT_USAGE
-    configure_logging(2 if args.verbose else 0)
-    try:
+        configure_logging(args.verbose)
         return _drop_command(args) if command == "drop" else score(args)
-    except BrasynError as e:
-        log.error("%s", e)
-        return EXIT_USAGE
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ writes:
 
 Where no real data is at hand it writes a synthetic phantom case instead (and says so), which exercises
 the whole pipeline but is not a brain.
+
+Exit status: 0 when the example was written, 2 when it could not be (bad arguments, a folder that cannot
+be written).
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from brasyn.command import run_command
+from brasyn.errors import BrasynError, ExitCode
 from brasyn.logs import configure_logging
+from brasyn.options import add_verbosity_option
 
 __all__ = ["EXAMPLE_CASE", "main", "write_example"]
 
@@ -70,23 +76,34 @@ def write_example(out: Path, source: Path | None = None) -> str:
     return "phantom"
 
 
-def main(argv: list[str] | None = None) -> int:
-    configure_logging()
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m brasyn.example", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write input/ and truth/ into")
     parser.add_argument(
         "--source", type=Path, default=None, help=f"folder of real cases (default {DEFAULT_SOURCE})"
     )
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    kind = write_example(args.out, args.source)
-    log.info(
-        "%s example case written: run brasyn on %s (its %s is in %s)",
-        kind,
-        args.out / "input",
-        WITHHELD,
-        args.out / "truth",
-    )
-    return 0
+    add_verbosity_option(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> ExitCode:
+        args = build_parser().parse_args(argv)
+        configure_logging(args.verbose)
+        kind = write_example(args.out, args.source)
+        log.info(
+            "%s example case written: run brasyn on %s (its %s is in %s)",
+            kind,
+            args.out / "input",
+            WITHHELD,
+            args.out / "truth",
+        )
+        return ExitCode.OK
+
+    # an output folder that cannot be written is the user's to fix: one sentence, no traceback
+    return run_command(body, usage_errors=(BrasynError, OSError))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Where and how the maths runs: device choice, per-case seeds, peak memory."""
+"""Where and how the maths runs: device choice, torchrun's process layout, per-case seeds, peak memory."""
 
 from __future__ import annotations
 
@@ -6,11 +6,24 @@ import hashlib
 import logging
 import os
 import resource
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["GpuInfo", "case_generator", "case_seed", "peak_memory_mib", "reset_peak_memory", "select_device"]
+from brasyn.errors import UsageError
+
+__all__ = [
+    "GpuInfo",
+    "TorchrunEnvironment",
+    "case_generator",
+    "case_seed",
+    "peak_memory_mib",
+    "reset_peak_memory",
+    "select_device",
+    "torchrun_environment",
+    "writable_cache_environment",
+]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +88,41 @@ def select_device(spec: str = "auto") -> torch.device:
         torch.get_num_threads(),
     )
     return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class TorchrunEnvironment:
+    """Where this process stands in a torchrun job (or any launcher that sets the same variables)."""
+
+    rank: int
+    """This process's index among all processes of the job (RANK)."""
+    world_size: int
+    """How many processes the job has (WORLD_SIZE)."""
+    local_rank: int
+    """This process's index on its node (LOCAL_RANK), which picks its GPU."""
+
+
+def torchrun_environment(env: Mapping[str, str] | None = None) -> TorchrunEnvironment | None:
+    """The job layout torchrun gives this process, or None outside torchrun (RANK or WORLD_SIZE unset).
+
+    Read in one place so that inference sharding, training and device choice agree on it. LOCAL_RANK
+    defaults to 0 (a one-node launcher may leave it out); a value that is not a whole number is a
+    broken launch, refused with a :class:`UsageError` naming the variable rather than a traceback.
+    """
+    env = os.environ if env is None else env
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return None
+    values = {}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        text = env.get(name, "0")
+        try:
+            values[name] = int(text)
+        except ValueError:
+            raise UsageError(
+                f"the environment variable {name}={text!r} is not a whole number; torchrun sets RANK, "
+                "WORLD_SIZE and LOCAL_RANK itself: unset them when not starting through torchrun"
+            ) from None
+    return TorchrunEnvironment(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
 
 
 def case_seed(seed: int, case_id: str) -> int:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import torch
 
 from brasyn.errors import ExitCode, UsageError
+from brasyn.runtime import torchrun_environment
 
 __all__ = ["Shard", "parse_shard", "run_workers", "shard_from_environment", "without_option", "worker_count"]
 
@@ -62,11 +63,10 @@ def parse_shard(text: str) -> Shard:
 
 
 def shard_from_environment(env: Mapping[str, str] | None = None) -> Shard | None:
-    """The shard torchrun assigns (RANK of WORLD_SIZE), or None outside torchrun."""
-    env = os.environ if env is None else env
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return Shard(int(env["RANK"]), int(env["WORLD_SIZE"]))
-    return None
+    """The shard torchrun assigns (RANK of WORLD_SIZE), or None outside torchrun; a malformed variable
+    raises :class:`~brasyn.errors.UsageError` (see :func:`brasyn.runtime.torchrun_environment`)."""
+    job = torchrun_environment(env)
+    return None if job is None else Shard(job.rank, job.world_size)
 
 
 def without_option(argv: list[str], name: str) -> list[str]:

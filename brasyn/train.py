@@ -3,7 +3,7 @@
     python -m brasyn.train --data DIR [--data DIR ...] --target t2f --out WEIGHTS_DIR
         [--config official|small|tiny] [--steps N] [--batch-size B] [--lr 1e-5] [--patch D H W] [--flip]
         [--val DIR] [--val-every N] [--save-every N] [--resume] [--seed S] [--device D]
-        [--precision fp32|bf16] [--clip-grad G] [--ema DECAY]
+        [--precision fp32|bf16|auto] [--clip-grad G] [--ema DECAY] [-v]
 
 The defaults are the official cWDM recipe (full 224x224x160 volumes, AdamW at lr 1e-5, batch 1, uniform t,
 MSE on the sub-bands). Training state (model, optimiser, step, random generators, EMA) is kept in
@@ -14,6 +14,9 @@ data, intensity ratios).
 
 Started by ``torchrun``, it trains with DistributedDataParallel (NCCL on GPU, gloo on CPU), each rank on
 its own share of the cases; rank 0 alone writes.
+
+Exit status: 0 when the checkpoint was written, 2 when training cannot start (bad arguments, no usable
+case, nothing to resume), 130 after Ctrl-C, 143 after SIGTERM (the training state is saved first).
 """
 
 from __future__ import annotations
@@ -37,12 +40,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from brasyn.acceleration import PRECISIONS, resolve_precision
 from brasyn.bands import bands_to_image, image_to_bands
+from brasyn.command import run_command
 from brasyn.diffusion import Diffusion, DiffusionConfig
-from brasyn.errors import BrasynError, CaseError
+from brasyn.errors import BrasynError, CaseError, ExitCode
 from brasyn.logs import configure_logging
-from brasyn.modalities import MODALITIES, Modality
-from brasyn.runtime import select_device
+from brasyn.modalities import Modality
+from brasyn.options import (
+    add_device_option,
+    add_verbosity_option,
+    contrast,
+    one_of,
+    real_number,
+    whole_number,
+)
+from brasyn.runtime import select_device, torchrun_environment
 from brasyn.training_data import TrainingSet, find_training_cases, load_training_case
 from brasyn.unet import PRESETS, Denoiser
 from brasyn.wavelet import dwt3
@@ -82,12 +95,11 @@ class Stop(BaseException):
 
 
 def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-    )
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise.
+
+    Kept for :class:`Trainer` only; everything else reads :func:`brasyn.runtime.torchrun_environment`."""
+    job = torchrun_environment()
+    return (0, 1, 0) if job is None else (job.rank, job.world_size, job.local_rank)
 
 
 class Trainer:
@@ -320,12 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data", type=Path, action="append", required=True, help="folder of complete cases (repeatable)"
     )
-    p.add_argument("--target", required=True, choices=[m.value for m in MODALITIES])
+    p.add_argument(
+        "--target",
+        required=True,
+        type=contrast,
+        help="the contrast to synthesise: t1n, t1c, t2w, t2f or an alias (t1, t1ce, t2, flair)",
+    )
     p.add_argument("--out", type=Path, required=True, help="weights folder to add the checkpoint to")
     p.add_argument("--config", choices=sorted(PRESETS), default="official")
-    p.add_argument("--steps", type=int, default=1000, help="total optimiser steps")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--steps", type=whole_number(1), default=1000, help="total optimiser steps")
+    p.add_argument("--batch-size", type=whole_number(1), default=1)
+    p.add_argument("--lr", type=real_number(0), default=1e-5)
     p.add_argument(
         "--patch",
         type=int,
@@ -335,21 +352,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--flip", action="store_true", help="random flips along each axis")
     p.add_argument("--val", type=Path, help="folder of complete cases to measure SSIM on")
-    p.add_argument("--val-every", type=int, default=0, help="validate every N steps (with --val)")
-    p.add_argument("--val-steps", type=int, default=10, help="DDIM steps of the validation sampler")
-    p.add_argument("--save-every", type=int, default=1000, help="write the training state every N steps")
+    p.add_argument("--val-every", type=whole_number(0), default=0, help="validate every N steps (with --val)")
+    p.add_argument(
+        "--val-steps", type=whole_number(1, 1000), default=10, help="DDIM steps of the validation sampler"
+    )
+    p.add_argument(
+        "--save-every",
+        type=whole_number(0),
+        default=1000,
+        help="write the training state every N steps (0: only at the end and on SIGTERM)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the saved training state")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--clip-grad", type=float, default=0.0)
-    p.add_argument("--ema", type=float, default=0.0)
+    p.add_argument("--seed", type=whole_number(), default=0)
+    add_device_option(p)
+    p.add_argument(
+        "--precision",
+        type=one_of(*PRECISIONS),
+        default="fp32",
+        metavar="{" + ",".join(PRECISIONS) + "}",
+        help="fp32 (default), bf16 (autocast), auto (bf16 where the device computes it natively)",
+    )
+    p.add_argument(
+        "--clip-grad", type=real_number(0), default=0.0, help="maximum gradient norm (0: no clipping)"
+    )
+    p.add_argument(
+        "--ema", type=real_number(0, 1), default=0.0, help="EMA decay of the weights, e.g. 0.999 (0: none)"
+    )
     p.add_argument(
         "--demo",
         action="store_true",
         help="mark the checkpoint as demo quality (the pipeline then says so when it uses it)",
     )
     p.add_argument("--no-progress", action="store_true")
+    add_verbosity_option(p)
     return p
 
 
@@ -372,9 +407,13 @@ def _load_all(cases: list, target: Modality) -> list:
     return loaded
 
 
-def train(args: argparse.Namespace, command: str) -> int:
-    rank, world, local_rank = _distributed()
+def train(args: argparse.Namespace, command: str) -> ExitCode:
+    job = torchrun_environment()
+    rank, world, local_rank = (0, 1, 0) if job is None else (job.rank, job.world_size, job.local_rank)
     target = Modality(args.target)
+    device = _device(args.device, local_rank, world)
+    # "auto" becomes what this device runs fast; a bf16 it cannot run is refused (ValueError: exit 2)
+    precision = resolve_precision(args.precision, device)
     settings = TrainSettings(
         target=target,
         config=args.config,
@@ -384,14 +423,13 @@ def train(args: argparse.Namespace, command: str) -> int:
         patch=tuple(args.patch) if args.patch else None,
         flip=args.flip,
         seed=args.seed,
-        precision=args.precision,
+        precision=precision,
         clip_grad=args.clip_grad,
         ema=args.ema,
         save_every=args.save_every,
         val_every=args.val_every,
         val_steps=args.val_steps,
     )
-    device = _device(args.device, local_rank, world)
     if world > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend)
@@ -413,30 +451,27 @@ def train(args: argparse.Namespace, command: str) -> int:
     finally:
         if world > 1:
             torch.distributed.destroy_process_group()
-    return 0
+    return ExitCode.OK
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    configure_logging()
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return 0 if exc.code in (0, None) else 2
 
     def stop(signum: int, frame: Any) -> None:
         raise Stop()
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        return train(args, "python -m brasyn.train " + shlex.join(argv))
-    except Stop:
-        return 143
-    except (BrasynError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def body() -> ExitCode:
+        args = build_parser().parse_args(argv)
+        configure_logging(args.verbose)
+        previous = signal.signal(signal.SIGTERM, stop)
+        try:
+            return train(args, "python -m brasyn.train " + shlex.join(argv))
+        except Stop:
+            return ExitCode.TERMINATED
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return run_command(body, usage_errors=(BrasynError, ValueError))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ Command line::
     python -m brasyn.weights import-official --target t2f FILE --out DIR
     python -m brasyn.weights verify DIR
     python -m brasyn.weights list DIR
+
+Each takes ``-v`` for the debug log. Exit status: 0 on success, 1 when ``verify`` finds a bad checkpoint,
+2 on an error (one log line says which and what to do).
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ import logging
 import math
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -56,9 +58,12 @@ import torch
 from torch import nn
 
 from brasyn import __version__
+from brasyn.command import run_command
 from brasyn.diffusion import DiffusionConfig
-from brasyn.errors import BrasynError, WeightsError
+from brasyn.errors import BrasynError, ExitCode, WeightsError
+from brasyn.logs import configure_logging
 from brasyn.modalities import MODALITIES, Modality, conditions_for
+from brasyn.options import add_verbosity_option, contrast, whole_number
 from brasyn.unet import PRESETS, Denoiser, DenoiserConfig
 
 __all__ = [
@@ -684,18 +689,29 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m brasyn.weights", description="Create, import, verify and list brasyn weights folders."
     )
+    add_verbosity_option(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     contrasts = [m.value for m in MODALITIES]
 
     init = commands.add_parser("init", help="write randomly initialised checkpoints (tests, smoke runs)")
     init.add_argument("--config", choices=list(PRESETS), default="tiny", help="denoiser size (default: tiny)")
     init.add_argument("--out", type=Path, required=True, help="weights folder to write into")
-    init.add_argument("--seed", type=int, default=0)
-    init.add_argument("--targets", nargs="+", choices=contrasts, default=contrasts, metavar="TARGET")
+    init.add_argument("--seed", type=whole_number(), default=0)
+    init.add_argument(
+        "--targets",
+        nargs="+",
+        type=contrast,
+        default=contrasts,
+        metavar="TARGET",
+        help="contrasts to write a checkpoint for: t1n, t1c, t2w, t2f or an alias (default: all four)",
+    )
 
     imp = commands.add_parser("import-official", help="add a released cWDM checkpoint (plain state_dict)")
     imp.add_argument(
-        "--target", choices=contrasts, required=True, help="the contrast the checkpoint synthesises"
+        "--target",
+        type=contrast,
+        required=True,
+        help="the contrast the checkpoint synthesises: t1n, t1c, t2w, t2f or an alias",
     )
     imp.add_argument("file", type=Path, help="the checkpoint file")
     imp.add_argument("--out", type=Path, required=True, help="weights folder to add it to")
@@ -705,10 +721,13 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="show the checkpoints of a weights folder")
     listing.add_argument("folder", type=Path)
+    for sub in (init, imp, verify, listing):
+        # SUPPRESS: a sub-command's default must not undo a -v given before the sub-command
+        add_verbosity_option(sub, default=argparse.SUPPRESS)
     return parser
 
 
-def _verify_folder(folder: Path) -> int:
+def _verify_folder(folder: Path) -> ExitCode:
     store = WeightStore(folder)
     failures = 0
     for target in store.targets():
@@ -722,11 +741,11 @@ def _verify_folder(folder: Path) -> int:
         failures += status != "OK"
         print(f"{target.value}  {info.file}  {info.sha256}  {status}")
     if failures:
-        print(f"error: {failures} checkpoint(s) in {folder} failed verification", file=sys.stderr)
-    return 1 if failures else 0
+        logger.error("%d checkpoint(s) in %s failed verification", failures, folder)
+    return ExitCode.FAILED_CASES if failures else ExitCode.OK
 
 
-def _list_folder(folder: Path) -> int:
+def _list_folder(folder: Path) -> ExitCode:
     store = WeightStore(folder)
     for target in store.targets():
         info = store.info(target)
@@ -739,32 +758,30 @@ def _list_folder(folder: Path) -> int:
             f"sha256={info.sha256[:12]}  ratios: {ratios}  source: {source}"
         )
     if not store.targets():
-        print(f"{folder}: no checkpoints", file=sys.stderr)
-    return 0
+        logger.warning("%s: no checkpoints", folder)
+    return ExitCode.OK
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line; returns 0 on success, 1 when ``verify`` finds a bad checkpoint, 2 on an error."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> ExitCode:
         args = _parser().parse_args(argv)
-    except SystemExit as e:  # argparse has printed its message; return its code instead of exiting
-        return int(e.code) if isinstance(e.code, int) else 2
-    try:
+        configure_logging(args.verbose)
         if args.command == "init":
             for info in init_random(args.out, args.config, seed=args.seed, targets=args.targets):
                 print(f"{info.target.value}  {args.out / info.file}  {info.sha256}")
-            return 0
+            return ExitCode.OK
         if args.command == "import-official":
             info = import_official(args.file, args.target, args.out)
             print(f"{info.target.value}  {args.out / info.file}  {info.sha256}")
-            return 0
+            return ExitCode.OK
         if args.command == "verify":
             return _verify_folder(args.folder)
         return _list_folder(args.folder)
-    except (BrasynError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    # a corrupt file or an unwritable folder is the user's to fix: one sentence, no traceback
+    return run_command(body, usage_errors=(BrasynError, ValueError, OSError))
 
 
 if __name__ == "__main__":

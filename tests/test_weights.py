@@ -512,7 +512,7 @@ def test_cli_verify_reports_a_tampered_checkpoint(tiny_folder, capsys):
 def test_cli_errors_are_one_message_and_exit_code_2(tmp_path, capsys):
     assert main(["verify", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
-    assert "error: The weights folder" in err and "Traceback" not in err
+    assert "ERROR The weights folder" in err and "Traceback" not in err
 
     bad = tmp_path / "bad.pt"
     torch.save([1, 2], bad)

@@ -1,0 +1,52 @@
+"""How every brasyn command starts and ends, so that they all fail, stop and exit the same way.
+
+A command's ``main(argv)`` parses its arguments and does its work inside a body function and hands it to
+:func:`run_command`, which prepares the process (writable caches in a container without a home), runs
+the body, and turns what escapes it into the exit statuses of :class:`brasyn.errors.ExitCode`: one log
+line and 2 for anything that stops the command from starting, 130 for Ctrl-C, never a traceback for a
+user's mistake.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+from brasyn.errors import BrasynError, ExitCode
+from brasyn.runtime import writable_cache_environment
+
+__all__ = ["run_command"]
+
+log = logging.getLogger(__name__)
+
+
+def run_command(
+    body: Callable[[], int | ExitCode],
+    *,
+    usage_errors: tuple[type[Exception], ...] = (BrasynError,),
+) -> int:
+    """Run a command's ``body`` and return its exit status as an int.
+
+    - argparse's ``SystemExit`` (``--help``, ``--version``, a bad argument, after argparse has printed its
+      message): 0 stays 0, anything else becomes 2;
+    - a :class:`~brasyn.errors.BrasynError` (``UsageError``, ``WeightsError`` ...), or any of
+      ``usage_errors`` (for commands that treat ``ValueError`` or ``OSError`` as a bad setup): its message
+      logged as an error, 2;
+    - ``KeyboardInterrupt``: 130, as a shell reports Ctrl-C.
+
+    Cache variables (HOME, XDG_CACHE_HOME, TORCH_HOME, MPLCONFIGDIR) are first pointed at a writable place
+    when the process has no usable home, as in a container started with an arbitrary uid.
+    """
+    os.environ.update(writable_cache_environment())
+    try:
+        code = body()
+    except SystemExit as exc:  # argparse has printed its message
+        return int(ExitCode.OK if exc.code in (0, None) else ExitCode.USAGE)
+    except KeyboardInterrupt:
+        log.error("interrupted (Ctrl-C)")
+        return int(ExitCode.INTERRUPTED)
+    except (BrasynError, *usage_errors) as exc:
+        log.error("%s", exc)
+        return int(ExitCode.USAGE)
+    return int(code)

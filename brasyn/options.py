@@ -1,0 +1,314 @@
+"""What a user can say to brasyn, as command-line flags or as MLCube parameters, checked in one place.
+
+The converters here serve both as argparse ``type=`` (they receive the string typed on the command line)
+and on values from a YAML parameters file (which arrive as str, int, float, bool or None). Either way a
+bad value raises :class:`argparse.ArgumentTypeError` with one sentence naming the allowed values:
+argparse prints it as it is (``argument --steps: expected a whole number from 1 to 1000, got '2.7'``) and
+:func:`read_parameters` puts the file and key in front of it. So ``--steps 2.7`` and ``steps: 2.7`` are
+refused alike, instead of one of them silently running 2 steps.
+
+The ``add_*_option`` helpers give every command the same flags with the same defaults (``--device``,
+``-v``, ``--threads``, the speed switches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brasyn.acceleration import PRECISIONS, SpeedSettings
+from brasyn.diffusion import SAMPLERS
+from brasyn.errors import UsageError
+from brasyn.modalities import modality_from_alias
+
+__all__ = [
+    "METHODS",
+    "MLCUBE_PARAMETERS",
+    "NAMINGS",
+    "add_device_option",
+    "add_speed_options",
+    "add_threads_option",
+    "add_verbosity_option",
+    "apply_threads",
+    "contrast",
+    "device_spec",
+    "one_of",
+    "read_parameters",
+    "real_number",
+    "speed_settings",
+    "whole_number",
+]
+
+METHODS = ("diffusion", "linear", "nearest")
+"""How the missing contrast is made: the cWDM model, or one of the two baselines (brasyn.baselines)."""
+NAMINGS = ("input", "brats2023")
+"""Output names like the case's inputs, or always ``<case>-<contrast>.nii.gz``."""
+
+Converter = Callable[[Any], Any]
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+_WHOLE = re.compile(r"[+-]?\d+")
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it, quoted when it is text (so ``'2.7'`` and ``2.7`` can be told apart)."""
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _refuse(expected: str, value: Any) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(f"expected {expected}, got {_shown(value)}")
+
+
+def _named(function: Converter, name: str) -> Converter:
+    # argparse names a converter in some messages and help output; keep that readable
+    function.__name__ = function.__qualname__ = name
+    return function
+
+
+def contrast(value: Any) -> str:
+    """A contrast by any of its names (``flair`` -> ``t2f``, ``t1ce`` -> ``t1c``, ``T2`` -> ``t2w``):
+    datasets name them differently and a user should not have to translate. Returns the canonical name."""
+    if not isinstance(value, str):
+        raise _refuse("a contrast: t1n, t1c, t2w or t2f (or an alias such as t1, t1ce, t2, flair)", value)
+    try:
+        return modality_from_alias(value).value
+    except ValueError:
+        raise _refuse(
+            "a contrast: t1n, t1c, t2w or t2f (or an alias such as t1, t1ce, t2, flair)", value
+        ) from None
+
+
+def one_of(*choices: str) -> Converter:
+    """A converter that takes exactly one of ``choices`` (case and spelling as given)."""
+    if not choices:
+        raise ValueError("one_of needs at least one choice")
+    allowed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+
+    def convert(value: Any) -> str:
+        if isinstance(value, str) and value in choices:
+            return value
+        raise _refuse(f"one of {allowed}", value)
+
+    convert.choices = tuple(choices)  # type: ignore[attr-defined]
+    return _named(convert, "one of " + "|".join(choices))
+
+
+def _range(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f" from {low} to {high}"
+    if low is not None:
+        return f" of {low} or more"
+    if high is not None:
+        return f" of {high} or less"
+    return ""
+
+
+def whole_number(low: int | None = None, high: int | None = None) -> Converter:
+    """A converter to an int within ``[low, high]`` (either bound may be None).
+
+    It takes an int or the text of one; it refuses True/False and every float, 2.0 included, because a
+    step count or seed written as 2.7 is a mistake to point out, not a number to round."""
+    expected = "a whole number" + _range(low, high)
+
+    def convert(value: Any) -> int:
+        if isinstance(value, bool):
+            raise _refuse(expected, value)
+        if isinstance(value, int):
+            number = value
+        elif isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
+            number = int(value.strip())
+        else:
+            raise _refuse(expected, value)
+        if (low is not None and number < low) or (high is not None and number > high):
+            raise _refuse(expected, value)
+        return number
+
+    return _named(convert, "whole number")
+
+
+def real_number(low: float | None = None, high: float | None = None) -> Converter:
+    """A converter to a finite float within ``[low, high]``; takes an int, a float or the text of one,
+    refuses True/False, NaN and infinities."""
+    expected = "a number" + _range(low, high)
+
+    def convert(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise _refuse(expected, value)
+        try:
+            number = float(value)
+        except ValueError:
+            raise _refuse(expected, value) from None
+        if not math.isfinite(number):
+            raise _refuse(expected, value)
+        if (low is not None and number < low) or (high is not None and number > high):
+            raise _refuse(expected, value)
+        return number
+
+    return _named(convert, "number")
+
+
+def device_spec(value: Any) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, lower-cased. Syntax only: whether that GPU exists is
+    :func:`brasyn.runtime.select_device`'s question, asked once the run starts."""
+    if isinstance(value, str):
+        spec = value.strip().lower()
+        if _DEVICE.fullmatch(spec):
+            return spec
+    raise _refuse("auto, cpu, cuda or cuda:N (N a GPU index)", value)
+
+
+# --- flags shared by the commands ----------------------------------------------------------------
+
+
+def add_speed_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The speed switches of :class:`brasyn.acceleration.SpeedSettings`, with its defaults, in a group
+    "speed" (returned, so a command can add its own switches to it). Every command that runs the
+    denoiser takes them, so a setting measured with ``brasyn.bench`` means the same in a run."""
+    defaults = SpeedSettings()
+    speed = parser.add_argument_group("speed")
+    speed.add_argument(
+        "--precision",
+        type=one_of(*PRECISIONS),
+        default=defaults.precision,
+        metavar="{" + ",".join(PRECISIONS) + "}",
+        help="network precision: fp32 (default), bf16 (autocast, about 2x faster; the sampler stays fp32), "
+        "auto (bf16 where the GPU or CPU computes it natively)",
+    )
+    speed.add_argument(
+        "--compile", action="store_true", help="compile the denoiser with torch.compile (first case slower)"
+    )
+    speed.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="run the denoiser in the contiguous (NCDHW) memory format instead of channels_last_3d",
+    )
+    speed.add_argument(
+        "--channels-last",
+        dest="channels_last",
+        action="store_true",
+        help="run the denoiser in channels_last_3d (the default; kept for older command lines)",
+    )
+    speed.add_argument(
+        "--no-tf32", dest="tf32", action="store_false", help="no TF32 for float32 work on the GPU"
+    )
+    speed.add_argument(
+        "--no-cudnn-benchmark",
+        dest="cudnn_benchmark",
+        action="store_false",
+        help="do not let cuDNN time its convolution algorithms",
+    )
+    parser.set_defaults(
+        channels_last=defaults.channels_last, tf32=defaults.tf32, cudnn_benchmark=defaults.cudnn_benchmark
+    )
+    return speed
+
+
+def speed_settings(args: argparse.Namespace) -> SpeedSettings:
+    """The :class:`SpeedSettings` of arguments parsed with :func:`add_speed_options`."""
+    return SpeedSettings(
+        precision=str(args.precision),
+        channels_last=bool(args.channels_last),
+        tf32=bool(args.tf32),
+        cudnn_benchmark=bool(args.cudnn_benchmark),
+        compile=bool(args.compile),
+    )
+
+
+def add_device_option(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """``--device``, checked for its form when parsed (whether it exists is checked when the run starts)."""
+    parser.add_argument(
+        "--device",
+        type=device_spec,
+        default=default,
+        metavar="{auto,cpu,cuda,cuda:N}",
+        help="auto (the GPU with the most free memory, else the CPU), cpu, cuda or cuda:N "
+        f"(default {default})",
+    )
+
+
+def add_verbosity_option(parser: argparse.ArgumentParser, default: Any = 0) -> None:
+    """``-v/--verbose``: one ``-v`` shows the debug log (``configure_logging(args.verbose)``).
+
+    Give ``default=argparse.SUPPRESS`` on a sub-command's parser when the main parser has ``-v`` too:
+    a sub-parser's default would otherwise overwrite a ``-v`` given before the sub-command."""
+    parser.add_argument("-v", "--verbose", action="count", default=default, help="debug log")
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: CPU threads of torch's operators; 0 leaves torch's own choice."""
+    parser.add_argument(
+        "--threads",
+        type=whole_number(0),
+        default=0,
+        metavar="N",
+        help="CPU threads (default 0: torch's choice)",
+    )
+
+
+def apply_threads(n: int) -> None:
+    """Set torch's CPU thread count to ``n``; 0 keeps torch's choice (the CPUs this process may use)."""
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+# --- MLCube parameters -----------------------------------------------------------------------------
+
+MLCUBE_PARAMETERS: dict[str, Converter] = {
+    "sampler": one_of(*SAMPLERS),
+    "steps": whole_number(1, 1000),
+    "seed": whole_number(0),
+    "device": device_spec,
+    "eta": real_number(0, 1),
+    "naming": one_of(*NAMINGS),
+    "target": contrast,
+    "method": one_of(*METHODS),
+    "precision": one_of(*PRECISIONS),
+    "grid_of": contrast,
+}
+"""The keys of the MLCube ``infer`` task's parameters file, with the converters the matching flags use
+(the attribute names of the main command's parsed arguments: ``grid_of`` is ``--grid-of``)."""
+
+
+def read_parameters(path: Path, spec: Mapping[str, Converter]) -> dict[str, Any]:
+    """The values of a YAML parameters file, each checked by its converter in ``spec``.
+
+    A parameters file is read unattended (MLCube, MedPerf), so everything wrong with it stops the run with
+    a :class:`UsageError` naming the file: unreadable or not YAML, not a mapping, a key ``spec`` does not
+    know (a typo such as ``step: 20`` must not silently run 1000 steps), or a value its converter refuses.
+    A key set to null (``steps:``) keeps the command's default and is left out of the result."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read the parameters file {path}: {exc.strerror or exc}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UsageError(f"the parameters file {path} is not valid YAML: {exc}") from exc
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UsageError(f"the parameters file {path} must hold a mapping such as 'sampler: ddim'")
+    known = ", ".join(sorted(spec))
+    unknown = [key for key in values if not isinstance(key, str) or key not in spec]
+    if unknown:
+        names = ", ".join(repr(key) for key in unknown)
+        close = [m for key in unknown for m in difflib.get_close_matches(str(key), list(spec), n=1)]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UsageError(f"{path}: unknown key(s) {names}{hint}; the known keys are {known}")
+    converted: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        try:
+            converted[key] = spec[key](value)
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+            raise UsageError(f"{path}: {key}: {_shown(value)} is not valid: {exc}") from None
+    return converted
