@@ -40,9 +40,8 @@ import numpy as np
 
 from brasyn import __version__
 from brasyn.cases import complete_cases, discover
-from brasyn.command import run_command
+from brasyn.command import parse_arguments, run_command
 from brasyn.errors import BrasynError, CaseError, ExitCode, WeightsError
-from brasyn.logs import configure_logging
 from brasyn.modalities import MODALITIES, Modality, conditions_for
 from brasyn.model_space import to_model_space
 from brasyn.options import add_verbosity_option
@@ -288,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line; 0 on success, 2 when nothing could be fitted or written."""
 
     def body() -> ExitCode:
-        args = _parser().parse_args(argv)
-        configure_logging(args.verbose)
+        args = parse_arguments(_parser(), argv)
         provenance = {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "brasyn_version": __version__,

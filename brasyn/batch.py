@@ -214,7 +214,7 @@ def run_batch(
     output: Path,
     *,
     overwrite: bool = False,
-    grid_of: Modality | None = None,
+    grid_of: Modality | str | None = None,
     prefetch: bool = True,
     extras: Path | None = None,
     shard: Shard | None = None,
@@ -228,6 +228,7 @@ def run_batch(
     raises for a problem of one case.
     """
     started = dt.datetime.now(dt.timezone.utc)
+    grid_of = Modality(grid_of) if grid_of is not None else None
     output.mkdir(parents=True, exist_ok=True)
     if shard is not None:
         found = shard.select(found, key=_case_id)

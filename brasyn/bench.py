@@ -47,14 +47,26 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from brasyn.acceleration import SpeedSettings, configure_backends, network_precision, optimise_model
+from brasyn.acceleration import network_precision, optimise_model
 from brasyn.bands import image_to_bands
 from brasyn.batch import run_batch
 from brasyn.cases import discover
-from brasyn.diffusion import SAMPLERS, Diffusion
-from brasyn.errors import BrasynError
+from brasyn.command import parse_arguments, run_command
+from brasyn.diffusion import Diffusion, Sampling
+from brasyn.errors import BrasynError, ExitCode, UsageError
 from brasyn.modalities import Modality, conditions_for
-from brasyn.predictors import DiffusionPredictor, Sampling
+from brasyn.options import (
+    add_device_option,
+    add_sampling_options,
+    add_speed_options,
+    add_threads_option,
+    add_verbosity_option,
+    apply_threads,
+    one_of,
+    speed_settings,
+    whole_number,
+)
+from brasyn.predictors import DiffusionPredictor
 from brasyn.preprocess import BRATS_SHAPE, TRAINING_SHAPE
 from brasyn.runtime import reset_peak_memory
 from brasyn.synthesize import PHASES, Synthesizer
@@ -64,7 +76,6 @@ from brasyn.weights import WeightStore, init_random
 
 log = logging.getLogger("brasyn.bench")
 
-PRECISIONS = ("fp32", "bf16")
 BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 CASE_TARGET = Modality.T2F
 CASE_ID = "BraTS-BENCH-00000-000"
@@ -87,16 +98,6 @@ def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: i
         _sync(device)
         runs.append((time.perf_counter() - start) * 1e3)
     return {"median": statistics.median(runs), "runs": runs}
-
-
-def speed_settings(args: argparse.Namespace) -> SpeedSettings:
-    return SpeedSettings(
-        precision=args.precision,
-        channels_last=args.channels_last,
-        tf32=args.tf32,
-        cudnn_benchmark=args.cudnn_benchmark,
-        compile=args.compile,
-    )
 
 
 def _peak_memory_mib(device: torch.device) -> dict[str, float]:
@@ -309,9 +310,8 @@ def time_official(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    configure_backends(device, speed_settings(args))  # process-wide: once, for everything timed here
+    apply_threads(args.threads)
+    speed_settings(args).configure_backends(device)  # process-wide: once, for everything timed here
     result: dict[str, Any] = {
         "device": str(device),
         **_environment(device),
@@ -336,80 +336,63 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The bench's flags; the speed switches, device, sampler and steps are those of ``python -m
+    brasyn`` (:mod:`brasyn.options`), with the same defaults, so a figure means what a run does."""
     parser = argparse.ArgumentParser(prog="python -m brasyn.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", choices=sorted(PRESETS), default="official")
+    parser.add_argument("--config", type=one_of(*sorted(PRESETS)), default="official", help="denoiser size")
     parser.add_argument(
         "--shape",
-        type=int,
+        type=whole_number(1),
         nargs=3,
         metavar=("D", "H", "W"),
         default=list(TRAINING_SHAPE),
         help="image volume size (the network sees half of it); default 224 224 160",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--precision", choices=PRECISIONS, default="fp32", help="bf16: the network under bfloat16 autocast"
-    )
-    parser.add_argument(
-        "--sampler", choices=SAMPLERS, default="ddim", help="sampler of the step and the case"
-    )
-    parser.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
-    parser.add_argument("--no-tf32", dest="tf32", action="store_false", help="no TF32 on CUDA")
-    parser.add_argument(
-        "--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false", help="no cuDNN autotuning"
-    )
+    add_device_option(parser, default="cuda" if torch.cuda.is_available() else "cpu")
+    add_speed_options(parser)
+    add_sampling_options(parser, sampler="ddim", steps=10, eta=False)
     parser.add_argument(
         "--official",
         type=Path,
         metavar="DIR",
         help="also time the official UNetModel from this checkout of pfriedri/cwdm on the same input",
     )
-    parser.add_argument(
-        "--steps", type=int, default=10, help="sampling steps of the end-to-end case (default 10)"
-    )
-    parser.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="run the denoiser in channels_last_3d memory format (faster convolutions on CPU)",
-    )
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=whole_number(1), default=3, help="timed runs (default 3)")
+    parser.add_argument("--warmup", type=whole_number(0), default=1, help="untimed runs first (default 1)")
+    add_threads_option(parser)
     parser.add_argument(
         "--case-shape",
-        type=int,
+        type=whole_number(1),
         nargs=3,
         metavar=("X", "Y", "Z"),
         help="stored grid of the end-to-end case (default 240 240 155 for the default --shape, else --shape)",
     )
     parser.add_argument("--no-case", dest="case", action="store_false", help="skip the end-to-end case")
     parser.add_argument("--json", type=Path, help="also write the JSON to this file")
+    add_verbosity_option(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+def _measure(argv: list[str] | None) -> int:
+    args = parse_arguments(build_parser(), argv)
     divisor = 2 * PRESETS[args.config].divisor
     if any(s % divisor for s in args.shape):
-        print(f"--shape must be multiples of {divisor} for the {args.config} config", file=sys.stderr)
-        return 2
+        raise UsageError(f"--shape must be multiples of {divisor} for the {args.config} config")
     if args.official and not (args.official / "guided_diffusion" / "unet.py").is_file():
-        print(
+        raise UsageError(
             f"--official {args.official}: not a checkout of github.com/pfriedri/cwdm "
-            "(git clone https://github.com/pfriedri/cwdm; it needs PyWavelets)",
-            file=sys.stderr,
+            "(git clone https://github.com/pfriedri/cwdm; it needs PyWavelets)"
         )
-        return 2
-    if not 1 <= args.steps <= 1000:
-        print(f"--steps must be between 1 and 1000, got {args.steps}", file=sys.stderr)
-        return 2
     result = run(args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
-    return 0
+    return ExitCode.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(lambda: _measure(argv))
 
 
 if __name__ == "__main__":

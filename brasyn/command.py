@@ -9,14 +9,16 @@ user's mistake.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from brasyn.errors import BrasynError, ExitCode
+from brasyn.logs import configure_logging
 from brasyn.runtime import writable_cache_environment
 
-__all__ = ["run_command"]
+__all__ = ["parse_arguments", "run_command"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ def run_command(
     when the process has no usable home, as in a container started with an arbitrary uid.
     """
     os.environ.update(writable_cache_environment())
+    configure_logging(0)  # until the arguments say otherwise: a refusal before parsing is a log line too
     try:
         code = body()
     except SystemExit as exc:  # argparse has printed its message
@@ -50,3 +53,11 @@ def run_command(
         log.error("%s", exc)
         return int(ExitCode.USAGE)
     return int(code)
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` with ``parser`` and set up the log as its ``-v`` asks: the one place where a
+    command's log is configured (``add_verbosity_option`` gives every parser its ``-v``)."""
+    args = parser.parse_args(argv)
+    configure_logging(getattr(args, "verbose", 0) or 0)
+    return args

@@ -39,6 +39,7 @@ __all__ = [
     "MAX_STEPS",
     "StepTables",
     "SAMPLERS",
+    "Sampling",
     "VARIANCES",
     "beta_schedule",
     "spaced_timesteps",
@@ -327,6 +328,25 @@ def sample_dpmpp_2m(
         if callback is not None:
             callback({"i": len(tables) - 1 - i, "t": t, "x": x, "pred_xstart": x0})
     return x
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the diffusion model is sampled; the defaults are the official cWDM inference."""
+
+    sampler: str = "ddpm"
+    """"ddpm" (ancestral, as the official code), "ddim" (deterministic with eta 0), "dpm++2m"
+    (DPM-Solver++(2M), deterministic, for 10-20 steps) or "x0" (one step: a quick preview)."""
+    steps: int = 1000
+    """Number of sampling steps (1000 is the full chain; fewer respaces it; "x0" always takes 1)."""
+    eta: float = 0.0
+    """DDIM noise (0: deterministic)."""
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
 
 
 class Diffusion:

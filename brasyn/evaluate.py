@@ -44,9 +44,8 @@ import torch
 
 from brasyn import __version__
 from brasyn.cases import Case, complete_cases, discover
-from brasyn.command import run_command
+from brasyn.command import parse_arguments, run_command
 from brasyn.errors import CaseError, ExitCode, UsageError
-from brasyn.logs import configure_logging
 from brasyn.metrics import score as score_volumes
 from brasyn.modalities import (
     MODALITIES,
@@ -572,8 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     rest = argv[1:] if argv[:1] in (["drop"], ["score"]) else argv
 
     def body() -> ExitCode:
-        args = (_drop_parser() if command == "drop" else _score_parser()).parse_args(rest)
-        configure_logging(args.verbose)
+        args = parse_arguments((_drop_parser() if command == "drop" else _score_parser()), rest)
         return _drop_command(args) if command == "drop" else score(args)
 
     return run_command(body)

@@ -25,9 +25,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brasyn.command import run_command
+from brasyn.command import parse_arguments, run_command
 from brasyn.errors import BrasynError, ExitCode
-from brasyn.logs import configure_logging
 from brasyn.options import add_verbosity_option
 
 __all__ = ["EXAMPLE_CASE", "main", "write_example"]
@@ -90,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> ExitCode:
-        args = build_parser().parse_args(argv)
-        configure_logging(args.verbose)
+        args = parse_arguments(build_parser(), argv)
         kind = write_example(args.out, args.source)
         log.info(
             "%s example case written: run brasyn on %s (its %s is in %s)",

@@ -23,31 +23,39 @@ from typing import Any
 
 import torch
 
+from brasyn import __version__
 from brasyn.acceleration import PRECISIONS, SpeedSettings
-from brasyn.diffusion import SAMPLERS
+from brasyn.diffusion import SAMPLERS, Sampling
 from brasyn.errors import UsageError
 from brasyn.modalities import modality_from_alias
+from brasyn.sharding import Shard, parse_shard
 
 __all__ = [
     "METHODS",
     "MLCUBE_PARAMETERS",
     "NAMINGS",
     "add_device_option",
+    "add_method_option",
+    "add_sampling_options",
     "add_speed_options",
     "add_threads_option",
     "add_verbosity_option",
+    "add_version_option",
     "apply_threads",
     "contrast",
     "device_spec",
     "one_of",
     "read_parameters",
     "real_number",
+    "refuse_conflicts",
+    "sampling_settings",
+    "shard_spec",
     "speed_settings",
     "whole_number",
 ]
 
 METHODS = ("diffusion", "linear", "nearest")
-"""How the missing contrast is made: the cWDM model, or one of the two baselines (brasyn.baselines)."""
+"""How the missing contrast is made: the cWDM model, or one of the baselines (brasyn.predictors)."""
 NAMINGS = ("input", "brats2023")
 """Output names like the case's inputs, or always ``<case>-<contrast>.nii.gz``."""
 
@@ -165,6 +173,66 @@ def device_spec(value: Any) -> str:
 
 
 # --- flags shared by the commands ----------------------------------------------------------------
+
+
+def shard_spec(value: Any) -> Shard:
+    """``i/n``: share i of n of the cases."""
+    try:
+        return parse_shard(str(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_method_option(parser: argparse.ArgumentParser) -> None:
+    """``--method``: what fills in the missing contrast (:func:`brasyn.predictors.make_predictor`)."""
+    parser.add_argument(
+        "--method",
+        type=one_of(*METHODS),
+        default="diffusion",
+        metavar="{" + ",".join(METHODS) + "}",
+        help="diffusion: the cWDM model (default); linear, nearest: baselines on the CPU, no checkpoint "
+        "(linear needs baselines.json in the weights folder)",
+    )
+
+
+def add_sampling_options(
+    parser: argparse.ArgumentParser, sampler: str = "ddpm", steps: int = 1000, eta: bool = True
+) -> None:
+    """``--sampler``, ``--steps`` (and ``--eta``): how the diffusion model is sampled."""
+    parser.add_argument(
+        "--sampler",
+        type=one_of(*SAMPLERS),
+        default=sampler,
+        metavar="{" + ",".join(SAMPLERS) + "}",
+        help="ddpm: the official 1000-step ancestral sampler; ddim: deterministic, 20-100 steps; "
+        f"dpm++2m: DPM-Solver++(2M), 10-20 steps; x0: one step, a quick preview (default {sampler})",
+    )
+    parser.add_argument(
+        "--steps",
+        type=whole_number(1, 1000),
+        default=steps,
+        help=f"sampling steps (default {steps}; e.g. --sampler ddim --steps 50)",
+    )
+    if eta:
+        parser.add_argument(
+            "--eta", type=real_number(0, 1), default=0.0, help="DDIM noise, 0 = deterministic (default)"
+        )
+
+
+def sampling_settings(args: argparse.Namespace) -> Sampling:
+    """The :class:`~brasyn.predictors.Sampling` of parsed arguments (``--eta`` 0 where a command has none)."""
+    return Sampling(sampler=args.sampler, steps=args.steps, eta=getattr(args, "eta", 0.0))
+
+
+def add_version_option(parser: argparse.ArgumentParser, prog: str) -> None:
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
+
+
+def refuse_conflicts(args: argparse.Namespace) -> None:
+    """Checks between options of the main command, after flags and parameters file are merged."""
+    grid_of, target = getattr(args, "grid_of", None), getattr(args, "target", None)
+    if grid_of is not None and grid_of == target:
+        raise UsageError(f"--grid-of {grid_of} names the contrast to synthesise; name an input contrast")
 
 
 def add_speed_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:

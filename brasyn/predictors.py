@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,9 +23,10 @@ import torch
 from brasyn.acceleration import SpeedSettings, network_precision, optimise_model, resolve_precision
 from brasyn.bands import bands_to_image, image_to_bands
 from brasyn.baselines import BASELINES_NAME, Baselines, predict_linear, predict_nearest
-from brasyn.diffusion import SAMPLERS, Diffusion, DiffusionConfig
-from brasyn.errors import WeightsError
+from brasyn.diffusion import Diffusion, DiffusionConfig, Sampling
+from brasyn.errors import UsageError, WeightsError
 from brasyn.modalities import Modality
+from brasyn.options import METHODS
 from brasyn.runtime import select_device
 from brasyn.weights import WeightStore
 
@@ -75,28 +76,13 @@ class Predictor(Protocol):
         """Where the predictions come from, for messages."""
         ...
 
+    def summary(self) -> str:
+        """What it will do, for the first log line of a run."""
+        ...
+
     def settings(self) -> dict[str, Any]:
         """What a run report records about it."""
         ...
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How the diffusion model is sampled; the defaults are the official cWDM inference."""
-
-    sampler: str = "ddpm"
-    """"ddpm" (ancestral, as the official code), "ddim" (deterministic with eta 0), "dpm++2m"
-    (DPM-Solver++(2M), deterministic, for 10-20 steps) or "x0" (one step: a quick preview)."""
-    steps: int = 1000
-    """Number of sampling steps (1000 is the full chain; fewer respaces it; "x0" always takes 1)."""
-    eta: float = 0.0
-    """DDIM noise (0: deterministic)."""
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if not 1 <= self.steps <= 1000:
-            raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
 
 
 class DiffusionPredictor:
@@ -122,6 +108,13 @@ class DiffusionPredictor:
 
     def describe(self) -> str:
         return f"the weights ({self.weights.folder})"
+
+    def summary(self) -> str:
+        steps = 1 if self.sampling.sampler == "x0" else self.sampling.steps
+        return (
+            f"weights {self.weights.folder}; {self.sampling.sampler}, {steps} steps, on {self.device} "
+            f"in {self.precision}"
+        )
 
     def settings(self) -> dict[str, Any]:
         return {"method": self.method, **asdict(self.sampling), "precision": self.precision}
@@ -188,6 +181,9 @@ class _Baseline:
 
     def describe(self) -> str:
         return f"the {self.method} baseline ({self.baselines.source})"
+
+    def summary(self) -> str:
+        return self.describe()
 
     def settings(self) -> dict[str, Any]:
         return {"method": self.method}
@@ -265,8 +261,7 @@ _BUILDERS: dict[str, Callable[[Path, str, Sampling, SpeedSettings], Predictor]] 
     "linear": _baseline(LinearPredictor),
     "nearest": _baseline(NearestPredictor),
 }
-METHODS = tuple(_BUILDERS)
-"""How the missing contrast is predicted: the cWDM model, or one of the baselines."""
+assert tuple(_BUILDERS) == METHODS, "every method a user can name has a predictor"
 
 
 def make_predictor(
@@ -277,8 +272,11 @@ def make_predictor(
     speed: SpeedSettings | None = None,
 ) -> Predictor:
     """The predictor ``method`` names, from the weights folder ``weights``, on ``device`` (diffusion;
-    the baselines run on the CPU). WeightsError when the folder lacks what it needs, ValueError for an
-    unusable method, device or precision."""
+    the baselines run on the CPU). A :class:`~brasyn.errors.UsageError` says why it cannot be had: the
+    folder lacks what the method needs, or the device or precision cannot be used."""
     if method not in _BUILDERS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return _BUILDERS[method](Path(weights), device, sampling or Sampling(), speed or SpeedSettings())
+        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    try:
+        return _BUILDERS[method](Path(weights), device, sampling or Sampling(), speed or SpeedSettings())
+    except (WeightsError, ValueError) as exc:
+        raise UsageError(f"--method {method}: {exc}") from exc

@@ -37,15 +37,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from brasyn.acceleration import SpeedSettings, configure_backends
+from brasyn.acceleration import PRECISIONS, SpeedSettings
 from brasyn.batch import run_batch
 from brasyn.cases import Case, complete_cases, discover
-from brasyn.diffusion import SAMPLERS
-from brasyn.errors import BrasynError
-from brasyn.logs import configure_logging
+from brasyn.command import parse_arguments, run_command
+from brasyn.diffusion import SAMPLERS, Sampling
+from brasyn.errors import BrasynError, ExitCode
 from brasyn.metrics import score, ssim
 from brasyn.modalities import Modality
-from brasyn.predictors import DiffusionPredictor, Sampling
+from brasyn.options import (
+    add_device_option,
+    add_sampling_options,
+    add_threads_option,
+    add_verbosity_option,
+    apply_threads,
+    contrast,
+    whole_number,
+)
+from brasyn.predictors import DiffusionPredictor
 from brasyn.runtime import select_device
 from brasyn.synthesize import Synthesizer
 from brasyn.volumes import load_volume
@@ -75,8 +84,8 @@ def parse_variant(text: str) -> Variant:
     if len(parts) not in (2, 3) or parts[0] not in SAMPLERS or not parts[1].isdigit():
         raise ValueError(f"variant {text!r}: expected sampler:steps[:precision] with a sampler of {SAMPLERS}")
     precision = parts[2] if len(parts) == 3 else "fp32"
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"variant {text!r}: precision must be fp32 or bf16")
+    if precision not in PRECISIONS:
+        raise ValueError(f"variant {text!r}: precision must be one of {', '.join(PRECISIONS)}")
     return Variant(parts[0], int(parts[1]), precision)
 
 
@@ -243,53 +252,43 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m brasyn.quality", description=__doc__.split("\n\n")[0])
+    add_verbosity_option(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("samplers", "precision"):
         p = commands.add_parser(name)
         p.add_argument("--data", type=Path, required=True, help="folder of complete case folders")
         p.add_argument("--weights", type=Path, default=Path(__file__).resolve().parent.parent / "weights")
-        p.add_argument("--target", choices=[m.value for m in Modality], action="append")
+        p.add_argument("--target", type=contrast, action="append", help="only this contrast (repeatable)")
         p.add_argument("--case", action="append", help="only this case id (repeatable)")
-        p.add_argument("--seed", type=int, default=42)
-        p.add_argument("--device", default="auto")
-        p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+        p.add_argument("--seed", type=whole_number(0), default=42)
+        add_device_option(p)
+        add_threads_option(p)
         p.add_argument("--json", type=Path, help="also write the JSON here")
-        p.add_argument("-v", "--verbose", action="count", default=0)
+        add_verbosity_option(p, default=argparse.SUPPRESS)
     samplers = commands.choices["samplers"]
     samplers.add_argument(
         "--variant", action="append", help=f"sampler:steps[:precision] (default {DEFAULT_VARIANTS})"
     )
     precision = commands.choices["precision"]
-    precision.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
-    precision.add_argument("--steps", type=int, default=1000)
-    precision.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"))
+    add_sampling_options(precision, eta=False)
+    precision.add_argument("--crop", type=whole_number(32), nargs=3, metavar=("D", "H", "W"))
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose + 1)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        cases = complete_cases_in(args.data, args.case)
-        targets = [Modality(t) for t in args.target] if args.target else list(Modality)
-        weights = WeightStore(args.weights)
-        device = select_device(args.device)
-        configure_backends(
-            device, SpeedSettings()
-        )  # process-wide, once: TF32 and autotuning as a run has them
-        if args.command == "samplers":
-            variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
-            rows = compare_samplers(cases, targets, weights, device, variants, args.seed)
-        else:
-            crop = tuple(args.crop) if args.crop else None
-            rows = compare_precision(
-                cases, targets, weights, device, args.sampler, args.steps, args.seed, crop
-            )
-    except (BrasynError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+def _compare(argv: list[str] | None) -> int:
+    args = parse_arguments(build_parser(), argv)
+    apply_threads(args.threads)
+    cases = complete_cases_in(args.data, args.case)
+    targets = [Modality(t) for t in args.target] if args.target else list(Modality)
+    weights = WeightStore(args.weights)
+    device = select_device(args.device)
+    SpeedSettings().configure_backends(device)  # process-wide, once: TF32 and autotuning as a run has them
+    if args.command == "samplers":
+        variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
+        rows = compare_samplers(cases, targets, weights, device, variants, args.seed)
+    else:
+        crop = tuple(args.crop) if args.crop else None
+        rows = compare_precision(cases, targets, weights, device, args.sampler, args.steps, args.seed, crop)
     result = {"command": args.command, "device": str(device), "weights": str(args.weights), "rows": rows}
     text = json.dumps(result, indent=2)
     print(text)
@@ -297,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(_markdown(rows) + "\n")
     if args.json:
         args.json.write_text(text + "\n")
-    return 0
+    return ExitCode.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(lambda: _compare(argv), usage_errors=(BrasynError, ValueError))
 
 
 if __name__ == "__main__":

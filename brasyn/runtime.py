@@ -60,7 +60,8 @@ def pick_gpu(gpus: list[GpuInfo]) -> GpuInfo:
 
 
 def select_device(spec: str = "auto") -> torch.device:
-    """``auto``: the visible GPU with the most free memory, else the CPU (with a warning);
+    """``auto``: the visible GPU with the most free memory (under torchrun: this process's own, LOCAL_RANK),
+    else the CPU (with a warning);
     ``cpu``, ``cuda`` or ``cuda:N``: exactly that, or a ValueError saying why it cannot be used."""
     spec = spec.strip().lower()
     if spec == "cpu":
@@ -74,6 +75,10 @@ def select_device(spec: str = "auto") -> torch.device:
         return device
     if spec != "auto":
         raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+    job = torchrun_environment()
+    if job is not None and torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        # under torchrun each process takes its own GPU, not the one with the most free memory
+        return torch.device("cuda", job.local_rank % torch.cuda.device_count())
     if torch.cuda.is_available() and torch.cuda.device_count() > 0:
         try:
             gpu = pick_gpu(_gpus_by_free_memory())

@@ -94,9 +94,14 @@ def worker_count(spec: str, gpus: int) -> int:
     return count
 
 
-def run_workers(argv: list[str], spec: str) -> ExitCode:
+def run_workers(argv: list[str], spec: str, shard: Shard | None = None) -> ExitCode:
     """Run ``argv`` (a ``python -m brasyn`` command line with ``--devices``) in worker processes and
-    combine their exit codes: any stopped -> 143, any unusable -> 2, any failed case -> 1."""
+    combine their exit codes: any stopped -> 143, any unusable -> 2, any failed case -> 1. ``--devices``
+    makes the shares itself, so a ``shard`` of its own or a torchrun start is refused."""
+    if shard is not None or shard_from_environment() is not None:
+        raise UsageError(
+            "--devices starts its own shares: leave out --shard and do not start it with torchrun"
+        )
     gpus = torch.cuda.device_count()
     count = worker_count(spec, gpus)
     base = without_option(without_option(argv, "--devices"), "--device")

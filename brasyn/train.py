@@ -42,10 +42,9 @@ from tqdm import tqdm
 
 from brasyn.acceleration import PRECISIONS, resolve_precision
 from brasyn.bands import bands_to_image, image_to_bands
-from brasyn.command import run_command
+from brasyn.command import parse_arguments, run_command
 from brasyn.diffusion import Diffusion, DiffusionConfig
 from brasyn.errors import BrasynError, CaseError, ExitCode
-from brasyn.logs import configure_logging
 from brasyn.modalities import Modality
 from brasyn.options import (
     add_device_option,
@@ -94,14 +93,6 @@ class Stop(BaseException):
     """SIGTERM: write a last checkpoint and leave."""
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise.
-
-    Kept for :class:`Trainer` only; everything else reads :func:`brasyn.runtime.torchrun_environment`."""
-    job = torchrun_environment()
-    return (0, 1, 0) if job is None else (job.rank, job.world_size, job.local_rank)
-
-
 class Trainer:
     """Owns the model, optimiser, generators and the training state file of one target."""
 
@@ -122,7 +113,8 @@ class Trainer:
         self.device = device
         self.command = command
         self.demo = demo
-        self.rank, self.world, _ = _distributed()
+        job = torchrun_environment()
+        self.rank, self.world = (0, 1) if job is None else (job.rank, job.world_size)
         self.work = out / "training" / settings.target.value
         self.diffusion = Diffusion.from_config(settings.diffusion)
         torch.manual_seed(settings.seed)  # parameter init only; every draw in the loop uses self.generator
@@ -388,12 +380,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(spec: str, local_rank: int, world: int) -> torch.device:
-    if world > 1 and spec == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    return select_device(spec)
-
-
 def _load_all(cases: list, target: Modality) -> list:
     """Cases in model space; one that fails its checks is skipped with the reason."""
     loaded = []
@@ -409,9 +395,9 @@ def _load_all(cases: list, target: Modality) -> list:
 
 def train(args: argparse.Namespace, command: str) -> ExitCode:
     job = torchrun_environment()
-    rank, world, local_rank = (0, 1, 0) if job is None else (job.rank, job.world_size, job.local_rank)
+    rank, world = (0, 1) if job is None else (job.rank, job.world_size)
     target = Modality(args.target)
-    device = _device(args.device, local_rank, world)
+    device = select_device(args.device)  # under torchrun "auto" is this process's own GPU
     # "auto" becomes what this device runs fast; a bf16 it cannot run is refused (ValueError: exit 2)
     precision = resolve_precision(args.precision, device)
     settings = TrainSettings(
@@ -461,8 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         raise Stop()
 
     def body() -> ExitCode:
-        args = build_parser().parse_args(argv)
-        configure_logging(args.verbose)
+        args = parse_arguments(build_parser(), argv)
         previous = signal.signal(signal.SIGTERM, stop)
         try:
             return train(args, "python -m brasyn.train " + shlex.join(argv))

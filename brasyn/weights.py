@@ -58,10 +58,9 @@ import torch
 from torch import nn
 
 from brasyn import __version__
-from brasyn.command import run_command
+from brasyn.command import parse_arguments, run_command
 from brasyn.diffusion import DiffusionConfig
 from brasyn.errors import BrasynError, ExitCode, WeightsError
-from brasyn.logs import configure_logging
 from brasyn.modalities import MODALITIES, Modality, conditions_for
 from brasyn.options import add_verbosity_option, contrast, whole_number
 from brasyn.unet import PRESETS, Denoiser, DenoiserConfig
@@ -766,8 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line; returns 0 on success, 1 when ``verify`` finds a bad checkpoint, 2 on an error."""
 
     def body() -> ExitCode:
-        args = _parser().parse_args(argv)
-        configure_logging(args.verbose)
+        args = parse_arguments(_parser(), argv)
         if args.command == "init":
             for info in init_random(args.out, args.config, seed=args.seed, targets=args.targets):
                 print(f"{info.target.value}  {args.out / info.file}  {info.sha256}")

@@ -102,5 +102,8 @@ class FirstCondition:
     def describe(self):
         return "the first condition"
 
+    def summary(self):
+        return self.describe()
+
     def settings(self):
         return {"method": "first-condition"}

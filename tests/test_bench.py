@@ -38,7 +38,7 @@ def test_bench_times_a_whole_case_by_phase_with_the_chosen_sampler_and_precision
 
 def test_bench_refuses_steps_outside_the_chain(capsys):
     assert bench.main(["--config", "tiny", "--shape", "32", "32", "32", "--steps", "0"]) == 2
-    assert "--steps must be between 1 and 1000" in capsys.readouterr().err
+    assert "--steps: expected a whole number from 1 to 1000" in capsys.readouterr().err
 
 
 def test_bench_refuses_a_shape_the_network_cannot_take(capsys):
@@ -57,3 +57,33 @@ def test_bench_times_the_fast_samplers(capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["dpm++2m_step_ms"]["median"] > 0
     assert printed["case"]["steps"] == 3 and printed["case"]["precision"] == "fp32"
+
+
+def test_the_end_to_end_case_runs_through_the_batch_runner_and_reports_its_timings(monkeypatch, capsys):
+    """The case is timed as users run it: one call of the batch runner, whose own phase timings are
+    the ones printed (in milliseconds)."""
+    from brasyn import batch
+
+    seen = []
+    real = batch.run_batch
+
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(bench, "run_batch", spy)
+    assert bench.main([*TINY, "--sampler", "x0"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    (result,) = seen[0].results
+    assert result.status == "written"
+    assert printed["case"]["phases_ms"] == {k: v * 1e3 for k, v in result.phases.items()}
+    assert printed["case"]["model_shape"] == result.model_shape == [32, 32, 32]
+
+
+def test_bench_and_the_main_command_share_the_speed_flags_and_defaults():
+    from brasyn.cli import build_parser
+
+    ours, theirs = bench.build_parser().parse_args([]), build_parser().parse_args([])
+    for key in ("precision", "channels_last", "tf32", "cudnn_benchmark", "compile"):
+        assert getattr(ours, key) == getattr(theirs, key), key
+    assert bench.build_parser().parse_args(["--no-channels-last"]).channels_last is False

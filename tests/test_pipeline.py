@@ -198,8 +198,8 @@ def test_unusable_setup_exits_2_with_a_sentence(tmp_path, tiny_weights, capsys):
         ((inputs, inputs / "c1" / "out", tiny_weights), "inside the input folder"),
         ((inputs, out, tmp_path / "none"), "python -m brasyn.weights"),
         ((inputs, out, tiny_weights, "--report", str(out / "r.json")), "--report"),
-        ((inputs, out, tiny_weights, "--steps", "0"), "steps must be between 1 and 1000"),
-        ((inputs, out, tiny_weights, "--device", "tpu"), "unknown device"),
+        ((inputs, out, tiny_weights, "--steps", "0"), "--steps: expected a whole number from 1 to 1000"),
+        ((inputs, out, tiny_weights, "--device", "tpu"), "--device: expected auto, cpu, cuda or cuda:N"),
     ]
     for args, words in attempts:
         code = run_fast(*args)
@@ -261,12 +261,50 @@ def test_mlcube_and_no_argument_forms_write_identical_files(tmp_path, tiny_weigh
     assert {k: v[0] for k, v in a.items()} == {k: v[0] for k, v in b.items()}
 
 
+def test_mlcube_parameters_are_checked_like_the_flags(tmp_path, tiny_weights, capsys):
+    """The YAML values pass the flags' converters: an alias works; a bad value, a bad type and an unknown
+    key stop the run with exit 2, naming the file, the key, the value and what is allowed."""
+    inputs = tmp_path / "in"
+    make_case(inputs, "c1", ("t1n", "t1c", "t2w", "t2f"), seed=3)
+    params = tmp_path / "params" / "parameters.yaml"
+    params.parent.mkdir()
+
+    def infer(text: str, output: str) -> tuple[int, str]:
+        params.write_text(text)
+        code = main(
+            [
+                "infer",
+                f"--data_path={inputs}",
+                f"--output_path={tmp_path / output}",
+                f"--weights={tiny_weights}",
+                f"--parameters_file={params}",
+            ]
+        )
+        return code, capsys.readouterr().err
+
+    code, _ = infer("target: flair\nsampler: ddim\nsteps: 2\ndevice: cpu\n", "alias")
+    assert code == 0
+    assert [p.name for p in (tmp_path / "alias").iterdir()] == ["c1-t2f.nii.gz"]
+    for text, words in (
+        ("steps: 2.7\n", ["steps: 2.7 is not valid", "whole number from 1 to 1000"]),
+        ("steps: abc\n", ["steps: 'abc' is not valid", "whole number from 1 to 1000"]),
+        ("target: flare\n", ["target: 'flare' is not valid", "t2f"]),
+        ("sampler: [ddim]\n", ["sampler:", "is not valid", "dpm++2m"]),
+        ("step: 20\n", ["unknown key(s) 'step'", "did you mean steps", "the known keys are"]),
+    ):
+        code, err = infer(text, "refused")
+        assert code == 2, text
+        assert str(params) in err and all(w in err for w in words), (text, err)
+        assert "Traceback" not in err
+        assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
+
+
 def test_mlcube_parameters_file_sets_the_sampler(tmp_path, tiny_weights):
     inputs = tmp_path / "in"
     make_case(inputs, "c1", seed=3)
     params = tmp_path / "params" / "parameters.yaml"
     params.parent.mkdir()
-    params.write_text("sampler: ddim\nsteps: 2\nseed: 7\ndevice: cpu\nunknown_key: 1\n")
+    params.write_text("sampler: ddim\nsteps: 2\nseed: 7\ndevice: cpu\n")
     assert (
         main(
             [
