@@ -42,11 +42,11 @@ from brasyn import __version__
 from brasyn.cases import complete_cases, discover
 from brasyn.command import parse_arguments, run_command
 from brasyn.errors import BrasynError, CaseError, ExitCode, WeightsError
+from brasyn.manifest import DEFAULT_INTENSITY_RATIOS, _parse_ratios, _write_atomic
 from brasyn.modalities import MODALITIES, Modality, conditions_for
 from brasyn.model_space import to_model_space
 from brasyn.options import add_verbosity_option
 from brasyn.volumes import Volume, load_volume
-from brasyn.weights import DEFAULT_INTENSITY_RATIOS, _parse_ratios, _write_atomic
 
 __all__ = [
     "BASELINES_NAME",

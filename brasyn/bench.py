@@ -1,8 +1,8 @@
 """Speed and memory of the core maths and of one whole case, printed as JSON.
 
     python -m brasyn.bench [--config official|small|tiny] [--shape D H W] [--device cpu|cuda[:N]]
-                           [--precision fp32|bf16] [--sampler ddpm|ddim|dpm++2m|x0] [--steps N]
-                           [--channels-last] [--compile] [--no-tf32] [--no-cudnn-benchmark]
+                           [--precision fp32|bf16|auto] [--sampler ddpm|ddim|dpm++2m|x0] [--steps N]
+                           [--no-channels-last] [--compile] [--no-tf32] [--no-cudnn-benchmark]
                            [--repeats N] [--warmup N] [--threads N] [--official DIR]
                            [--case-shape X Y Z | --no-case] [--json FILE]
 

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from brasyn.errors import ExitCode
-from brasyn.evaluate import pair_predictions, score_pair
+from brasyn.evaluate import score_pair
 from brasyn.example import DEFAULT_SOURCE, write_example
+from brasyn.pairing import pair_predictions
 
 __all__ = ["DEFAULT_OUT", "run_demo"]
 

@@ -29,11 +29,10 @@ import json
 import logging
 import math
 import random
-import re
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,14 +48,10 @@ from brasyn.errors import CaseError, ExitCode, UsageError
 from brasyn.metrics import score as score_volumes
 from brasyn.modalities import (
     MODALITIES,
-    AmbiguousNameError,
     Modality,
-    is_annotation_name,
-    output_file_name,
-    parse_contrast_name,
-    split_nifti_extension,
 )
 from brasyn.options import add_device_option, add_verbosity_option, whole_number
+from brasyn.pairing import Pair, pair_predictions
 from brasyn.runtime import select_device
 from brasyn.volumes import Volume, grid_difference, load_volume
 
@@ -117,169 +112,6 @@ def drop(input_root: Path, output: Path, seed: int, record: Path) -> ExitCode:
         record,
     )
     return ExitCode.FAILED_CASES if rest else ExitCode.OK
-
-
-# --- pairing predictions with the truth ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pair:
-    """A prediction and the real image of the same case and contrast."""
-
-    case: str
-    contrast: Modality
-    prediction: Path
-    truth: Path
-    segmentation: Path | None = None
-    """The truth case's tumour segmentation, when it has exactly one."""
-
-
-def _key(name: str) -> str:
-    """A file name without its NIfTI extension, case-folded: ``.nii`` and ``.nii.gz`` name the same image."""
-    split = split_nifti_extension(name)
-    return (split[0] if split else name).casefold()
-
-
-def _names_of(case: Case) -> dict[Modality, str]:
-    """The names a prediction of each of the case's contrasts may carry: as brasyn names it from the other
-    three files (naming ``input`` and ``brats2023``), and the truth file's own name when it has a prefix."""
-    parsed = {m: parse_contrast_name(p.name, case.id) for m, p in case.files.items()}
-    names: dict[Modality, list[str]] = {}
-    for modality in case.files:
-        others = [n for m, n in parsed.items() if m is not modality and n is not None]
-        candidates = [
-            output_file_name(case.id, modality, others, naming) for naming in ("input", "brats2023")
-        ]
-        if parsed[modality] is not None and parsed[modality].prefix:
-            candidates.append(case.files[modality].name)
-        names[modality] = candidates
-    return {name: m for m, candidates in names.items() for name in candidates}
-
-
-def _truth_index(cases: list[Case]) -> dict[str, tuple[Case, Modality] | None]:
-    """Prediction name key -> (case, contrast); ``None`` for a key that two truth images share."""
-    index: dict[str, tuple[Case, Modality] | None] = {}
-    for case in cases:
-        for name, modality in _names_of(case).items():
-            key = _key(name)
-            if key in index and index[key] is not None and index[key] != (case, modality):
-                index[key] = None
-            else:
-                index.setdefault(key, (case, modality))
-    return index
-
-
-def _by_case_id(
-    name: str, case_id: str | None, cases: Mapping[str, Case | CaseError]
-) -> tuple[Case, Modality] | CaseError | None:
-    """The truth case a prediction belongs to by its case id (the sub-folder it lies in, else the longest
-    case id its name starts with), and its contrast by its name."""
-    stem = _key(name)
-    if case_id is None:
-        for candidate in sorted(cases, key=len, reverse=True):
-            folded = candidate.casefold()
-            if stem.startswith(folded) and len(stem) > len(folded) and stem[len(folded)] in "-_.":
-                case_id = candidate
-                break
-    folded_ids = {c.casefold(): c for c in cases}
-    if case_id is None or case_id.casefold() not in folded_ids:
-        return None
-    truth = cases[folded_ids[case_id.casefold()]]
-    if isinstance(truth, CaseError):
-        return CaseError(truth.case, f"the truth case cannot be used: {truth.message}", truth.files)
-    parsed = parse_contrast_name(name, truth.id)
-    if parsed is None:
-        return CaseError(truth.id, f"{name}: no contrast name (t1n, t1c, t2w, t2f or an alias) in it")
-    return truth, parsed.modality
-
-
-def _prediction_files(root: Path) -> list[tuple[Path, str | None]]:
-    """NIfTI files in ``root`` and its sub-folders (one level), each with the sub-folder's name."""
-    found: list[tuple[Path, str | None]] = []
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
-        if entry.name.startswith("."):
-            continue
-        inner = sorted(entry.iterdir(), key=lambda p: p.name) if entry.is_dir() else [entry]
-        for path in inner:
-            if path.name.startswith(".") or not path.is_file():
-                continue
-            if split_nifti_extension(path.name) is None:
-                log.warning("ignored %s: not a NIfTI image", path)
-            elif is_annotation_name(path.name):
-                log.debug("ignored %s: a segmentation or mask", path)
-            else:
-                found.append((path, entry.name if entry.is_dir() else None))
-    return found
-
-
-_SEGMENTATION_TOKENS = {"seg", "segmentation"}
-
-
-def _segmentation(folder: Path) -> Path | None:
-    """The one tumour segmentation (``<case>-seg.nii.gz``, ``..._seg.nii``) in a truth case folder."""
-    hits = []
-    for path in sorted(folder.iterdir(), key=lambda p: p.name):
-        split = split_nifti_extension(path.name)
-        if split and path.is_file() and _SEGMENTATION_TOKENS & set(re.split(r"[-_.]", split[0].lower())):
-            hits.append(path)
-    if len(hits) > 1:
-        log.warning(
-            "%s: several segmentations (%s); no tumour scores", folder.name, ", ".join(p.name for p in hits)
-        )
-    return hits[0] if len(hits) == 1 else None
-
-
-def pair_predictions(predictions: Path, truth: Path) -> tuple[list[Pair], list[CaseError]]:
-    """Every prediction in ``predictions`` paired with its truth image, and a CaseError for each that
-    cannot be (no such case or contrast in the truth, a name that says neither, two for one image)."""
-    found = discover(truth)
-    cases = {item.id if isinstance(item, Case) else item.case: item for item in found}
-    good = [item for item in found if isinstance(item, Case)]
-    index = _truth_index(good)
-    pairs: dict[tuple[str, Modality], list[Pair]] = {}
-    errors: list[CaseError] = []
-    for path, folder in _prediction_files(predictions):
-        label = f"{folder}/{path.name}" if folder else path.name
-        try:
-            match = _by_case_id(path.name, folder, cases) if folder else index.get(_key(path.name))
-            if match is None and folder is None:
-                match = _by_case_id(path.name, None, cases)
-        except AmbiguousNameError as e:
-            errors.append(CaseError(folder or path.name, f"{label}: {e}", [path]))
-            continue
-        if isinstance(match, CaseError):
-            errors.append(CaseError(match.case, f"{label}: {match.message}", [path, *match.files]))
-            continue
-        if match is None:
-            errors.append(
-                CaseError(
-                    folder or _key(path.name),
-                    f"no case in the truth folder {truth} matches the prediction {label}; name it "
-                    "<case>-<contrast>.nii.gz after a case folder of the truth",
-                    [path],
-                )
-            )
-            continue
-        case, contrast = match
-        if contrast not in case.files:
-            errors.append(
-                CaseError(case.id, f"the truth case has no {contrast.value} to compare {label} with", [path])
-            )
-            continue
-        pair = Pair(case.id, contrast, path, case.files[contrast], _segmentation(case.folder))
-        pairs.setdefault((case.id, contrast), []).append(pair)
-    result = []
-    for (case_id, contrast), candidates in pairs.items():
-        if len(candidates) > 1:
-            names = ", ".join(str(p.prediction) for p in candidates)
-            errors.append(
-                CaseError(
-                    case_id, f"{len(candidates)} predictions of its {contrast.value}: {names}; keep one"
-                )
-            )
-        else:
-            result.append(candidates[0])
-    return sorted(result, key=lambda p: (p.case, MODALITIES.index(p.contrast))), errors
 
 
 # --- scoring one pair ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import brasyn.weights as weights
+import brasyn.manifest as manifest
 from brasyn.diffusion import Diffusion, DiffusionConfig
 from brasyn.errors import WeightsError
 from brasyn.modalities import MODALITIES, Modality, conditions_for
@@ -392,8 +392,8 @@ def test_checkpoint_holding_an_arbitrary_object_is_refused_without_running_it(tm
 
 def test_load_returns_the_cached_model_and_hashes_each_file_once(tiny_folder, monkeypatch):
     hashed, read = [], []
-    real_sha, real_load = weights.sha256_file, torch.load
-    monkeypatch.setattr(weights, "sha256_file", lambda p: hashed.append(Path(p).name) or real_sha(p))
+    real_sha, real_load = manifest.sha256_file, torch.load
+    monkeypatch.setattr(manifest, "sha256_file", lambda p: hashed.append(Path(p).name) or real_sha(p))
     monkeypatch.setattr(torch, "load", lambda *a, **k: read.append(a[0]) or real_load(*a, **k))
     store = WeightStore(tiny_folder)
     first = store.load("t2f")
