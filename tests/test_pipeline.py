@@ -479,3 +479,17 @@ def test_fast_samplers_and_bf16_run_through_the_pipeline(tmp_path):
     # bf16 autocast with trained weights: within 1% on average (measured 0.09%); memory format: rounding
     assert np.abs(results["bf16"] - results["fp32"])[brain].mean() < 0.01 * scale
     assert np.abs(results["contiguous"] - results["fp32"]).max() < 1e-3 * scale
+
+
+@pytest.mark.parametrize("flag", ["-v", "--verbose"])
+def test_verbose_gives_the_debug_log_in_the_main_command_too(tmp_path, flag):
+    import logging
+
+    from brasyn import bench, quality
+
+    assert main([flag, "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    assert logging.getLogger("brasyn").level == logging.DEBUG
+    assert main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    assert logging.getLogger("brasyn").level == logging.INFO
+    for command in (bench.main, quality.main):
+        assert command([flag, "--help"]) == 0
