@@ -1,5 +1,6 @@
 """Speed and memory of the core maths and of one whole case, printed as JSON.
 
+    python -m brasyn.bench gpu --out DIR [--quick] [--official DIR]   (the GPU check: brasyn.gpu_check)
     python -m brasyn.bench [--config official|small|tiny] [--shape D H W] [--device cpu|cuda[:N]]
                            [--precision fp32|bf16|auto] [--sampler ddpm|ddim|dpm++2m|x0] [--steps N]
                            [--no-channels-last] [--compile] [--no-tf32] [--no-cudnn-benchmark]
@@ -392,6 +393,11 @@ def _measure(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["gpu"]:
+        from brasyn.gpu_check import main as gpu_check  # it builds on this module's timings
+
+        return run_command(lambda: gpu_check(argv[1:]))
     return run_command(lambda: _measure(argv))
 
 
