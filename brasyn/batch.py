@@ -19,8 +19,8 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,22 +100,42 @@ class BatchResult:
         }
 
 
-@contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """SIGTERM (and SIGINT, through KeyboardInterrupt) end the loop; outside the main thread, where
-    Python cannot install handlers, the caller's handling stays."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _Stopper:
+    """SIGTERM and SIGINT stop the loop: the first one raises :class:`Interrupted` where the loop is;
+    every later one (a job manager signalling the process group while a wrapper forwards the same
+    signal) is only noted, so the stop that has begun always ends with a report and its exit status,
+    and after a stop both signals stay ignored for the rest of the process. Outside the main thread,
+    where Python cannot install handlers, the caller's handling stays."""
 
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted(signum)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.stopping = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if not self.stopping:
+            self.stopping = True
+            raise Interrupted(signum)
+
+    def __enter__(self) -> _Stopper:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def finish(self) -> None:
+        """The loop is over: a signal from now on is noted (it stops nothing that is left)."""
+        self.stopping = True
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            # once a stop has begun the process is on its way out: a repeated signal must not kill it
+            # before it has returned its exit status
+            signal.signal(signum, signal.SIG_IGN if self.signum is not None else previous)
 
 
 def _log_result(result: CaseResult) -> None:
@@ -151,10 +171,18 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     """Write the report atomically (never a half-written JSON for a job manager to read)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".brasyn-report-", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(report, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(report, handle, indent=2)
+            handle.write("\n")
+        # mkstemp's 0600 would hide the report from a job system running as another user
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -162,12 +190,29 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _writable_folder(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the folder {folder} for {what}: {exc.strerror or exc}") from exc
+    if not os.access(folder, os.W_OK):
+        raise UsageError(
+            f"the folder {folder} for {what} is not writable by this user (uid {os.getuid()}); "
+            "make it writable or choose another place"
+        )
+
+
 def check_folders(
     input_root: Path, output: Path, report: Path | None = None, extras: Path | None = None
 ) -> None:
-    """Refuse, with a sentence, folders a batch cannot run with: a missing input, an output inside the
-    input, a report or previews inside the output (which must hold only the synthetic images), an output
-    that cannot be created or written. Creates the output folder."""
+    """Refuse, with a sentence, what a batch cannot run with, before any case is touched: a missing
+    input or one that is a file; an output, report or previews inside the input (brasyn never writes
+    there); a report or previews inside the output (which must hold only the synthetic images); an
+    output, report or previews folder that cannot be created or written. Creates the output folder."""
+    if input_root.exists() and not input_root.is_dir():
+        raise UsageError(
+            f"the input {input_root} is a file, not a folder; give the folder that holds the cases"
+        )
     if not input_root.is_dir():
         raise UsageError(f"the input folder {input_root} does not exist (mount it, e.g. -v DATA:/input:ro)")
     if _inside(output, input_root):
@@ -176,11 +221,16 @@ def check_folders(
             "choose a separate folder (brasyn never writes into its input)"
         )
     for name, path in (("report", report), ("extras", extras)):
-        if path is not None and _inside(path, output):
-            raise UsageError(
-                f"--{name} {path} lies inside the output folder, which must hold only the "
-                "synthetic images; put it elsewhere"
-            )
+        if path is None:
+            continue
+        for folder, role in (
+            (output, "output folder, which must hold only the synthetic images"),
+            (input_root, "input folder, which brasyn never writes into"),
+        ):
+            if _inside(path, folder):
+                raise UsageError(f"--{name} {path} lies inside the {role}; put it elsewhere")
+    if report is not None and report.is_dir():
+        raise UsageError(f"--report {report} is a folder; name a file such as {report / 'report.json'}")
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -190,6 +240,10 @@ def check_folders(
             f"the output folder {output} is not writable by this user (uid {os.getuid()}); "
             "mount it writable or choose another folder"
         )
+    if report is not None:
+        _writable_folder(report.parent, f"--report {report.name}")
+    if extras is not None:
+        _writable_folder(extras, "--extras")
 
 
 def previewer(folder: Path) -> Preview:
@@ -238,35 +292,54 @@ def run_batch(
         remove_stale_temporaries(output)
     preview = previewer(extras) if extras is not None else None
     results: list[CaseResult] = []
-    interrupted, signum = False, None
     stream = prefetched(
         found,
         load=lambda case: synthesizer.load(case, grid_of),
         wanted=lambda item: isinstance(item, Case) and synthesizer.needs_work(item, output, overwrite),
         enabled=prefetch and len(found) > 1,
     )
-    with _stop_on_signals(), closing(stream):
+    stopper = _Stopper()
+    with stopper:
         try:
-            for item, loaded in stream:
-                if isinstance(item, CaseError):
-                    result = CaseResult(
-                        case=item.case,
-                        status="failed",
-                        message=item.message,
-                        files=[str(f) for f in item.files],
-                    )
-                else:
-                    result = synthesizer.process(
-                        item, output, overwrite=overwrite, preview=preview, grid_of=grid_of, loaded=loaded
-                    )
-                results.append(result)
-                _log_result(result)
-        except Interrupted as stop:
-            interrupted, signum = True, stop.signum
-        except KeyboardInterrupt:
-            interrupted, signum = True, signal.SIGINT
-    if interrupted:
-        log.error("stopped by a signal; the case in progress was discarded, finished cases are kept")
+            with closing(stream):
+                for item, loaded in stream:
+                    if isinstance(item, CaseError):
+                        result = CaseResult(
+                            case=item.case,
+                            status="failed",
+                            message=item.message,
+                            files=[str(f) for f in item.files],
+                        )
+                    else:
+                        result = synthesizer.process(
+                            item, output, overwrite=overwrite, preview=preview, grid_of=grid_of, loaded=loaded
+                        )
+                    results.append(result)
+                    _log_result(result)
+        except Interrupted:
+            pass  # the stopper holds the signal
+        except KeyboardInterrupt:  # SIGINT where no handler of ours could be installed
+            stopper.signum = stopper.signum or signal.SIGINT
+        finally:
+            stopper.finish()
+        interrupted, signum = stopper.signum is not None, stopper.signum
+        if interrupted:
+            log.error("stopped by a signal; the case in progress was discarded, finished cases are kept")
+        batch = _finish(results, started, interrupted, signum, shard, context, report, output)
+    return batch
+
+
+def _finish(
+    results: list[CaseResult],
+    started: dt.datetime,
+    interrupted: bool,
+    signum: int | None,
+    shard: Shard | None,
+    context: dict[str, Any] | None,
+    report: Path | None,
+    output: Path,
+) -> BatchResult:
+    """Summary, report and a last clean-up, with further stop signals only noted."""
     batch = BatchResult(
         results,
         started,
@@ -282,4 +355,6 @@ def run_batch(
     log.info("%d written, %d skipped, %d failed", counts["written"], counts["skipped"], counts["failed"])
     if report is not None:
         write_report(report_path_for(report, shard), batch.report())
+    if shard is None or shard.count == 1:
+        remove_stale_temporaries(output)  # e.g. the one a write cut short by the stop left
     return batch

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Callable, Mapping
@@ -335,6 +336,12 @@ def _safe_load(path: Path) -> Any:
     """``torch.load`` that cannot run code from the file; any failure becomes a WeightsError."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's own hint (load it with weights_only=False) is the one thing never to do with such a file
+        raise WeightsError(
+            f"{path} holds code or objects other than tensors; brasyn refuses to load it. Use a checkpoint "
+            "from a trusted source (the official cWDM files are plain tensors)."
+        ) from e
     except Exception as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(

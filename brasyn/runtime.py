@@ -132,7 +132,8 @@ def torchrun_environment(env: Mapping[str, str] | None = None) -> TorchrunEnviro
 
 def case_seed(seed: int, case_id: str) -> int:
     """A seed for one case, fixed by the run's seed and the case id alone (not by batch order)."""
-    digest = hashlib.sha256(f"{seed}:{case_id}".encode()).digest()
+    # the file system's bytes for a folder name that is not UTF-8 (surrogate escapes); UTF-8 as before
+    digest = hashlib.sha256(f"{seed}:{case_id}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 

@@ -14,6 +14,7 @@ intensity, back onto the reference grid) and ``write``.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -31,9 +32,11 @@ from brasyn.modalities import Modality, conditions_for
 from brasyn.model_space import ModelSpace, from_model_space, to_model_space
 from brasyn.predictors import Predictor, Progress
 from brasyn.runtime import case_generator, peak_memory_mib, reset_peak_memory
-from brasyn.volumes import Volume, load_volume, write_volume
+from brasyn.volumes import Volume, load_volume, write_problem, write_volume
 
 __all__ = ["PHASES", "CaseResult", "Loaded", "Preview", "Synthesizer"]
+
+log = logging.getLogger("brasyn")
 
 PHASES = ("load", "prepare", "sample", "restore", "write")
 """The timed phases of one case, in order."""
@@ -207,10 +210,16 @@ class Synthesizer:
                     case.files.values(),
                 )
             clock = time.perf_counter()
-            write_volume(data, record.reference, output, description=f"brasyn synthetic {case.target}")
+            try:
+                write_volume(data, record.reference, output, description=f"brasyn synthetic {case.target}")
+            except OSError as exc:  # disk full, folder gone, read-only: this case fails, the batch goes on
+                raise CaseError(case.id, write_problem(exc, output), case.files.values()) from exc
             result.phases["write"] = time.perf_counter() - clock
             if preview is not None:
-                preview(case, ready.images, record, model_space)
+                try:
+                    preview(case, ready.images, record, model_space)
+                except OSError as exc:  # the preview is an extra: the written case stands
+                    log.warning("%s: no preview: %s", case.id, exc)
         except CaseError as exc:
             result.message = exc.message
             result.files = [str(p) for p in (exc.files or case.files.values())]

@@ -9,10 +9,15 @@ representation whatever the format.
 
 from __future__ import annotations
 
+import errno
 import gzip
+import hashlib
 import logging
 import os
+import re
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +34,13 @@ __all__ = [
     "affine_from_itk",
     "check_same_grid",
     "grid_difference",
+    "is_stale_temporary",
     "itk_geometry",
     "load_volume",
     "remove_stale_temporaries",
+    "temporary_prefix",
+    "unreadable",
+    "write_problem",
     "write_volume",
 ]
 
@@ -43,6 +52,12 @@ ITK_EXTENSIONS = (".mha", ".mhd", ".nrrd")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 ORTHONORMAL_TOLERANCE = 1e-3
 TEMP_PREFIX = ".brasyn-partial-"
+"""Every temporary file brasyn writes into an output folder starts with this, then ``<pid>.<host>.``."""
+HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+"""This machine (or container), as 8 hex digits in temporary names."""
+STALE_AFTER_S = 600.0
+"""A temporary lives for one write (seconds); one older than this belongs to a run that was killed."""
+_OWNED = re.compile(r"\.brasyn-partial-(?P<pid>\d+)\.(?P<host>[0-9a-f]{8})\.")
 """Name prefix of files being written; only ever present for the instant before the rename."""
 
 
@@ -99,6 +114,9 @@ def degenerate_axes(affine: np.ndarray) -> str | None:
 
 def load_volume(path: Path, case: str) -> Volume:
     """Read a NIfTI, MetaImage or NRRD file and check that it holds one finite, non-empty 3-D image."""
+    problem = unreadable(path)
+    if problem:
+        raise CaseError(case, f"{path.name} {problem}.", [path])
     if is_itk_path(path):
         return _load_itk(path, case)
     name = path.name
@@ -193,6 +211,37 @@ def _checked(volume: Volume, case: str) -> Volume:
         )
     if not np.any(data):
         raise CaseError(case, f"{name} is empty (every voxel is 0); check the export.", [path])
+    low, high = float(data.min()), float(data.max())
+    if low == high:
+        raise CaseError(
+            case,
+            f"{name} is constant (every voxel is {low:g}): no image information; check the export.",
+            [path],
+        )
+    if high <= 0:
+        raise CaseError(
+            case,
+            f"{name} has no positive voxel (values from {low:g} to {high:g}); an MR image is positive: check "
+            "the export (an inverted sign?).",
+            [path],
+        )
+    positive = float(data[data > 0].sum(dtype=np.float64))
+    negative = -float(data[data < 0].sum(dtype=np.float64))
+    if negative > positive:
+        # interpolation leaves a few small negative values; an image that is mostly negative is inverted
+        raise CaseError(
+            case,
+            f"{name} is mostly negative (its negative voxels outweigh its positive ones); its sign looks "
+            "inverted: check the export.",
+            [path],
+        )
+    if not np.all(np.isfinite(volume.affine)):
+        raise CaseError(
+            case,
+            f"{name} has a NaN or infinite value in its orientation record (affine), so its voxels cannot be "
+            "placed in the patient's space; fix the orientation in the export.",
+            [path],
+        )
     problem = degenerate_axes(volume.affine)
     if problem:
         raise CaseError(
@@ -209,7 +258,7 @@ def grid_difference(a: Volume, b: Volume) -> str | None:
     if a.shape != b.shape:
         return f"{a.path.name} has shape {a.shape} but {b.path.name} has {b.shape}"
     diff = float(np.max(np.abs(a.affine - b.affine)))
-    if diff > AFFINE_TOLERANCE_MM:
+    if not diff <= AFFINE_TOLERANCE_MM:  # NaN compares False: a NaN affine is never the same grid
         return f"{a.path.name} and {b.path.name} have different affines (up to {diff:.4g} mm apart)"
     return None
 
@@ -262,7 +311,7 @@ def write_volume(data: np.ndarray, reference: Volume, path: Path, description: s
     if path.name.endswith(".gz"):
         # mtime 0: the same image always gives the same bytes
         payload = gzip.compress(payload, compresslevel=1, mtime=0)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
@@ -289,7 +338,7 @@ def _write_itk(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     image.SetOrigin(origin)
     image.SetDirection(direction)
     suffix = path.suffix.lower()
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temporary_prefix(), suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     companions: list[Path] = []
@@ -323,16 +372,79 @@ def _sync(path: Path) -> None:
         os.close(fd)
 
 
+def temporary_prefix() -> str:
+    """The start of this process's temporary names: its pid and host, so that another run can tell a
+    live run's file from one a killed run left behind."""
+    return f"{TEMP_PREFIX}{os.getpid()}.{HOST}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def is_stale_temporary(path: Path, now: float | None = None) -> bool:
+    """Whether ``path`` is a temporary of a brasyn run that is no longer writing it: on this host, its
+    process is gone; anywhere, it is older than :data:`STALE_AFTER_S`. Other files, a user's own file
+    named like ours included, are never stale."""
+    match = _OWNED.match(path.name)
+    if match is None:
+        return False
+    try:
+        age = (now or time.time()) - path.lstat().st_mtime
+    except OSError:
+        return False
+    if age > STALE_AFTER_S:
+        return True
+    pid = int(match["pid"])
+    return match["host"] == HOST and pid != os.getpid() and not _alive(pid)
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete temporary files a killed earlier run of brasyn left in ``folder`` (only ours)."""
+    """Delete the temporary files that killed runs of brasyn left in ``folder`` (see
+    :func:`is_stale_temporary`); a temporary another live run is writing right now is left alone."""
     removed = []
     if folder.is_dir():
         for entry in folder.iterdir():
-            if entry.name.startswith(TEMP_PREFIX) and entry.is_file():
+            if entry.is_file() and is_stale_temporary(entry):
                 entry.unlink(missing_ok=True)
                 removed.append(entry)
                 log.warning("removed %s, left behind by an interrupted run", entry)
     return removed
+
+
+def unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be opened at all, in words a user can act on; None when it can."""
+    if path.is_symlink() and not path.exists():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return (
+            f"is a symbolic link to {target}, which does not exist (or is a loop of links); point it at "
+            "the image or put the file itself there"
+        )
+    if path.exists() and not os.access(path, os.R_OK):
+        return f"cannot be read: permission denied (uid {os.getuid()}); make it readable for this user"
+    return None
+
+
+def write_problem(exc: OSError, path: Path) -> str:
+    """A sentence for an operating-system error while writing ``path``, with what to do."""
+    advice = {
+        errno.ENOSPC: "free space and rerun",
+        errno.EDQUOT: "free space (a quota is full) and rerun",
+        errno.EROFS: "the output folder is on a read-only file system; mount it writable and rerun",
+        errno.ENOENT: "the output folder disappeared during the run; create it again and rerun",
+        errno.EACCES: f"this user (uid {os.getuid()}) may not write there; make it writable and rerun",
+        errno.EIO: "the storage reported an input/output error; check it and rerun",
+    }.get(exc.errno or 0, "check the output folder and rerun")
+    return f"cannot write {path.name} into {path.parent}: {exc.strerror or exc}; {advice}"
 
 
 def _reason(exc: BaseException) -> str:

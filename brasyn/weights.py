@@ -416,6 +416,11 @@ def _verify_folder(folder: Path) -> ExitCode:
         else:
             actual = sha256_file(path)  # always re-read: verification must not trust this process's cache
             status = "OK" if actual == info.sha256 else f"MISMATCH (file has {actual})"
+            if status == "OK":
+                try:  # a file can match its recorded hash and still hold more than tensors
+                    _safe_load(path)
+                except WeightsError as exc:
+                    status = f"UNSAFE ({exc})"
         failures += status != "OK"
         print(f"{target.value}  {info.file}  {info.sha256}  {status}")
     if failures:

@@ -113,10 +113,33 @@ def test_write_refuses_a_grid_mismatch_and_leaves_nothing(tmp_path):
     assert list(out_dir.iterdir()) == []
 
 
-def test_stale_temporaries_of_ours_are_removed_and_nothing_else(tmp_path):
-    ours = tmp_path / f"{TEMP_PREFIX}abc.tmp"
-    ours.write_bytes(b"x")
-    theirs = tmp_path / ".hidden-user-file"
-    theirs.write_bytes(b"y")
-    assert remove_stale_temporaries(tmp_path) == [ours]
-    assert not ours.exists() and theirs.exists()
+def test_only_temporaries_of_dead_runs_are_removed(tmp_path):
+    """A killed run's temporary (its process gone, or too old to be a live write) goes; a live run's
+    temporary, and a user's own file that merely looks like ours, stay."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from brasyn.volumes import HOST, STALE_AFTER_S, temporary_prefix
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        killed = tmp_path / f"{TEMP_PREFIX}{dead.pid}.{HOST}.abc.tmp"
+        running = tmp_path / f"{TEMP_PREFIX}{live.pid}.{HOST}.def.tmp"
+        mine = tmp_path / f"{temporary_prefix()}ghi.tmp"
+        elsewhere = tmp_path / f"{TEMP_PREFIX}{live.pid}.0000abcd.jkl.tmp"
+        old = tmp_path / f"{TEMP_PREFIX}{live.pid}.0000abcd.mno.tmp"
+        users = tmp_path / f"{TEMP_PREFIX}abc.tmp"
+        other = tmp_path / ".hidden-user-file"
+        for path in (killed, running, mine, elsewhere, old, users, other):
+            path.write_bytes(b"x")
+        long_ago = time.time() - STALE_AFTER_S - 60
+        os.utime(old, (long_ago, long_ago))
+        assert sorted(remove_stale_temporaries(tmp_path)) == sorted([killed, old])
+        assert all(p.exists() for p in (running, mine, elsewhere, users, other))
+    finally:
+        live.kill()
+        live.wait()

@@ -383,10 +383,23 @@ def test_checkpoint_holding_an_arbitrary_object_is_refused_without_running_it(tm
     marker = tmp_path / "code-ran"
     torch.save({"state_dict": _RunsCodeWhenUnpickled(marker)}, tiny_folder / "t1n.pt")
     _set_manifest_sha(tiny_folder, "t1n")
-    with pytest.raises(WeightsError, match="weights_only=True"):
+    with pytest.raises(WeightsError, match="holds code or objects other than tensors") as refused:
         WeightStore(tiny_folder).load("t1n")
-    with pytest.raises(WeightsError, match="weights_only=True"):
+    assert "weights_only=False" not in str(refused.value)  # never suggest the unsafe way round
+    with pytest.raises(WeightsError, match="brasyn refuses to load it"):
         import_official(tiny_folder / "t1n.pt", "t1n", tmp_path / "imported", config=TINY)
+    assert not marker.exists()
+
+
+def test_verify_reports_a_checkpoint_that_matches_its_hash_but_is_not_safe(tmp_path, tiny_folder, capsys):
+    from brasyn.weights import main
+
+    marker = tmp_path / "code-ran"
+    torch.save({"state_dict": _RunsCodeWhenUnpickled(marker)}, tiny_folder / "t1n.pt")
+    _set_manifest_sha(tiny_folder, "t1n")
+    assert main(["verify", str(tiny_folder)]) == 1
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "UNSAFE" in lines["t1n"] and lines["t2f"].endswith("OK")
     assert not marker.exists()
 
 
