@@ -45,12 +45,13 @@ from brasyn import __version__
 from brasyn.cases import Case, complete_cases, discover
 from brasyn.command import parse_arguments, run_command
 from brasyn.errors import CaseError, ExitCode, UsageError
+from brasyn.metrics import PROTOCOL
 from brasyn.metrics import score as score_volumes
 from brasyn.modalities import (
     MODALITIES,
     Modality,
 )
-from brasyn.options import add_device_option, add_verbosity_option, whole_number
+from brasyn.options import add_device_option, add_verbosity_option, one_of, whole_number
 from brasyn.pairing import Pair, pair_predictions
 from brasyn.runtime import select_device
 from brasyn.volumes import Volume, grid_difference, load_volume
@@ -77,6 +78,21 @@ DEFAULT_DROP_SEED = 7
 # --- drop ------------------------------------------------------------------------------------------
 
 
+BRASYN_PROTOCOL_SEED = 123456
+"""The organisers' pseudo-validation drop (BraSyn tutorial): ``numpy.random.seed(123456)``, then one
+``numpy.random.randint(0, 4, size=number_of_cases)`` over the case folders sorted by name, each value an
+index into :data:`DROP_CHOICES`."""
+PROTOCOLS = ("medperf", "brasyn")
+
+
+def brasyn_drop_choices(case_ids: Iterable[str]) -> dict[str, Modality]:
+    """The contrast the organisers' pseudo-validation protocol leaves out of each case (sorted by name),
+    with numpy's legacy generator as they seed it (the global one is left alone)."""
+    ordered = sorted(case_ids)
+    draws = np.random.RandomState(BRASYN_PROTOCOL_SEED).randint(0, len(DROP_CHOICES), size=len(ordered))
+    return {case_id: Modality(DROP_CHOICES[int(i)]) for case_id, i in zip(ordered, draws, strict=True)}
+
+
 def drop_choices(case_ids: Iterable[str], seed: int = DEFAULT_DROP_SEED) -> dict[str, Modality]:
     """The contrast left out of each case: one ``choice`` per case, in the given order, from a generator
     seeded once (the same draws as ``random.seed(seed)`` and ``random.choice``, without touching the
@@ -85,10 +101,13 @@ def drop_choices(case_ids: Iterable[str], seed: int = DEFAULT_DROP_SEED) -> dict
     return {case_id: Modality(rng.choice(DROP_CHOICES)) for case_id in case_ids}
 
 
-def drop(input_root: Path, output: Path, seed: int, record: Path) -> ExitCode:
-    """Copy every complete case of ``input_root`` into ``output`` less one random contrast."""
+def drop(input_root: Path, output: Path, seed: int, record: Path, protocol: str = "medperf") -> ExitCode:
+    """Copy every complete case of ``input_root`` into ``output`` less one random contrast: the MedPerf
+    preparation's draw (``seed``), or with ``protocol="brasyn"`` the organisers' pseudo-validation draw,
+    which also copies every other file of the case (its segmentation included)."""
     found = discover(input_root)
-    choices = drop_choices([item.id if isinstance(item, Case) else item.case for item in found], seed)
+    ids = [item.id if isinstance(item, Case) else item.case for item in found]
+    choices = brasyn_drop_choices(ids) if protocol == "brasyn" else drop_choices(ids, seed)
     complete, rest = complete_cases(found, "drop")
     for error in rest:
         log.error("[failed] %s: %s", error.case, error.message)
@@ -97,9 +116,13 @@ def drop(input_root: Path, output: Path, seed: int, record: Path) -> ExitCode:
         left_out = choices[item.id]
         folder = output / item.id
         folder.mkdir(parents=True)
-        for modality, path in item.files.items():
-            if modality is not left_out:
-                shutil.copyfile(path, folder / path.name)
+        kept = (
+            [p for p in sorted(item.folder.iterdir()) if p.is_file() and p != item.files[left_out]]
+            if protocol == "brasyn"
+            else [path for modality, path in item.files.items() if modality is not left_out]
+        )
+        for path in kept:
+            shutil.copyfile(path, folder / path.name)
         dropped[item.id] = left_out.value
         log.info("%s: dropped %s (%s)", item.id, left_out.value, item.files[left_out].name)
     record.parent.mkdir(parents=True, exist_ok=True)
@@ -314,8 +337,13 @@ def score(args: argparse.Namespace) -> ExitCode:
             "predictions": str(args.predictions),
             "truth": str(args.truth),
             "device": str(device),
+            "protocol": PROTOCOL,
             "metric": "torchmetrics StructuralSimilarityIndexMeasure (defaults) on each image clipped to its "
-            "0.5/99.5 percentiles and scaled to [0, 1]; MSE and PSNR on the same images",
+            "0.5/99.5 percentiles (lower bound at least 0) and scaled to [0, 1]; ssim_tumor / "
+            "ssim_non_tumor: SSIM of both images times the mask (seg > 0) / its complement, over the whole "
+            "volume; MSE and PSNR on the same images",
+            "brain_mask": "ssim_brain, mse_brain, psnr_brain: the non-zero voxels of the truth contrast "
+            "itself (not a challenge score)",
             "summary": summary,
             "cases": [r.to_dict() for r in rows],
         }
@@ -348,7 +376,7 @@ def _drop_command(args: argparse.Namespace) -> ExitCode:
     if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
         raise UsageError(f"the output folder {args.output} is not empty; give a new or empty folder")
     args.output.mkdir(parents=True, exist_ok=True)
-    return drop(args.input, args.output, args.seed, record)
+    return drop(args.input, args.output, args.seed, record, args.protocol)
 
 
 def _score_parser() -> argparse.ArgumentParser:
@@ -365,7 +393,13 @@ def _score_parser() -> argparse.ArgumentParser:
         required=True,
         help="folder of synthetic images",
     )
-    s.add_argument("--truth", type=Path, required=True, help="folder of complete cases (the real images)")
+    s.add_argument(
+        "--truth",
+        type=Path,
+        required=True,
+        help="the real images: a folder per case with any of its contrasts (+ <case>-seg.nii.gz), or one "
+        "flat folder of <case>-<contrast>.nii.gz (+ <case>-seg.nii.gz)",
+    )
     s.add_argument(
         "--seg", type=Path, help="folder of tumour segmentations (<case>*seg*.nii.gz or <case>/...)"
     )
@@ -388,6 +422,13 @@ def _drop_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", type=Path, required=True, help="new folder for the three-contrast cases")
     d.add_argument(
         "--seed", type=whole_number(), default=DEFAULT_DROP_SEED, help="default 7, as the MedPerf cube"
+    )
+    d.add_argument(
+        "--protocol",
+        type=one_of(*PROTOCOLS),
+        default="medperf",
+        help="medperf: the MedPerf preparation cube's draw with --seed (default); brasyn: the organisers' "
+        "pseudo-validation draw (numpy seed 123456, every other file of the case copied)",
     )
     d.add_argument(
         "--record", type=Path, help="JSON case -> dropped contrast (default: <OUTPUT>_dropped.json)"

@@ -8,8 +8,14 @@ The organisers score a synthetic contrast against the real one (hongweilibran/Br
 2. SSIM is torchmetrics' ``StructuralSimilarityIndexMeasure`` with its default settings (Gaussian window
    11 voxels wide, sigma 1.5, data range taken from the images, reflection padding) on the whole 3-D
    volume, as a (1, 1, X, Y, Z) batch;
-3. from 2024 on, also split by the tumour segmentation: both images are multiplied by the region's mask,
-   SSIM is computed on the whole masked volume and its map averaged over the region's voxels only.
+3. from 2024 on, also split by the tumour segmentation (mask = seg > 0): ``ssim_tumor`` is that SSIM of
+   ``pred * mask`` against ``gt * mask`` and ``ssim_non_tumor`` of ``pred * (1 - mask)`` against
+   ``gt * (1 - mask)``, each over the whole volume, zeros outside the region included (so the tumour score
+   is high, about 0.99, and is not an SSIM averaged inside the tumour).
+
+:data:`PROTOCOL` names this procedure in every report. ``ssim_brain`` (SSIM of the whole masked volume
+averaged over the truth's non-zero voxels) is brasyn's own addition, so that the background does not
+flatter a score; it is not a challenge score.
 
 MSE and PSNR (data range 1) are computed on the same normalised images, over the whole volume.
 """
@@ -24,6 +30,7 @@ import torch
 
 __all__ = [
     "PERCENTILES",
+    "PROTOCOL",
     "mse",
     "percentile_normalise",
     "psnr",
@@ -31,10 +38,13 @@ __all__ = [
     "ssim",
     "ssim_inside",
     "ssim_regions",
+    "ssim_split",
 ]
 
 PERCENTILES = (0.5, 99.5)
 """Clipping percentiles of the challenge's normalisation."""
+PROTOCOL = "brasyn-2024-2025"
+"""The scoring procedure of the BraSyn 2024 and 2025 challenges (hongweilibran/BraSyn, ``ssim.py``)."""
 
 
 def percentile_normalise(volume: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
@@ -110,6 +120,35 @@ def ssim_regions(
     return _masked_ssim(pred, true, inside), _masked_ssim(pred, true, ~inside)
 
 
+def ssim_split(
+    prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray, device: torch.device | str = "cpu"
+) -> tuple[float, float]:
+    """(``ssim_tumor``, ``ssim_non_tumor``) exactly as the organisers compute them: SSIM of both images
+    multiplied by the mask, and by its complement, each over the whole volume."""
+    pred, true, inside = _region_batches(prediction, truth, mask, device)
+    weight = inside.to(torch.float32)
+    return _whole(pred * weight, true * weight), _whole(pred * (1 - weight), true * (1 - weight))
+
+
+def _tumour_scores(
+    prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray, device: torch.device | str
+) -> tuple[float | None, float | None]:
+    """:func:`ssim_split`, with ``None`` for a region without voxels (the organisers' script would give
+    NaN: both images are all zero there, so SSIM's data range is 0)."""
+    inside = np.asarray(mask) > 0
+    if not inside.any():
+        return None, ssim(prediction, truth, device)
+    if inside.all():
+        return ssim(prediction, truth, device), None
+    return ssim_split(prediction, truth, inside, device)
+
+
+def _whole(pred: torch.Tensor, true: torch.Tensor) -> float:
+    from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+    return float(StructuralSimilarityIndexMeasure().to(pred.device)(pred, true))
+
+
 def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
     """Mean squared difference over the whole volume."""
     _check_pair(prediction, truth)
@@ -131,9 +170,9 @@ def score(
 ) -> dict[str, Any]:
     """Every score of one synthetic volume against its truth, both on their own intensity scale.
 
-    Returns ``ssim``, ``mse`` and ``psnr``; ``ssim_tumor`` and ``ssim_non_tumor`` when a tumour mask
-    (non-zero inside) is given; ``ssim_brain``, ``mse_brain`` and ``psnr_brain`` inside the truth's
-    non-zero voxels.
+    Returns ``ssim``, ``mse`` and ``psnr``; ``ssim_tumor`` and ``ssim_non_tumor`` (the organisers' scores,
+    :func:`ssim_split`) when a tumour mask (non-zero inside) is given; ``ssim_brain``, ``mse_brain`` and
+    ``psnr_brain`` inside the truth's non-zero voxels.
     """
     _check_pair(prediction, truth)
     pred, true = percentile_normalise(prediction), percentile_normalise(truth)
@@ -143,7 +182,7 @@ def score(
         "psnr": psnr(pred, true),
     }
     if tumour is not None:
-        result["ssim_tumor"], result["ssim_non_tumor"] = ssim_regions(pred, true, tumour, device)
+        result["ssim_tumor"], result["ssim_non_tumor"] = _tumour_scores(pred, true, tumour, device)
     # the same inside the brain (where the truth is non-zero), so background does not flatter a score
     brain = np.asarray(truth) != 0
     if brain.any():

@@ -1,5 +1,9 @@
 """Which prediction belongs to which real image: pairing a folder of synthetic contrasts with the truth.
 
+The truth may be kept as organisers keep it (:func:`truth_cases`): a folder per case with any of its
+contrasts (at least the withheld one) and optionally ``<case>-seg.nii.gz``, or one flat folder of
+``<case>-<contrast>.nii.gz`` and ``<case>-seg.nii.gz`` files, or the complete cases themselves.
+
 A prediction (a flat file such as ``BraTS-GLI-00001-000-t2f.nii.gz``, ``TCGA-DU-7294_fla_bet.nii.gz`` or
 ``preprocessed_case-t1n.nii.gz``, or ``<case>/<file>`` in sub-folders) is matched to the truth case and
 contrast it names, whatever naming scheme the truth folder uses: by the names brasyn would give it, else
@@ -14,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from brasyn.cases import Case, discover
+from brasyn.cases import Case
 from brasyn.errors import CaseError
 from brasyn.modalities import (
     MODALITIES,
@@ -26,7 +30,7 @@ from brasyn.modalities import (
     split_nifti_extension,
 )
 
-__all__ = ["Pair", "pair_predictions"]
+__all__ = ["Pair", "pair_predictions", "truth_cases"]
 
 log = logging.getLogger("brasyn.evaluate")
 
@@ -124,24 +128,79 @@ def _prediction_files(root: Path) -> list[tuple[Path, str | None]]:
 _SEGMENTATION_TOKENS = {"seg", "segmentation"}
 
 
-def _segmentation(folder: Path) -> Path | None:
-    """The one tumour segmentation (``<case>-seg.nii.gz``, ``..._seg.nii``) in a truth case folder."""
+def _segmentation(folder: Path, case_id: str) -> Path | None:
+    """The one tumour segmentation (``<case>-seg.nii.gz``, ``..._seg.nii``) of a truth case: in its own
+    folder, or, in a flat truth folder, the one named after the case."""
     hits = []
     for path in sorted(folder.iterdir(), key=lambda p: p.name):
         split = split_nifti_extension(path.name)
         if split and path.is_file() and _SEGMENTATION_TOKENS & set(re.split(r"[-_.]", split[0].lower())):
             hits.append(path)
     if len(hits) > 1:
+        named = [p for p in hits if p.name.casefold().startswith(case_id.casefold())]
+        hits = named if named else hits
+    if len(hits) > 1:
         log.warning(
-            "%s: several segmentations (%s); no tumour scores", folder.name, ", ".join(p.name for p in hits)
+            "%s: several segmentations (%s); no tumour scores", case_id, ", ".join(p.name for p in hits)
         )
     return hits[0] if len(hits) == 1 else None
+
+
+def _contrast_files(
+    paths: list[Path], case_id: str | None
+) -> tuple[dict[str, dict[Modality, list[Path]]], list[Path]]:
+    """Contrast images among ``paths`` grouped by case id (``case_id``, or each name's own prefix), and
+    the names that hold two contrast words."""
+    groups: dict[str, dict[Modality, list[Path]]] = {}
+    ambiguous: list[Path] = []
+    for path in paths:
+        if path.name.startswith(".") or not path.is_file() or is_annotation_name(path.name):
+            continue
+        try:
+            parsed = parse_contrast_name(path.name, case_id)
+        except AmbiguousNameError:
+            ambiguous.append(path)
+            continue
+        if parsed is None:
+            continue
+        key = case_id if case_id is not None else parsed.prefix
+        if key:
+            groups.setdefault(key, {}).setdefault(parsed.modality, []).append(path)
+    return groups, ambiguous
+
+
+def _truth_case(case_id: str, folder: Path, found: dict[Modality, list[Path]]) -> Case | CaseError:
+    duplicated = {m: p for m, p in found.items() if len(p) > 1}
+    if duplicated:
+        details = "; ".join(f"{m.value}: {', '.join(p.name for p in ps)}" for m, ps in duplicated.items())
+        return CaseError(case_id, f"more than one truth file for the same contrast ({details}); keep one")
+    files = {m: found[m][0] for m in MODALITIES if m in found}
+    return Case(case_id, folder, files, None, None)
+
+
+def truth_cases(root: Path) -> list[Case | CaseError]:
+    """The truth cases under ``root``, each with whichever contrasts it holds (one is enough): a folder
+    per case, or ``root`` itself holding ``<case>-<contrast>`` files of many cases side by side."""
+    entries = sorted(root.iterdir(), key=lambda p: p.name)
+    folders = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
+    result: list[Case | CaseError] = []
+    flat, ambiguous = _contrast_files([p for p in entries if p.is_file()], None)
+    for case_id, found in sorted(flat.items()):
+        result.append(_truth_case(case_id, root, found))
+    for folder in folders:
+        grouped, unclear = _contrast_files(sorted(folder.iterdir(), key=lambda p: p.name), folder.name)
+        ambiguous += unclear
+        if folder.name in grouped:
+            result.append(_truth_case(folder.name, folder, grouped[folder.name]))
+    for path in ambiguous:
+        log.warning("ignored %s in the truth: its name holds more than one contrast", path)
+    return sorted(result, key=lambda item: item.id if isinstance(item, Case) else item.case)
 
 
 def pair_predictions(predictions: Path, truth: Path) -> tuple[list[Pair], list[CaseError]]:
     """Every prediction in ``predictions`` paired with its truth image, and a CaseError for each that
     cannot be (no such case or contrast in the truth, a name that says neither, two for one image)."""
-    found = discover(truth)
+    found = truth_cases(truth)
     cases = {item.id if isinstance(item, Case) else item.case: item for item in found}
     good = [item for item in found if isinstance(item, Case)]
     index = _truth_index(good)
@@ -175,7 +234,7 @@ def pair_predictions(predictions: Path, truth: Path) -> tuple[list[Pair], list[C
                 CaseError(case.id, f"the truth case has no {contrast.value} to compare {label} with", [path])
             )
             continue
-        pair = Pair(case.id, contrast, path, case.files[contrast], _segmentation(case.folder))
+        pair = Pair(case.id, contrast, path, case.files[contrast], _segmentation(case.folder, case.id))
         pairs.setdefault((case.id, contrast), []).append(pair)
     result = []
     for (case_id, contrast), candidates in pairs.items():
