@@ -3,10 +3,17 @@
 #   docker build -t brasyn:0.1.0 .
 #   docker run --rm --network none --gpus all -v IN:/input:ro -v OUT:/output brasyn:0.1.0
 #
-# The torch wheel brings its own CUDA 13 runtime and cuDNN 9.20 (>= 9.15, where bf16 Conv3d is fast), so
-# the host needs only an NVIDIA driver new enough for CUDA 13 (>= 580). Nothing is downloaded at run time.
+# The torch wheel brings its own CUDA runtime and cuDNN, so the host needs only an NVIDIA driver new
+# enough for the CUDA flavour built in. The default, cu130 (CUDA 13, cuDNN 9.20, where bf16 Conv3d is
+# fast), needs a driver of the 580 series or newer. For the older drivers of shared clusters build the
+# CUDA 12 flavour (driver 525 or newer), with the base image of the same CUDA:
+#   docker build --build-arg TORCH_CUDA=cu128 --build-arg CUDA_BASE=nvidia/cuda:12.8.1-base-ubuntu24.04 .
+#   docker build --build-arg TORCH_CUDA=cu126 --build-arg CUDA_BASE=nvidia/cuda:12.6.3-base-ubuntu24.04 .
+# requirements.txt stays the one place torch's version is pinned; TORCH_CUDA only picks the wheel index.
+# Nothing is downloaded at run time.
 ARG CUDA_BASE=nvidia/cuda:13.0.2-base-ubuntu24.04
 FROM ${CUDA_BASE}
+ARG TORCH_CUDA=cu130
 
 ARG VERSION=0.1.0
 ARG SOURCE_URL=""
@@ -14,7 +21,8 @@ LABEL org.opencontainers.image.title="brasyn" \
       org.opencontainers.image.description="Synthesises the missing MR contrast of brain tumour cases with a conditional 3-D wavelet diffusion model (cWDM)" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.source="${SOURCE_URL}" \
-      org.opencontainers.image.licenses="MIT"
+      org.opencontainers.image.licenses="MIT" \
+      org.brasyn.torch-cuda="${TORCH_CUDA}"
 
 # Any uid may run the image, with no passwd entry and a read-only root: every cache points at /tmp.
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -37,7 +45,9 @@ RUN apt-get update \
 
 WORKDIR /opt/brasyn
 COPY requirements.txt ./
-RUN pip install --no-cache-dir -r requirements.txt
+# the flavour's index beside the default one: its torch carries a +cuXXX local version, which pip prefers
+RUN pip install --no-cache-dir --extra-index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" \
+        -r requirements.txt
 
 COPY LICENSE README.md pyproject.toml entrypoint.py ./
 COPY brasyn ./brasyn

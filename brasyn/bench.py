@@ -36,6 +36,7 @@ import argparse
 import json
 import logging
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -199,7 +200,17 @@ def time_case(args: argparse.Namespace, device: torch.device, shape: tuple[int, 
         "case_seconds": result.seconds,
         "sample_ms_per_step": phases["sample"] / steps,
         "peak_memory_mib": result.peak_memory_mib,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "shm_used_mib": _shm_used_mib(),
     }
+
+
+def _shm_used_mib() -> float | None:
+    """What /dev/shm holds now (containers get 64 MB by default, the challenge runs with 4 GB)."""
+    try:
+        return shutil.disk_usage("/dev/shm").used / 2**20
+    except OSError:
+        return None
 
 
 def time_maths(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

@@ -12,6 +12,7 @@ progress bar) and where its numbers come from. It knows nothing of files, grids 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -143,6 +144,28 @@ class DiffusionPredictor:
         return self.weights.info(target).intensity_ratios
 
     @torch.inference_mode()
+    def estimate_case_seconds(
+        self, target: Modality, volume: tuple[int, int, int] = (224, 224, 160), fraction: int = 8
+    ) -> float:
+        """Seconds the sampling of one case of model size ``volume`` will take here, from one timed
+        forward at 1/``fraction`` of the volume (the network's cost grows with the voxel count)."""
+        model = self.model_for(target)
+        info = self.weights.info(target)
+        side, divisor = round(fraction ** (1 / 3)), info.config.divisor
+        bands = [max(divisor, round(n / 2 / side / divisor) * divisor) for n in volume]
+        inputs = torch.zeros(1, info.config.in_channels, *bands, device=self.device)
+        if self.speed.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
+        t = torch.tensor([500], device=self.device)
+        with network_precision(self.device, self.precision):
+            model(inputs, t)  # the first call pays one-off set-up
+            start = time.perf_counter()
+            model(inputs, t)
+            seconds = time.perf_counter() - start
+        scale = np.prod([n // 2 for n in volume]) / np.prod(bands)
+        return float(seconds * scale * self.steps(target))
+
+    @torch.inference_mode()
     def predict(
         self,
         images: torch.Tensor,
@@ -244,7 +267,43 @@ class NearestPredictor(_Baseline):
 
 
 def _diffusion(weights: Path, device: str, sampling: Sampling, speed: SpeedSettings) -> DiffusionPredictor:
-    return DiffusionPredictor(WeightStore(weights), select_device(device), sampling, speed)
+    chosen = select_device(device)
+    predictor = DiffusionPredictor(WeightStore(weights), chosen, sampling, speed)
+    for target in predictor.weights.targets():  # which weights ran, for whoever reads the log later
+        info = predictor.weights.info(target)
+        log.info(
+            "weights %s: %s, sha256 %s (%s)",
+            target.value,
+            predictor.weights.folder / info.file,
+            info.sha256,
+            info.provenance.get("source", "unknown source"),
+        )
+    if chosen.type == "cpu" and device.strip().lower() == "auto":
+        # a fall-back, not a choice: say what it will cost before the first case starts
+        targets = predictor.weights.targets()
+        try:
+            seconds = predictor.estimate_case_seconds(targets[0]) if targets else None
+        except (RuntimeError, ValueError, WeightsError) as exc:  # an estimate must never stop the run
+            log.debug("no time estimate: %s", exc)
+            seconds = None
+        if seconds is not None:
+            log.warning(
+                "on this CPU one BraTS-size case with %s, %d steps takes about %s (timed from one "
+                "forward); for a quick result use --sampler dpm++2m --steps 10, or run where a GPU is "
+                "visible (docker run --gpus all)",
+                sampling.sampler,
+                predictor.steps(targets[0]),
+                _duration(seconds),
+            )
+    return predictor
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _baseline(kind: type[_Baseline]) -> Callable[[Path, str, Sampling, SpeedSettings], _Baseline]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -59,13 +60,101 @@ def pick_gpu(gpus: list[GpuInfo]) -> GpuInfo:
     return max(gpus, key=lambda g: (g.free_bytes, -g.index))
 
 
+FLAVOURS = {"cu126": (12, 6), "cu128": (12, 8), "cu130": (13, 0)}
+"""The CUDA builds of torch the image can be built with (``--build-arg TORCH_CUDA=...``)."""
+MIN_DRIVER = {12: "525", 13: "580"}
+"""Oldest NVIDIA driver series that runs a CUDA major version (12.x through minor-version compatibility)."""
+
+
+@dataclass(frozen=True)
+class NvmlView:
+    """What the NVIDIA driver itself reports, independent of torch."""
+
+    gpus: int
+    driver: str
+    cuda: tuple[int, int] | None
+    """Newest CUDA version the driver supports."""
+
+
+def nvml_view() -> NvmlView | None:
+    """The driver's own view (GPU count, driver version, newest CUDA it supports); None without NVML
+    (no driver, no GPU, or nvidia-ml-py missing)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        count = int(pynvml.nvmlDeviceGetCount())
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        driver = driver.decode() if isinstance(driver, bytes) else str(driver)
+        try:
+            version = int(pynvml.nvmlSystemGetCudaDriverVersion())
+            cuda = (version // 1000, version % 1000 // 10)
+        except Exception:
+            cuda = None
+        return NvmlView(count, driver, cuda)
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def unusable_gpu_problem(view: NvmlView | None) -> str | None:
+    """A sentence when the driver sees GPUs that this torch cannot use (a driver older than the CUDA
+    runtime torch was built with, or a CPU build of torch); None when there is nothing to say."""
+    if view is None or view.gpus == 0 or torch.cuda.is_available():
+        return None
+    built = torch.version.cuda
+    supports = f"CUDA up to {view.cuda[0]}.{view.cuda[1]}" if view.cuda else "an unknown CUDA version"
+    seen = f"the NVIDIA driver {view.driver} sees {view.gpus} GPU(s) (it supports {supports})"
+    if built is None:
+        return (
+            f"{seen}, but this torch is a CPU build, so it cannot use them; install the CUDA build of "
+            "torch (or use the brasyn image), or run on the CPU with --device cpu"
+        )
+    major = int(built.split(".")[0])
+    fits = [
+        name
+        for name, (flavour_major, flavour_minor) in FLAVOURS.items()
+        if view.cuda is not None
+        and flavour_major <= view.cuda[0]
+        and int(MIN_DRIVER[flavour_major]) <= _series(view)
+    ]
+    rebuild = (
+        f"or rebuild the image for this driver: docker build --build-arg TORCH_CUDA={fits[-1]} ."
+        if fits
+        else f"no build of brasyn runs on this driver (CUDA 12 needs the {MIN_DRIVER[12]} series or newer)"
+    )
+    return (
+        f"{seen}, but this build of torch needs CUDA {built}, which the driver cannot run: install an NVIDIA "
+        f"driver of the {MIN_DRIVER.get(major, '?')} series or newer, {rebuild}; --device cpu runs on the "
+        "CPU instead (hours per case with the full sampler)"
+    )
+
+
+def _series(view: NvmlView) -> int:
+    try:
+        return int(view.driver.split(".")[0])
+    except ValueError:
+        return 0
+
+
 def select_device(spec: str = "auto") -> torch.device:
     """``auto``: the visible GPU with the most free memory (under torchrun: this process's own, LOCAL_RANK),
-    else the CPU (with a warning);
-    ``cpu``, ``cuda`` or ``cuda:N``: exactly that, or a ValueError saying why it cannot be used."""
+    else the CPU (with a warning); ``cpu``, ``cuda`` or ``cuda:N``: exactly that. A ValueError says why a
+    device cannot be used, also when the driver sees GPUs that this torch cannot use (``auto`` and
+    ``cuda``: a silent fall-back to the CPU would take hours per case)."""
     spec = spec.strip().lower()
     if spec == "cpu":
         return torch.device("cpu")
+    if spec != "auto" and not spec.startswith("cuda"):
+        raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+    problem = unusable_gpu_problem(nvml_view()) if not torch.cuda.is_available() else None
+    if problem:
+        raise ValueError(problem)
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"--device {spec} was asked for, but no CUDA GPU is visible (is --gpus passed?)")
@@ -73,8 +162,6 @@ def select_device(spec: str = "auto") -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) are visible")
         return device
-    if spec != "auto":
-        raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
     job = torchrun_environment()
     if job is not None and torch.cuda.is_available() and torch.cuda.device_count() > 0:
         # under torchrun each process takes its own GPU, not the one with the most free memory
@@ -87,11 +174,7 @@ def select_device(spec: str = "auto") -> torch.device:
         except Exception as exc:  # NVML missing or unusable: torch's own view is still fine
             log.info("NVML unavailable (%s); using cuda:0", exc)
             return torch.device("cuda", 0)
-    log.warning(
-        "no usable GPU found: running on the CPU with %d threads; a full 1000-step case takes hours there, "
-        "use --sampler ddim --steps 20 for a quick result",
-        torch.get_num_threads(),
-    )
+    log.warning("no usable GPU found: running on the CPU with %d threads", torch.get_num_threads())
     return torch.device("cpu")
 
 
