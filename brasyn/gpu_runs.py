@@ -22,7 +22,7 @@ from brasyn.gpu_parts import VARIANTS, Budget, Sizes, backends, peak_memory, res
 from brasyn.modalities import Modality
 from brasyn.predictors import DiffusionPredictor
 from brasyn.synthesize import PHASES, Synthesizer
-from brasyn.train import Trainer, TrainSettings
+from brasyn.trainer import Trainer, TrainSettings
 from brasyn.training_data import TrainingCase, TrainingSet
 from brasyn.weights import WeightStore, init_random
 

@@ -22,29 +22,19 @@ case, nothing to resume), 130 after Ctrl-C, 143 after SIGTERM (the training stat
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
-import json
 import logging
 import os
 import shlex
 import signal
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
-from tqdm import tqdm
 
 from brasyn.acceleration import PRECISIONS, resolve_precision
-from brasyn.bands import bands_to_image, image_to_bands
 from brasyn.command import parse_arguments, run_command
-from brasyn.diffusion import Diffusion, DiffusionConfig
-from brasyn.errors import BrasynError, CaseError, ExitCode
+from brasyn.errors import BrasynError, CaseError, ExitCode, UsageError
 from brasyn.modalities import Modality
 from brasyn.options import (
     add_device_option,
@@ -54,272 +44,24 @@ from brasyn.options import (
     real_number,
     whole_number,
 )
+from brasyn.preprocess import MULTIPLE
 from brasyn.runtime import select_device, torchrun_environment
+from brasyn.trainer import Stop, Trainer, TrainSettings
 from brasyn.training_data import TrainingSet, find_training_cases, load_training_case
-from brasyn.unet import PRESETS, Denoiser
-from brasyn.wavelet import dwt3
-from brasyn.weights import save_checkpoint
+from brasyn.unet import PRESETS
 
 __all__ = ["Trainer", "TrainSettings", "main"]
 
 log = logging.getLogger("brasyn.train")
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    target: Modality
-    config: str = "official"
-    steps: int = 1000
-    batch_size: int = 1
-    lr: float = 1e-5
-    patch: tuple[int, int, int] | None = None
-    flip: bool = False
-    seed: int = 0
-    precision: str = "fp32"
-    clip_grad: float = 0.0
-    """Maximum gradient norm; 0 leaves gradients alone (the official recipe)."""
-    ema: float = 0.0
-    """EMA decay of the weights (e.g. 0.999); 0 keeps none (the official recipe)."""
-    save_every: int = 1000
-    val_every: int = 0
-    val_steps: int = 10
-    """DDIM steps of the validation sampler."""
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    """The chain the model learns to reverse; the checkpoint's manifest entry records it, since a model
-    only samples correctly with the settings it was trained with."""
-
-
-class Stop(BaseException):
-    """SIGTERM: write a last checkpoint and leave."""
-
-
-class Trainer:
-    """Owns the model, optimiser, generators and the training state file of one target."""
-
-    def __init__(
-        self,
-        settings: TrainSettings,
-        data: TrainingSet,
-        out: Path,
-        device: torch.device,
-        val: TrainingSet | None = None,
-        command: str = "",
-        demo: bool = False,
-    ) -> None:
-        self.settings = settings
-        self.data = data
-        self.val = val
-        self.out = out
-        self.device = device
-        self.command = command
-        self.demo = demo
-        job = torchrun_environment()
-        self.rank, self.world = (0, 1) if job is None else (job.rank, job.world_size)
-        self.work = out / "training" / settings.target.value
-        self.diffusion = Diffusion.from_config(settings.diffusion)
-        torch.manual_seed(settings.seed)  # parameter init only; every draw in the loop uses self.generator
-        self.model = Denoiser.from_config(PRESETS[settings.config]).to(device)
-        self.ema = copy.deepcopy(self.model).eval() if settings.ema > 0 else None
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr)
-        self.generator = torch.Generator().manual_seed(settings.seed * 1000 + self.rank)
-        self.step = 0
-        self.network: nn.Module = self.model
-        if self.world > 1:
-            self.network = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-
-    # --- state -------------------------------------------------------------------------------
-
-    @property
-    def state_path(self) -> Path:
-        return self.work / "state.pt"
-
-    def save_state(self) -> None:
-        if self.rank != 0:
-            return
-        self.work.mkdir(parents=True, exist_ok=True)
-        state = {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "config": PRESETS[self.settings.config].to_dict(),
-            "target": self.settings.target.value,
-            "diffusion": self.settings.diffusion.to_dict(),
-        }
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.state_path)
-        log.info("saved training state at step %d to %s", self.step, self.state_path)
-
-    def load_state(self) -> None:
-        if not self.state_path.is_file():
-            raise BrasynError(f"--resume: no training state at {self.state_path}; start without --resume")
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        if (
-            state["target"] != self.settings.target.value
-            or state["config"] != PRESETS[self.settings.config].to_dict()
-        ):
-            raise BrasynError(
-                f"--resume: {self.state_path} holds a {state['target']} model with another config; "
-                "use the same --target and --config as the interrupted run"
-            )
-        # States written before the diffusion settings were recorded were trained with the defaults.
-        try:
-            raw = state.get("diffusion")
-            trained = DiffusionConfig() if raw is None else DiffusionConfig.from_dict(raw)
-        except ValueError as e:
-            raise BrasynError(f"--resume: {self.state_path} holds invalid diffusion settings: {e}") from e
-        if trained != self.settings.diffusion:
-            raise BrasynError(
-                f"--resume: {self.state_path} was trained with the diffusion settings {trained.to_dict()}, "
-                f"but this run uses {self.settings.diffusion.to_dict()}; resume with the same settings"
-            )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.step = int(state["step"])
-        # every rank continues from rank 0's state, with its own stream
-        if self.rank:
-            self.generator.manual_seed(self.settings.seed * 1000 + self.rank + self.step)
-        log.info("resumed at step %d from %s", self.step, self.state_path)
-
-    # --- one step ----------------------------------------------------------------------------
-
-    def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        """The official objective: MSE between predicted and true clean sub-bands at a uniform t."""
-        batch = batch.to(self.device, non_blocking=True)
-        cond = image_to_bands(batch[:, :3])
-        x0 = image_to_bands(batch[:, 3:])
-        n = batch.shape[0]
-        t = torch.randint(self.diffusion.num_steps, (n,), generator=self.generator).to(self.device)
-        noise = dwt3(torch.randn(batch[:, 3:].shape, generator=self.generator).to(self.device))
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if self.settings.precision == "bf16"
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            return self.diffusion.training_loss(self.network, x0, cond, t, noise)
-
-    def train_step(self) -> float:
-        self.network.train()
-        batch = self.data.sample(self.settings.batch_size, self.generator)
-        loss = self.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.settings.clip_grad > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad)
-        self.optimizer.step()
-        if self.ema is not None:
-            with torch.no_grad():
-                for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-                    e.lerp_(p, 1.0 - self.settings.ema)
-        self.step += 1
-        return float(loss.detach())
-
-    # --- validation --------------------------------------------------------------------------
-
-    @torch.inference_mode()
-    def validate(self) -> float:
-        """Mean SSIM (model space, [0, 1]) of a fast DDIM synthesis on the validation cases."""
-        from torchmetrics.functional.image import structural_similarity_index_measure as ssim
-
-        assert self.val is not None
-        model = (self.ema or self.model).eval()
-        scores = []
-        for case in self.val.cases:
-            images = torch.from_numpy(case.stack).to(self.device)[None]
-            cond = image_to_bands(images[:, :3])
-            gen = torch.Generator(device=self.device).manual_seed(0)
-            bands = self.diffusion.sample(
-                model, cond, (1, 8, *cond.shape[2:]), "ddim", steps=self.settings.val_steps, generator=gen
-            )
-            pred = bands_to_image(bands).clamp(0, 1)
-            scores.append(float(ssim(pred.float().cpu(), images[:, 3:].float().cpu(), data_range=1.0)))
-        return float(np.mean(scores))
-
-    # --- the loop ----------------------------------------------------------------------------
-
-    def _log(self, record: dict[str, Any]) -> None:
-        if self.rank != 0:
-            return
-        self.work.mkdir(parents=True, exist_ok=True)
-        with open(self.work / "log.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-    def run(self, progress: bool = True) -> list[float]:
-        """Train up to ``settings.steps``; returns this call's losses."""
-        s = self.settings
-        losses: list[float] = []
-        bar = tqdm(
-            total=s.steps,
-            initial=self.step,
-            desc=f"train {s.target}",
-            file=sys.stderr,
-            disable=not progress or self.rank != 0,
-            mininterval=1.0 if sys.stderr.isatty() else 30.0,
-        )
-        start, done_here = time.perf_counter(), 0
-        try:
-            while self.step < s.steps:
-                loss = self.train_step()
-                losses.append(loss)
-                done_here += 1
-                rate = done_here / (time.perf_counter() - start)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.2f}")
-                record: dict[str, Any] = {"step": self.step, "loss": loss, "steps_per_s": rate}
-                if self.val is not None and s.val_every and self.step % s.val_every == 0:
-                    record["val_ssim"] = self.validate()
-                    log.info("step %d: validation SSIM %.4f", self.step, record["val_ssim"])
-                self._log(record)
-                if s.save_every and self.step % s.save_every == 0 and self.step < s.steps:
-                    self.save_state()
-        except Stop:
-            log.warning("stopped by SIGTERM at step %d: saving the training state", self.step)
-            self.save_state()
-            raise
-        finally:
-            bar.close()
-        self.save_state()
-        return losses
-
-    def export(self) -> None:
-        """The trained (EMA when kept) weights into the weights folder, with a manifest entry."""
-        if self.rank != 0:
-            return
-        # The recipe goes into the JSON manifest: tuples as lists, the diffusion settings as their dict.
-        recipe = {
-            k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in vars(self.settings).items()
-            if k != "target"
-        }
-        recipe["diffusion"] = self.settings.diffusion.to_dict()
-        save_checkpoint(
-            self.out,
-            (self.ema or self.model).eval(),
-            self.settings.target,
-            intensity_ratios=self.data.intensity_ratios(self.settings.target),
-            diffusion=self.settings.diffusion,
-            provenance={
-                "source": "brasyn.train",
-                "command": self.command,
-                "steps": self.step,
-                "recipe": recipe,
-                "data": {"cases": [c.id for c in self.data.cases], "world_size": self.world},
-                **({"quality": "demo"} if self.demo else {}),
-            },
-        )
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """Every option with a sentence and its default (shown by ``--help``); values are checked when parsed,
+    everything that needs no data before any case is read."""
     p = argparse.ArgumentParser(
-        prog="python -m brasyn.train", description="Train a cWDM denoiser for one target contrast."
+        prog="python -m brasyn.train",
+        description="Train a cWDM denoiser for one target contrast and add it to a weights folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--data", type=Path, action="append", required=True, help="folder of complete cases (repeatable)"
@@ -331,10 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="the contrast to synthesise: t1n, t1c, t2w, t2f or an alias (t1, t1ce, t2, flair)",
     )
     p.add_argument("--out", type=Path, required=True, help="weights folder to add the checkpoint to")
-    p.add_argument("--config", choices=sorted(PRESETS), default="official")
+    p.add_argument(
+        "--recipe",
+        type=one_of("official"),
+        metavar="official",
+        help="official: the published training (full volumes, AdamW, lr 1e-5, batch 1, 1.2 M steps, fp32, "
+        "no EMA, no augmentation); an option given with another value is refused",
+    )
+    p.add_argument("--config", choices=sorted(PRESETS), default="official", help="denoiser size")
     p.add_argument("--steps", type=whole_number(1), default=1000, help="total optimiser steps")
-    p.add_argument("--batch-size", type=whole_number(1), default=1)
-    p.add_argument("--lr", type=real_number(0), default=1e-5)
+    p.add_argument("--batch-size", type=whole_number(1), default=1, help="examples per optimiser step")
+    p.add_argument("--lr", type=real_number(0), default=1e-5, help="AdamW learning rate")
     p.add_argument(
         "--patch",
         type=int,
@@ -355,14 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the training state every N steps (0: only at the end and on SIGTERM)",
     )
     p.add_argument("--resume", action="store_true", help="continue from the saved training state")
-    p.add_argument("--seed", type=whole_number(), default=0)
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over where a training state exists (kept as state.pt.bak, its log as log.jsonl.bak)",
+    )
+    p.add_argument(
+        "--seed", type=whole_number(), default=0, help="seed of the initial weights and every draw"
+    )
     add_device_option(p)
     p.add_argument(
         "--precision",
         type=one_of(*PRECISIONS),
         default="fp32",
         metavar="{" + ",".join(PRECISIONS) + "}",
-        help="fp32 (default), bf16 (autocast), auto (bf16 where the device computes it natively)",
+        help="fp32, bf16 (autocast) or auto (bf16 where the device computes it natively)",
     )
     p.add_argument(
         "--clip-grad", type=real_number(0), default=0.0, help="maximum gradient norm (0: no clipping)"
@@ -375,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="mark the checkpoint as demo quality (the pipeline then says so when it uses it)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_verbosity_option(p)
     return p
 
@@ -393,10 +149,87 @@ def _load_all(cases: list, target: Modality) -> list:
     return loaded
 
 
+OFFICIAL_RECIPE = {
+    "config": "official",
+    "steps": 1_200_000,
+    "batch_size": 1,
+    "lr": 1e-5,
+    "patch": None,
+    "flip": False,
+    "precision": "fp32",
+    "clip_grad": 0.0,
+    "ema": 0.0,
+}
+"""The published cWDM training: full volumes, AdamW at lr 1e-5, batch 1, 1.2 M iterations, fp32, no EMA,
+no augmentation, no crops (shared/reference: the official run)."""
+
+
+def _apply_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``--recipe official``: the published settings; an option given with another value is refused."""
+    if args.recipe != "official":
+        return
+    for key, value in OFFICIAL_RECIPE.items():
+        given, default = getattr(args, key), parser.get_default(key)
+        if given != default and given != value:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(
+                f"--recipe official sets {flag} {value}; leave {flag} {given} out or drop --recipe"
+            )
+        setattr(args, key, value)
+
+
+def _check_before_reading(args: argparse.Namespace, target: Modality) -> Path:
+    """Every refusal that needs no data, before any case is read; returns the training-state file."""
+    if args.patch is not None and any(p <= 0 or p % MULTIPLE for p in args.patch):
+        raise UsageError(
+            f"--patch sizes must be positive multiples of {MULTIPLE}, got {' '.join(map(str, args.patch))}"
+        )
+    for folder in [*args.data, *([args.val] if args.val else [])]:
+        if not folder.is_dir():
+            raise UsageError(f"the data folder {folder} does not exist or is not a folder")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file; name the weights folder to add the checkpoint to")
+    if args.resume and args.restart:
+        raise UsageError("--resume continues the saved training and --restart discards it: give one of them")
+    state = args.out / "training" / target.value / "state.pt"
+    if state.is_file() and not (args.resume or args.restart):
+        try:
+            step = int(torch.load(state, map_location="cpu", weights_only=True, mmap=True)["step"])
+        except Exception:
+            step = None
+        at = f"step {step}" if step is not None else "its last saved step"
+        raise UsageError(
+            f"{args.out} already holds a {target.value} training state ({state}, at {at}): add --resume to "
+            f"continue from {at}, or --restart to start over (the old state is kept as state.pt.bak)"
+        )
+    if args.resume and not state.is_file():
+        raise UsageError(f"--resume: no training state at {state}; start without --resume")
+    return state
+
+
+def _set_aside(state: Path) -> None:
+    """``--restart``: the previous state and its log become ``.bak`` files (one generation kept)."""
+    for path in (state, state.with_name("log.jsonl")):
+        if path.exists():
+            os.replace(path, path.with_name(path.name + ".bak"))
+            log.info("kept the previous %s as %s", path.name, path.name + ".bak")
+
+
+def _population(data: TrainingSet, world: int) -> dict[str, dict[Modality, float]]:
+    """Every rank's training cases with their percentiles (each rank loads only its share)."""
+    local = [(c.id, c.percentiles) for c in data.cases]
+    if world == 1:
+        return dict(local)
+    shares: list[Any] = [None] * world
+    torch.distributed.all_gather_object(shares, local)
+    return {case: percentiles for share in shares for case, percentiles in share}
+
+
 def train(args: argparse.Namespace, command: str) -> ExitCode:
     job = torchrun_environment()
     rank, world = (0, 1) if job is None else (job.rank, job.world_size)
     target = Modality(args.target)
+    state = _check_before_reading(args, target)
     device = select_device(args.device)  # under torchrun "auto" is this process's own GPU
     # "auto" becomes what this device runs fast; a bf16 it cannot run is refused (ValueError: exit 2)
     precision = resolve_precision(args.precision, device)
@@ -416,6 +249,8 @@ def train(args: argparse.Namespace, command: str) -> ExitCode:
         val_every=args.val_every,
         val_steps=args.val_steps,
     )
+    if args.restart and rank == 0:
+        _set_aside(state)
     if world > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend)
@@ -426,10 +261,13 @@ def train(args: argparse.Namespace, command: str) -> ExitCode:
         mine = cases[rank::world] or cases
         log.info("rank %d/%d: %d of %d training case(s) on %s", rank, world, len(mine), len(cases), device)
         data = TrainingSet(_load_all(mine, target), settings.patch, settings.flip)
+        population = _population(data, world)
         val = None
         if args.val is not None:
             val = TrainingSet(_load_all(find_training_cases([args.val]), target))
-        trainer = Trainer(settings, data, args.out, device, val, command, demo=args.demo)
+        trainer = Trainer(
+            settings, data, args.out, device, val, command, demo=args.demo, population=population
+        )
         if args.resume:
             trainer.load_state()
         trainer.run(progress=not args.no_progress)
@@ -447,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         raise Stop()
 
     def body() -> ExitCode:
-        args = parse_arguments(build_parser(), argv)
+        parser = build_parser()
+        args = parse_arguments(parser, argv)
+        _apply_recipe(args, parser)
         previous = signal.signal(signal.SIGTERM, stop)
         try:
             return train(args, "python -m brasyn.train " + shlex.join(argv))

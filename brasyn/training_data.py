@@ -19,7 +19,7 @@ from brasyn.model_space import to_model_space
 from brasyn.preprocess import MULTIPLE
 from brasyn.volumes import load_volume
 
-__all__ = ["TrainingCase", "TrainingSet", "find_training_cases"]
+__all__ = ["TrainingCase", "TrainingSet", "find_training_cases", "intensity_ratios", "load_training_case"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,16 @@ def load_training_case(case: Case, target: Modality) -> TrainingCase:
     return TrainingCase(case.id, stack, stack.any(axis=0), dict(record.percentiles))
 
 
+def intensity_ratios(percentiles: list[dict[Modality, float]], target: Modality) -> dict[Modality, float]:
+    """Per condition, the median over cases of p99.9(target) / p99.9(condition) (each case's 99.9th
+    percentiles in ``percentiles``): what restores a synthetic image's scale at inference."""
+    ratios = {}
+    for condition in conditions_for(target):
+        values = [p[target] / p[condition] for p in percentiles if p[condition] > 0 and p[target] > 0]
+        ratios[condition] = float(np.median(values)) if values else 1.0
+    return ratios
+
+
 class TrainingSet:
     """Random (conditions, target) examples drawn with an explicit generator, so a resumed run draws
     exactly what an uninterrupted one would."""
@@ -78,15 +88,7 @@ class TrainingSet:
 
     def intensity_ratios(self, target: Modality) -> dict[Modality, float]:
         """Median over cases of p99.9(target) / p99.9(condition), for restoring the scale at inference."""
-        ratios = {}
-        for condition in conditions_for(target):
-            values = [
-                c.percentiles[target] / c.percentiles[condition]
-                for c in self.cases
-                if c.percentiles[condition] > 0 and c.percentiles[target] > 0
-            ]
-            ratios[condition] = float(np.median(values)) if values else 1.0
-        return ratios
+        return intensity_ratios([c.percentiles for c in self.cases], target)
 
     def _window(self, case: TrainingCase, generator: torch.Generator) -> tuple[slice, slice, slice]:
         shape = case.stack.shape[1:]

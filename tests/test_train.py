@@ -62,9 +62,12 @@ def _args(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
     ]
 
 
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "training" / "t2f" / "log.jsonl").read_text().splitlines()]
+
+
 def _losses(out: Path) -> list[float]:
-    lines = (out / "training" / "t2f" / "log.jsonl").read_text().splitlines()
-    return [json.loads(line)["loss"] for line in lines]
+    return [r["loss"] for r in _records(out) if "loss" in r]
 
 
 def test_loss_falls_and_the_checkpoint_synthesises_a_case(data, tmp_path):
@@ -210,7 +213,7 @@ def test_sigterm_writes_the_training_state(data, tmp_path):
     )
     log = out / "training" / "t2f" / "log.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+    while time.time() < deadline and not (log.exists() and log.read_text().count('"loss"') >= 3):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
@@ -233,8 +236,14 @@ def test_two_process_torchrun_on_cpu_writes_one_checkpoint(data, tmp_path):
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "t2f.pt", "training"]
-    assert WeightStore(out).info("t2f").provenance["data"]["world_size"] == 2
+    info = WeightStore(out).info("t2f")
+    assert info.provenance["data"]["world_size"] == 2
     assert len(_losses(out)) == 4  # rank 0 alone logs
+    # every rank's cases, and the intensity ratios of all of them, as one process computes them
+    assert info.provenance["data"]["cases"] == ["case0", "case1"]
+    single = tmp_path / "single"
+    assert train_main(_args(data, single, 1)) == 0
+    assert info.intensity_ratios == WeightStore(single).info("t2f").intensity_ratios
     shutil.rmtree(out)
 
 
@@ -265,3 +274,67 @@ def test_a_case_whose_contrasts_lie_on_different_grids_trains_as_inference_takes
     info = WeightStore(out).info("t2f")
     assert info.provenance["data"]["cases"] == ["mixed"]
     assert len(_losses(out)) == 2
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_rerun_without_resume_refuses_and_changes_nothing_and_restart_keeps_a_backup(
+    data, tmp_path, capsys
+):
+    out = tmp_path / "w"
+    assert train_main(_args(data, out, 2)) == 0
+    before = _tree(out)
+    assert train_main(_args(data, out, 3)) == 2
+    err = capsys.readouterr().err
+    assert "add --resume to continue from step 2, or --restart to start over" in err
+    assert _tree(out) == before
+    assert train_main(_args(data, out, 3, "--resume", "--restart")) == 2
+    assert train_main(_args(data, out, 1, "--restart")) == 0
+    work = out / "training" / "t2f"
+    assert (work / "state.pt.bak").read_bytes() == before["training/t2f/state.pt"]
+    assert (work / "log.jsonl.bak").read_bytes() == before["training/t2f/log.jsonl"]
+    assert [r.get("event") for r in _records(out)] == ["start", None]
+
+
+def test_a_resumed_run_marks_its_place_in_the_log(data, tmp_path):
+    out = tmp_path / "w"
+    assert train_main(_args(data, out, 2)) == 0
+    assert train_main(_args(data, out, 3, "--resume")) == 0
+    events = [(r.get("event"), r["step"]) for r in _records(out)]
+    assert events == [("start", 0), (None, 1), (None, 2), ("resume", 2), (None, 3)]
+
+
+def test_settings_that_need_no_data_are_refused_before_any_case_is_read(data, tmp_path, monkeypatch, capsys):
+    import brasyn.train
+
+    def never(*args, **kwargs):
+        raise AssertionError("data was read before the arguments were checked")
+
+    monkeypatch.setattr(brasyn.train, "find_training_cases", never)
+    args = _args(data, tmp_path / "w", 2)
+    patch = args.index("--patch")
+    args[patch + 1 : patch + 4] = ["30", "30", "30"]
+    start = time.perf_counter()
+    assert train_main(args) == 2
+    assert time.perf_counter() - start < 2.0
+    assert "--patch sizes must be positive multiples of 32" in capsys.readouterr().err
+    assert train_main(_args(tmp_path / "missing", tmp_path / "w", 2)) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_official_recipe_states_the_published_settings_and_refuses_a_conflict(capsys):
+    from brasyn.train import OFFICIAL_RECIPE, _apply_recipe, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["--data", "d", "--target", "t2f", "--out", "o", "--recipe", "official"])
+    _apply_recipe(args, parser)
+    assert {k: getattr(args, k) for k in OFFICIAL_RECIPE} == OFFICIAL_RECIPE
+    assert args.steps == 1_200_000 and args.lr == 1e-5 and args.batch_size == 1 and args.patch is None
+    args = parser.parse_args(
+        ["--data", "d", "--target", "t2f", "--out", "o", "--recipe", "official", "--flip"]
+    )
+    with pytest.raises(Exception, match="--recipe official sets --flip False"):
+        _apply_recipe(args, parser)
+    assert "(default: 1000)" in " ".join(parser.format_help().split())

@@ -1,0 +1,293 @@
+"""The trainer of one target's denoiser: model, optimiser, random generators, the training state file, the
+loss, validation and the export into a weights folder. ``python -m brasyn.train`` (:mod:`brasyn.train`)
+builds it from the command line; the GPU check times it."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from brasyn.bands import bands_to_image, image_to_bands
+from brasyn.diffusion import Diffusion, DiffusionConfig
+from brasyn.errors import BrasynError
+from brasyn.modalities import Modality
+from brasyn.runtime import torchrun_environment
+from brasyn.training_data import TrainingSet, intensity_ratios
+from brasyn.unet import PRESETS, Denoiser
+from brasyn.wavelet import dwt3
+from brasyn.weights import save_checkpoint
+
+__all__ = ["Stop", "TrainSettings", "Trainer"]
+
+log = logging.getLogger("brasyn.train")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    target: Modality
+    config: str = "official"
+    steps: int = 1000
+    batch_size: int = 1
+    lr: float = 1e-5
+    patch: tuple[int, int, int] | None = None
+    flip: bool = False
+    seed: int = 0
+    precision: str = "fp32"
+    clip_grad: float = 0.0
+    """Maximum gradient norm; 0 leaves gradients alone (the official recipe)."""
+    ema: float = 0.0
+    """EMA decay of the weights (e.g. 0.999); 0 keeps none (the official recipe)."""
+    save_every: int = 1000
+    val_every: int = 0
+    val_steps: int = 10
+    """DDIM steps of the validation sampler."""
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    """The chain the model learns to reverse; the checkpoint's manifest entry records it, since a model
+    only samples correctly with the settings it was trained with."""
+
+
+class Stop(BaseException):
+    """SIGTERM: write a last checkpoint and leave."""
+
+
+class Trainer:
+    """Owns the model, optimiser, generators and the training state file of one target."""
+
+    def __init__(
+        self,
+        settings: TrainSettings,
+        data: TrainingSet,
+        out: Path,
+        device: torch.device,
+        val: TrainingSet | None = None,
+        command: str = "",
+        demo: bool = False,
+        population: dict[str, dict[Modality, float]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.data = data
+        self.population = population or {c.id: c.percentiles for c in data.cases}
+        """Every training case of the run (all ranks) with its 99.9th percentiles: the manifest lists them
+        and the intensity ratios come from them, whatever share this process trained on."""
+        self.val = val
+        self.out = out
+        self.device = device
+        self.command = command
+        self.demo = demo
+        job = torchrun_environment()
+        self.rank, self.world = (0, 1) if job is None else (job.rank, job.world_size)
+        self.work = out / "training" / settings.target.value
+        self.diffusion = Diffusion.from_config(settings.diffusion)
+        torch.manual_seed(settings.seed)  # parameter init only; every draw in the loop uses self.generator
+        self.model = Denoiser.from_config(PRESETS[settings.config]).to(device)
+        self.ema = copy.deepcopy(self.model).eval() if settings.ema > 0 else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr)
+        self.generator = torch.Generator().manual_seed(settings.seed * 1000 + self.rank)
+        self.step = 0
+        self.network: nn.Module = self.model
+        if self.world > 1:
+            self.network = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.work / "state.pt"
+
+    def save_state(self) -> None:
+        if self.rank != 0:
+            return
+        self.work.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "config": PRESETS[self.settings.config].to_dict(),
+            "target": self.settings.target.value,
+            "diffusion": self.settings.diffusion.to_dict(),
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.state_path)
+        log.info("saved training state at step %d to %s", self.step, self.state_path)
+
+    def load_state(self) -> None:
+        if not self.state_path.is_file():
+            raise BrasynError(f"--resume: no training state at {self.state_path}; start without --resume")
+        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        if (
+            state["target"] != self.settings.target.value
+            or state["config"] != PRESETS[self.settings.config].to_dict()
+        ):
+            raise BrasynError(
+                f"--resume: {self.state_path} holds a {state['target']} model with another config; "
+                "use the same --target and --config as the interrupted run"
+            )
+        # States written before the diffusion settings were recorded were trained with the defaults.
+        try:
+            raw = state.get("diffusion")
+            trained = DiffusionConfig() if raw is None else DiffusionConfig.from_dict(raw)
+        except ValueError as e:
+            raise BrasynError(f"--resume: {self.state_path} holds invalid diffusion settings: {e}") from e
+        if trained != self.settings.diffusion:
+            raise BrasynError(
+                f"--resume: {self.state_path} was trained with the diffusion settings {trained.to_dict()}, "
+                f"but this run uses {self.settings.diffusion.to_dict()}; resume with the same settings"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step = int(state["step"])
+        # every rank continues from rank 0's state, with its own stream
+        if self.rank:
+            self.generator.manual_seed(self.settings.seed * 1000 + self.rank + self.step)
+        log.info("resumed at step %d from %s", self.step, self.state_path)
+
+    # --- one step ----------------------------------------------------------------------------
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """The official objective: MSE between predicted and true clean sub-bands at a uniform t."""
+        batch = batch.to(self.device, non_blocking=True)
+        cond = image_to_bands(batch[:, :3])
+        x0 = image_to_bands(batch[:, 3:])
+        n = batch.shape[0]
+        t = torch.randint(self.diffusion.num_steps, (n,), generator=self.generator).to(self.device)
+        noise = dwt3(torch.randn(batch[:, 3:].shape, generator=self.generator).to(self.device))
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.settings.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            return self.diffusion.training_loss(self.network, x0, cond, t, noise)
+
+    def train_step(self) -> float:
+        self.network.train()
+        batch = self.data.sample(self.settings.batch_size, self.generator)
+        loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.settings.clip_grad > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad)
+        self.optimizer.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                    e.lerp_(p, 1.0 - self.settings.ema)
+        self.step += 1
+        return float(loss.detach())
+
+    # --- validation --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def validate(self) -> float:
+        """Mean SSIM (model space, [0, 1]) of a fast DDIM synthesis on the validation cases."""
+        from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+        assert self.val is not None
+        model = (self.ema or self.model).eval()
+        scores = []
+        for case in self.val.cases:
+            images = torch.from_numpy(case.stack).to(self.device)[None]
+            cond = image_to_bands(images[:, :3])
+            gen = torch.Generator(device=self.device).manual_seed(0)
+            bands = self.diffusion.sample(
+                model, cond, (1, 8, *cond.shape[2:]), "ddim", steps=self.settings.val_steps, generator=gen
+            )
+            pred = bands_to_image(bands).clamp(0, 1)
+            scores.append(float(ssim(pred.float().cpu(), images[:, 3:].float().cpu(), data_range=1.0)))
+        return float(np.mean(scores))
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        self.work.mkdir(parents=True, exist_ok=True)
+        with open(self.work / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def run(self, progress: bool = True) -> list[float]:
+        """Train up to ``settings.steps``; returns this call's losses. The log gets a marker line first,
+        so that the lines of a resumed run are never mistaken for another run's."""
+        s = self.settings
+        losses: list[float] = []
+        self._log({"event": "resume" if self.step else "start", "step": self.step, "command": self.command})
+        bar = tqdm(
+            total=s.steps,
+            initial=self.step,
+            desc=f"train {s.target}",
+            file=sys.stderr,
+            disable=not progress or self.rank != 0,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        )
+        start, done_here = time.perf_counter(), 0
+        try:
+            while self.step < s.steps:
+                loss = self.train_step()
+                losses.append(loss)
+                done_here += 1
+                rate = done_here / (time.perf_counter() - start)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.2f}")
+                record: dict[str, Any] = {"step": self.step, "loss": loss, "steps_per_s": rate}
+                if self.val is not None and s.val_every and self.step % s.val_every == 0:
+                    record["val_ssim"] = self.validate()
+                    log.info("step %d: validation SSIM %.4f", self.step, record["val_ssim"])
+                self._log(record)
+                if s.save_every and self.step % s.save_every == 0 and self.step < s.steps:
+                    self.save_state()
+        except Stop:
+            log.warning("stopped by SIGTERM at step %d: saving the training state", self.step)
+            self.save_state()
+            raise
+        finally:
+            bar.close()
+        self.save_state()
+        return losses
+
+    def export(self) -> None:
+        """The trained (EMA when kept) weights into the weights folder, with a manifest entry."""
+        if self.rank != 0:
+            return
+        # The recipe goes into the JSON manifest: tuples as lists, the diffusion settings as their dict.
+        recipe = {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in vars(self.settings).items()
+            if k != "target"
+        }
+        recipe["diffusion"] = self.settings.diffusion.to_dict()
+        save_checkpoint(
+            self.out,
+            (self.ema or self.model).eval(),
+            self.settings.target,
+            intensity_ratios=intensity_ratios(list(self.population.values()), self.settings.target),
+            diffusion=self.settings.diffusion,
+            provenance={
+                "source": "brasyn.train",
+                "command": self.command,
+                "steps": self.step,
+                "recipe": recipe,
+                "data": {"cases": sorted(self.population), "world_size": self.world},
+                **({"quality": "demo"} if self.demo else {}),
+            },
+        )
