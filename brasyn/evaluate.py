@@ -2,6 +2,7 @@
 
     python -m brasyn.evaluate drop --input TRUTH --output DIR [--seed 7] [--record FILE]
     python -m brasyn.evaluate --pred DIR --truth TRUTH [--seg DIR] [--dropped FILE] [--json FILE] [--csv FILE]
+    python -m brasyn.evaluate segment --completed DIR --truth TRUTH (--segmenter CMD | --pred-seg DIR)
                                     [--device auto|cpu|cuda[:N]] [-v]
 
 ``drop`` makes a test set the way the MedPerf preparation cube of the challenge does: ``random.seed(seed)``
@@ -440,10 +441,14 @@ def _drop_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``python -m brasyn.evaluate [score] ...`` or ``... drop ...``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv[:1] in (["drop"], ["score"]) else "score"
-    rest = argv[1:] if argv[:1] in (["drop"], ["score"]) else argv
+    command = argv[0] if argv[:1] in (["drop"], ["score"], ["segment"]) else "score"
+    rest = argv[1:] if argv[:1] in (["drop"], ["score"], ["segment"]) else argv
 
     def body() -> ExitCode:
+        if command == "segment":
+            from brasyn.segscore import main as segment  # the downstream score, its own module
+
+            return segment(rest)
         args = parse_arguments((_drop_parser() if command == "drop" else _score_parser()), rest)
         return _drop_command(args) if command == "drop" else score(args)
 

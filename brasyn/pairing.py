@@ -30,7 +30,7 @@ from brasyn.modalities import (
     split_nifti_extension,
 )
 
-__all__ = ["Pair", "pair_predictions", "truth_cases"]
+__all__ = ["Pair", "pair_predictions", "segmentation_in", "segmentation_of", "truth_cases"]
 
 log = logging.getLogger("brasyn.evaluate")
 
@@ -144,6 +144,21 @@ def _segmentation(folder: Path, case_id: str) -> Path | None:
             "%s: several segmentations (%s); no tumour scores", case_id, ", ".join(p.name for p in hits)
         )
     return hits[0] if len(hits) == 1 else None
+
+
+def segmentation_of(case: Case) -> Path | None:
+    """The truth case's one tumour segmentation, beside its images (or named after it in a flat folder)."""
+    return _segmentation(case.folder, case.id)
+
+
+def segmentation_in(root: Path, case_id: str) -> Path | None:
+    """The segmentation of ``case_id`` in a truth folder that may hold segmentations only: in
+    ``root/<case>/``, or named ``<case>...seg...`` in ``root`` itself."""
+    folder = root / case_id
+    if folder.is_dir():
+        return _segmentation(folder, case_id)
+    found = _segmentation(root, case_id)
+    return found if found is not None and found.name.casefold().startswith(case_id.casefold()) else None
 
 
 def _contrast_files(

@@ -218,3 +218,86 @@ def test_the_output_folder_passes_the_brats_orchestrators_rules(tmp_path):
         (found,) = output.glob(f"*{subject}*")
         assert found.name.split("-")[-1].split(".")[0] == absent
         assert np.any(np.asanyarray(nib.load(found).dataobj))
+
+
+# --- 4. the downstream segmentation score ---------------------------------------------------------------
+
+STAND_IN = """
+import sys
+import nibabel as nib
+import numpy as np
+from pathlib import Path
+
+case, out = Path(sys.argv[1]), sys.argv[2]
+flair = next(p for p in case.iterdir() if "t2f" in p.name)
+image = nib.load(flair)
+data = np.asanyarray(image.dataobj).astype(np.float32)
+labels = np.zeros(data.shape, np.uint8)
+for label, q in ((2, 87), (1, 94), (3, 97)):
+    labels[data > np.percentile(data[data > 0], q)] = label
+nib.save(nib.Nifti1Image(labels, image.affine), out)
+"""
+
+
+@pytest.fixture()
+def completed_and_truth(tmp_path):
+    completed, truth = tmp_path / "completed", tmp_path / "truth"
+    for i in range(2):
+        case = f"BraTS-GLI-0000{i}-000"
+        paths = make_case(completed, case, ("t1n", "t1c", "t2w", "t2f"), seed=i, shape=(32, 32, 24))
+        flair = np.asanyarray(nib.load(paths["t2f"]).dataobj)
+        _seg(truth / case / f"{case}-seg.nii.gz", flair)
+    script = tmp_path / "threshold.py"
+    script.write_text(STAND_IN)
+    return completed, truth, script
+
+
+def test_segment_scores_a_stand_in_segmenter_with_the_brats_metric_package(
+    completed_and_truth, tmp_path, capsys
+):
+    pytest.importorskip("brats_evaluation", reason="pip install 'brasyn[eval]' (in requirements-test.txt)")
+    import sys
+
+    completed, truth, script = completed_and_truth
+    report = tmp_path / "seg.json"
+    args = ["segment", "--completed", str(completed), "--truth", str(truth), "--json", str(report)]
+    assert main([*args, "--segmenter", f"{sys.executable} {script} {{input}} {{output}}"]) == 0
+    data = json.loads(report.read_text())
+    assert data["summary"] == {**data["summary"], "scored": 2, "failed": 0}
+    for row in data["cases"]:
+        regions = row["regions"]
+        assert set(regions) >= {"et", "tc", "wt", "netc", "snfh"}
+        # the stand-in thresholds at other percentiles than the truth: close, not equal
+        assert 0.3 < regions["wt"]["dice"] < 1.0 and regions["wt"]["hd95"] >= 0
+        assert regions["wt"]["lesions"]["tp"] >= 1
+    assert "BraTS-GLI-00000-000  scored" in capsys.readouterr().out
+    # the truth's own labels, given as predictions, score a perfect whole tumour
+    given = tmp_path / "given"
+    given.mkdir()
+    for case in truth.iterdir():
+        shutil.copy(case / f"{case.name}-seg.nii.gz", given / f"{case.name}.nii.gz")
+    assert main([*args, "--pred-seg", str(given)]) == 0
+    for row in json.loads(report.read_text())["cases"]:
+        assert row["regions"]["wt"]["dice"] == pytest.approx(1.0)
+
+
+def test_segment_without_the_metric_package_says_how_to_install_it(completed_and_truth, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "brats_evaluation", None)  # importing it now fails as when absent
+    completed, truth, _ = completed_and_truth
+    args = ["segment", "--completed", str(completed), "--truth", str(truth), "--pred-seg", str(truth)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'brasyn[eval]'" in err and "Traceback" not in err
+
+
+def test_a_failing_segmenter_fails_its_case_with_the_reason(completed_and_truth, capsys):
+    pytest.importorskip("brats_evaluation", reason="pip install 'brasyn[eval]' (in requirements-test.txt)")
+    import sys
+
+    completed, truth, _ = completed_and_truth
+    failing = f"{sys.executable} -c \"import sys; sys.exit('no GPU for the segmenter')\" {{input}} {{output}}"
+    args = ["segment", "--completed", str(completed), "--truth", str(truth), "--segmenter", failing]
+    assert main(args) == 1
+    assert "the segmenter exited with status 1: no GPU for the segmenter" in capsys.readouterr().err
