@@ -8,11 +8,12 @@ report every badly named case before any time is spent on the model. Per-case pr
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from brasyn.errors import BrasynError, CaseError
+from brasyn.errors import BrasynError, CaseError, UsageError
 from brasyn.modalities import (
     MODALITIES,
     NAMING_SCHEMES,
@@ -27,7 +28,7 @@ from brasyn.modalities import (
     split_image_extension,
 )
 
-__all__ = ["Case", "complete_cases", "discover"]
+__all__ = ["Case", "complete_cases", "describe_no_cases", "discover", "refuse_no_cases"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,12 @@ def discover(
     if images:
         case_dirs = [(root.resolve().name or "case", root)]
     else:
-        case_dirs = [(folder.name, folder) for folder in folders]
+        case_dirs = []
+        for folder in folders:
+            if _holds_images(folder):
+                case_dirs.append((folder.name, folder))
+            else:
+                logger.warning("ignored the folder %s: it holds no image (not a case)", folder.name)
         for path in visible:
             if not path.is_dir():
                 logger.debug("ignored %s in the input folder: not a case folder", path.name)
@@ -136,6 +142,47 @@ def complete_cases(found: Iterable[Case | CaseError], purpose: str) -> tuple[lis
                 )
             )
     return complete, rest
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether ``folder`` holds any image file (a folder that cannot be read counts: its case fails)."""
+    try:
+        return any(
+            split_image_extension(p.name) is not None for p in folder.iterdir() if not p.name.startswith(".")
+        )
+    except OSError:
+        return True
+
+
+_NNUNET = re.compile(r"_\d{4}\.(nii|nii\.gz|mha|nrrd)$", re.IGNORECASE)
+
+
+def describe_no_cases(root: Path) -> str:
+    """Why discovery found no case in ``root``, and what names it expects (a wrong mount, an empty folder,
+    or images named in another scheme)."""
+    entries = [p for p in sorted(root.iterdir(), key=lambda p: p.name) if not p.name.startswith(".")]
+    expected = (
+        "one folder per case holding three of its contrasts, named like <case>-t1n.nii.gz, "
+        "<case>-t1c.nii.gz, <case>-t2w.nii.gz, <case>-t2f.nii.gz (or t1, t1ce, t2, flair)"
+    )
+    if not entries:
+        return f"the input folder {root} is empty (is the right folder mounted?); expected {expected}"
+    shown = _names(entries)
+    nnunet = [p for p in entries if _NNUNET.search(p.name)]
+    if nnunet:
+        return (
+            f"the input folder {root} holds {shown}: nnU-Net channel files (case_0000.nii.gz ...) name no "
+            "contrast; rename each to the contrast it holds (your dataset.json maps the channel numbers, "
+            f"e.g. 0000 -> t1n) and put each case in its own folder; expected {expected}"
+        )
+    return f"no case found in the input folder {root} (it holds {shown}); expected {expected}"
+
+
+def refuse_no_cases(found: list[Case | CaseError], root: Path) -> None:
+    """A :class:`UsageError` (exit 2) when discovery found nothing at all: a wrong mount or an empty
+    folder must not pass for a successful run that had nothing to do."""
+    if not found:
+        raise UsageError(describe_no_cases(root))
 
 
 def _looks_like_contrast(name: str) -> bool:
@@ -217,12 +264,12 @@ def _read_case(case_id: str, folder: Path, wanted: Modality | None, naming: str)
             case_id, folder, files, "all four contrasts present; use --target to synthesise one anyway"
         )
     if missing is not None and wanted not in (None, missing):
-        return _skipped(
+        # a forced target that cannot be made here is a failure: a run that writes nothing must not exit 0
+        return CaseError(
             case_id,
-            folder,
-            files,
-            f"the target {wanted.value} is present here and {missing.value} is the missing contrast; "
-            f"nothing to synthesise for --target {wanted.value}",
+            f"it lacks {missing.value} and already holds {wanted.value}: --target {wanted.value} synthesises "
+            f"that contrast in complete cases only; run without --target to synthesise its {missing.value}",
+            list(files.values()),
         )
     target = missing if missing is not None else wanted
     assert target is not None  # one of the two branches above returned otherwise

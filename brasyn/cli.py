@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from brasyn.batch import check_folders, run_batch
-from brasyn.cases import discover
+from brasyn.cases import discover, refuse_no_cases
 from brasyn.command import parse_arguments, run_command
 from brasyn.demo import run_demo
 from brasyn.options import (
@@ -196,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = make_predictor(args.method, args.weights, args.device, sampling, speed)
     speed.configure_backends(predictor.device)  # process-wide switches: set once, here
     found = discover(args.input, target=args.target, naming=args.naming)
+    refuse_no_cases(found, args.input)  # a wrong mount must not look like a successful run
     log.info("%d case(s) in %s; %s; seed %d", len(found), args.input, predictor.summary(), args.seed)
     batch = run_batch(
         found,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +31,14 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"the shared reference folder {SHARED} is absent (present beside the project in CI)")
     return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _brasyn_logger_restored():
+    """Each command sends brasyn's log to its own stderr handler and stops propagation (so a user's root
+    logger does not print every line twice); restore the logger after every test, so that a test using
+    ``caplog`` sees the log whatever ran before it."""
+    logger = logging.getLogger("brasyn")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved

@@ -110,13 +110,11 @@ def test_forced_target_on_four_contrasts_leaves_its_file_out_of_the_conditions(t
     assert all(p.name != "c-t2f.nii.gz" for p in case.conditions.values())
 
 
-def test_forced_target_that_is_not_the_missing_one_skips_the_case(tmp_path):
+def test_forced_target_that_is_not_the_missing_one_fails_the_case(tmp_path):
     _case(tmp_path, "c", "c-t1n.nii.gz", "c-t2w.nii.gz", "c-t2f.nii.gz")
-    case = _only(discover(tmp_path, target=T2F))
-    assert isinstance(case, Case)
-    assert (case.target, case.output_name) == (None, None)
-    assert "t1c" in case.skip_reason
-    assert "t2f" in case.skip_reason
+    error = _only(discover(tmp_path, target=T2F))
+    assert isinstance(error, CaseError)  # nothing it can write: a failure, not a silent skip
+    assert "lacks t1c" in error.message and "holds t2f" in error.message
 
 
 def test_forced_target_equal_to_the_missing_one_is_synthesised(tmp_path):
@@ -204,11 +202,12 @@ def test_fewer_than_three_contrasts_is_a_case_error_naming_the_files(tmp_path):
     assert {p.name for p in error.files} == {"c_t1.nii.gz", "c_t2.nii.gz", "c_extra.nii.gz"}
 
 
-def test_case_folder_without_images_is_a_case_error(tmp_path):
+def test_a_folder_without_images_is_not_a_case(tmp_path, caplog):
     _case(tmp_path, "empty")
-    error = _only(discover(tmp_path))
-    assert isinstance(error, CaseError)
-    assert "found 0 contrast" in error.message
+    _case(tmp_path, "notes", "readme.txt")
+    with caplog.at_level("WARNING", logger="brasyn.cases"):
+        assert discover(tmp_path) == []
+    assert "ignored the folder empty: it holds no image" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,55 @@
+"""A wrong mount, a stray folder or a forced target that cannot be made must not pass for success."""
+
+from __future__ import annotations
+
+import logging
+
+from brasyn.cli import DEFAULT_WEIGHTS, main
+from tests.helpers import make_case, phantom, save_nifti
+
+LINEAR = ["--method", "linear", "--weights", str(DEFAULT_WEIGHTS), "--device", "cpu", "--no-progress"]
+
+
+def _run(inputs, output, *extra) -> int:
+    return main(["--input", str(inputs), "--output", str(output), *LINEAR, *extra])
+
+
+def test_an_empty_input_folder_exits_2_saying_what_is_expected(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    assert _run(tmp_path / "in", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "is empty (is the right folder mounted?)" in err and "<case>-t1n.nii.gz" in err
+
+
+def test_nnunet_channel_files_are_recognised_and_the_mapping_explained(tmp_path, capsys):
+    for channel in range(3):
+        save_nifti(tmp_path / "in" / f"case_{channel:04d}.nii.gz", phantom(seed=channel))
+    assert _run(tmp_path / "in", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "nnU-Net channel files" in err and "dataset.json" in err and "case_0000.nii.gz" in err
+
+
+def test_a_stray_folder_without_images_is_ignored_with_a_warning(tmp_path, caplog):
+    inputs = tmp_path / "in"
+    make_case(inputs, "BraTS-GLI-00001-000", seed=1)
+    (inputs / "notes").mkdir()
+    (inputs / "notes" / "readme.txt").write_text("scanner protocol")
+    (inputs / "empty").mkdir()
+    with caplog.at_level(logging.WARNING, logger="brasyn"):
+        assert _run(inputs, tmp_path / "out") == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["BraTS-GLI-00001-000-t2f.nii.gz"]
+
+
+def test_a_folder_of_unrecognised_images_still_fails_alone(tmp_path):
+    inputs = tmp_path / "in"
+    make_case(inputs, "BraTS-GLI-00001-000", seed=1)
+    save_nifti(inputs / "odd" / "scan.nii.gz", phantom())
+    assert _run(inputs, tmp_path / "out") == 1
+
+
+def test_a_forced_target_that_a_case_cannot_give_fails_that_case(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    make_case(inputs, "BraTS-GLI-00001-000", ("t1n", "t1c", "t2w"), seed=1)  # lacks t2f
+    assert _run(inputs, tmp_path / "out", "--target", "t1n") == 1
+    err = capsys.readouterr().err
+    assert "it lacks t2f and already holds t1n" in err and "run without --target" in err
