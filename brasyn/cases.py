@@ -302,7 +302,7 @@ def _refuse_collisions(results: list[Case | CaseError]) -> list[Case | CaseError
                     result.id,
                     f"its output file name {result.output_name} is already that of case {owners[key]}; "
                     "rename the files of one of the two cases, or name outputs after the case folders "
-                    "(naming brats2023)",
+                    "(--naming brats2023, or naming: brats2023 in the MLCube parameters)",
                     list(result.files.values()),
                 )
             else:

@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brasyn",
         description="Synthesise the missing MR contrast (t1n, t1c, t2w or t2f) of every case folder.",
-        epilog="MLCube form: brasyn infer --data_path DIR --output_path DIR [--weights PATH] "
-        "[--parameters_file FILE]",
+        epilog="Other forms: 'brasyn demo [--out DIR] [options]' runs the example case through the bundled "
+        "weights; 'brasyn infer --data_path DIR --output_path DIR [--weights PATH] [--parameters_file FILE]' "
+        "is the MLCube task.",
     )
     add = parser.add_argument
     add(
@@ -189,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
     args.input = args.input or Path(os.environ.get("BRASYN_INPUT", "/input"))
     args.output = args.output or Path(os.environ.get("BRASYN_OUTPUT", "/output"))
     args.weights = args.weights or _default_weights()
+    if args.weights.is_file() and args.weights.name == "manifest.json":
+        args.weights = args.weights.parent  # the manifest names its folder
     refuse_conflicts(args)
     sampling = sampling_settings(args)
     speed = speed_settings(args)

@@ -53,3 +53,27 @@ def test_a_forced_target_that_a_case_cannot_give_fails_that_case(tmp_path, capsy
     assert _run(inputs, tmp_path / "out", "--target", "t1n") == 1
     err = capsys.readouterr().err
     assert "it lacks t2f and already holds t1n" in err and "run without --target" in err
+
+
+def test_help_names_the_demo_and_the_mlcube_forms(capsys):
+    assert main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "brasyn demo [--out DIR]" in text and "brasyn infer --data_path DIR" in text
+
+
+def test_weights_given_as_the_manifest_file_mean_its_folder(tmp_path):
+    from brasyn.weights import init_random
+
+    make_case(tmp_path / "in", "BraTS-GLI-00001-000", seed=1)
+    init_random(tmp_path / "w", "tiny", targets=["t2f"])
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--device", "cpu"]
+    assert main([*args, "--weights", str(tmp_path / "w" / "manifest.json"), "--sampler", "x0"]) == 0
+
+
+def test_an_output_name_collision_names_the_option_that_avoids_it(tmp_path, capsys):
+    from brasyn.cases import discover
+
+    for case in ("a", "b"):
+        make_case(tmp_path / "in", case, pattern="shared_{m}.nii.gz")
+    messages = [getattr(item, "message", "") for item in discover(tmp_path / "in")]
+    assert any("--naming brats2023" in m for m in messages)
