@@ -35,6 +35,7 @@ from brasyn.options import (
     add_verbosity_option,
     add_version_option,
     contrast,
+    mlcube_weights,
     one_of,
     read_parameters,
     refuse_conflicts,
@@ -172,12 +173,10 @@ def _mlcube_arguments(argv: list[str]) -> argparse.Namespace:
     args = build_parser().parse_args([])
     args.input, args.output, args.verbose = ml.data_path, ml.output_path, ml.verbose
     if ml.weights is not None:
-        folder = ml.weights.parent if ml.weights.is_file() else ml.weights
         # MLCube always mounts its weights input; an empty one means the weights baked into the image
-        if any((folder / name).is_file() for name in ("manifest.json", "baselines.json")):
-            args.weights = folder
-        else:
-            log.info("no manifest.json in %s: using the default weights", folder)
+        args.weights = mlcube_weights(ml.weights)
+        if args.weights is None:
+            log.info("the weights folder %s is empty: using the weights baked into the image", ml.weights)
     if ml.parameters_file is not None:
         for key, value in read_parameters(ml.parameters_file, MLCUBE_PARAMETERS).items():
             setattr(args, key, value)
@@ -216,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
             "output": str(args.output),
             "weights": str(args.weights),
             "device": str(predictor.device),
+            "weights_quality": predictor.quality(),
             "settings": {
                 **asdict(sampling),
                 "seed": args.seed,

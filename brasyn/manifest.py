@@ -116,6 +116,13 @@ class CheckpointInfo:
         object.__setattr__(self, "provenance", copy.deepcopy(dict(provenance)))
         object.__setattr__(self, "intensity_ratios", _parse_ratios(target, self.intensity_ratios))
 
+    @property
+    def quality(self) -> str:
+        """ "random" (``weights init``: noise, for tests), "demo" (the bundled small model) or "trained"."""
+        if self.provenance.get("quality") == "random" or self.provenance.get("command") == "init":
+            return "random"
+        return "demo" if self.provenance.get("quality") == "demo" else "trained"
+
     def to_dict(self) -> dict[str, Any]:
         """The manifest entry, JSON-serialisable."""
         return {

@@ -33,6 +33,7 @@ from brasyn.sharding import Shard, parse_shard
 __all__ = [
     "METHODS",
     "MLCUBE_PARAMETERS",
+    "mlcube_weights",
     "NAMINGS",
     "add_device_option",
     "add_method_option",
@@ -328,6 +329,29 @@ def apply_threads(n: int) -> None:
 
 
 # --- MLCube parameters -----------------------------------------------------------------------------
+
+
+def mlcube_weights(path: Path) -> Path | None:
+    """The weights folder an MLCube ``--weights`` mount means: the folder (or the folder of the file given)
+    when it holds ``manifest.json`` or ``baselines.json``; None (the weights baked into the image) when it
+    is empty. Anything else, e.g. the downloaded checkpoint files without a manifest, is refused: running
+    the baked-in weights instead would be a quiet mistake."""
+    folder = path.parent if path.is_file() else path
+    if any((folder / name).is_file() for name in ("manifest.json", "baselines.json")):
+        return folder
+    present = (
+        sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    )
+    if not present:
+        return None
+    shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
+    raise UsageError(
+        f"the weights folder {folder} holds {shown} but no manifest.json, so brasyn cannot tell which "
+        f"checkpoint synthesises which contrast; add them with `python -m brasyn.weights import-official "
+        f"--target T FILE --out {folder}` (one per contrast), or mount an empty folder to use the weights "
+        "baked into the image"
+    )
+
 
 MLCUBE_PARAMETERS: dict[str, Converter] = {
     "sampler": one_of(*SAMPLERS),

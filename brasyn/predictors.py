@@ -81,6 +81,11 @@ class Predictor(Protocol):
         """What it will do, for the first log line of a run."""
         ...
 
+    def quality(self) -> str | None:
+        """ "random", "demo" or "trained" for the weights a run uses (the worst of them); None without
+        weights (the baselines)."""
+        ...
+
     def settings(self) -> dict[str, Any]:
         """What a run report records about it."""
         ...
@@ -109,6 +114,10 @@ class DiffusionPredictor:
 
     def describe(self) -> str:
         return f"the weights ({self.weights.folder})"
+
+    def quality(self) -> str | None:
+        kinds = {self.weights.info(t).quality for t in self.weights.targets()}
+        return next((k for k in ("random", "demo", "trained") if k in kinds), None)
 
     def summary(self) -> str:
         steps = 1 if self.sampling.sampler == "x0" else self.sampling.steps
@@ -207,6 +216,9 @@ class _Baseline:
 
     def summary(self) -> str:
         return self.describe()
+
+    def quality(self) -> str | None:
+        return None
 
     def settings(self) -> dict[str, Any]:
         return {"method": self.method}

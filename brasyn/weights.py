@@ -162,7 +162,14 @@ class WeightStore:
             sum(p.numel() for p in model.parameters()) / 1e6,
             device,
         )
-        if info.provenance.get("quality") == "demo":
+        if info.quality == "random":
+            logger.warning(
+                "the %s weights in %s are RANDOM (python -m brasyn.weights init): they make noise, not "
+                "images; use them for tests only, and import or train real weights for anything else",
+                info.target.value,
+                self.folder,
+            )
+        elif info.quality == "demo":
             logger.warning(
                 "the %s weights in %s are demo quality (a small model trained briefly on a few cases): "
                 "for real use, import the official cWDM checkpoints (python -m brasyn.weights "
@@ -289,6 +296,7 @@ def init_random(
         provenance = {
             "source": "random initialisation (not a trained model)",
             "command": "init",
+            "quality": "random",
             "seed": seed,
         }
         if preset:

@@ -105,5 +105,8 @@ class FirstCondition:
     def summary(self):
         return self.describe()
 
+    def quality(self):
+        return None
+
     def settings(self):
         return {"method": "first-condition"}

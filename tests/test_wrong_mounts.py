@@ -77,3 +77,51 @@ def test_an_output_name_collision_names_the_option_that_avoids_it(tmp_path, caps
         make_case(tmp_path / "in", case, pattern="shared_{m}.nii.gz")
     messages = [getattr(item, "message", "") for item in discover(tmp_path / "in")]
     assert any("--naming brats2023" in m for m in messages)
+
+
+def test_random_weights_are_announced_in_the_log_and_the_report(tmp_path, capsys):
+    import json
+
+    from brasyn.weights import init_random
+
+    make_case(tmp_path / "in", "BraTS-GLI-00001-000", seed=1)
+    init_random(tmp_path / "w", "tiny", targets=["t2f"])
+    report = tmp_path / "report.json"
+    args = [
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "out"),
+        "--weights",
+        str(tmp_path / "w"),
+    ]
+    assert main([*args, "--device", "cpu", "--sampler", "x0", "--report", str(report)]) == 0
+    assert "weights in" in (err := capsys.readouterr().err) and "are RANDOM" in err
+    assert json.loads(report.read_text())["weights_quality"] == "random"
+    assert (
+        main(
+            [
+                *LINEAR[:4],
+                "--input",
+                str(tmp_path / "in"),
+                "--output",
+                str(tmp_path / "o2"),
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(report.read_text())["weights_quality"] is None  # a baseline: no weights
+
+
+def test_an_mlcube_weights_folder_with_files_but_no_manifest_is_refused(tmp_path, capsys):
+    make_case(tmp_path / "in", "BraTS-GLI-00001-000", seed=1)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "flair_gen.pt").write_bytes(b"not read")
+    args = ["infer", "--data_path", str(tmp_path / "in"), "--output_path", str(tmp_path / "out")]
+    assert main([*args, "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert "holds flair_gen.pt but no manifest.json" in err and "import-official" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
