@@ -32,8 +32,10 @@ from brasyn.options import (
     add_method_option,
     add_sampling_options,
     add_speed_options,
+    add_threads_option,
     add_verbosity_option,
     add_version_option,
+    apply_threads,
     contrast,
     mlcube_weights,
     one_of,
@@ -42,6 +44,7 @@ from brasyn.options import (
     sampling_settings,
     shard_spec,
     speed_settings,
+    torch_threads,
     whole_number,
 )
 from brasyn.predictors import make_predictor
@@ -103,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run seed (default 42); each case's seed follows from it and the case id",
     )
     add_device_option(parser)
+    add_threads_option(parser)
     speed = add_speed_options(parser)
     speed.add_argument(
         "--no-prefetch",
@@ -192,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     if args.weights.is_file() and args.weights.name == "manifest.json":
         args.weights = args.weights.parent  # the manifest names its folder
     refuse_conflicts(args)
+    apply_threads(args.threads)  # results depend on the thread count: a site pins it for identical bytes
     sampling = sampling_settings(args)
     speed = speed_settings(args)
     check_folders(args.input, args.output, report=args.report, extras=args.extras)
@@ -220,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
                 **asdict(sampling),
                 "seed": args.seed,
                 "progress": not args.no_progress,
+                "threads": torch_threads(),
                 "method": args.method,
                 "speed": asdict(speed),
             },

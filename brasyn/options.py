@@ -43,6 +43,7 @@ __all__ = [
     "add_verbosity_option",
     "add_version_option",
     "apply_threads",
+    "torch_threads",
     "contrast",
     "device_spec",
     "one_of",
@@ -326,6 +327,11 @@ def apply_threads(n: int) -> None:
     """Set torch's CPU thread count to ``n``; 0 keeps torch's choice (the CPUs this process may use)."""
     if n > 0:
         torch.set_num_threads(n)
+
+
+def torch_threads() -> int:
+    """The CPU threads torch computes with (what a report records: results depend on it)."""
+    return torch.get_num_threads()
 
 
 # --- MLCube parameters -----------------------------------------------------------------------------

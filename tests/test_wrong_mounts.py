@@ -125,3 +125,19 @@ def test_an_mlcube_weights_folder_with_files_but_no_manifest_is_refused(tmp_path
     err = capsys.readouterr().err
     assert "holds flair_gen.pt but no manifest.json" in err and "import-official" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_threads_are_pinned_and_recorded_in_the_report(tmp_path):
+    import json
+
+    import torch
+
+    make_case(tmp_path / "in", "BraTS-GLI-00001-000", seed=1)
+    report = tmp_path / "report.json"
+    before = torch.get_num_threads()
+    try:
+        assert _run(tmp_path / "in", tmp_path / "out", "--threads", "1", "--report", str(report)) == 0
+        assert torch.get_num_threads() == 1
+        assert json.loads(report.read_text())["settings"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
