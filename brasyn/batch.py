@@ -190,16 +190,14 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _writable_folder(folder: Path, what: str) -> None:
+def _writable_folder(folder: Path, name: str, advice: str) -> None:
+    """Create ``folder`` (``name`` says which, in a message) and check this user may write into it."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create the folder {folder} for {what}: {exc.strerror or exc}") from exc
+        raise UsageError(f"cannot create {name}: {exc.strerror or exc}") from exc
     if not os.access(folder, os.W_OK):
-        raise UsageError(
-            f"the folder {folder} for {what} is not writable by this user (uid {os.getuid()}); "
-            "make it writable or choose another place"
-        )
+        raise UsageError(f"{name} is not writable by this user (uid {os.getuid()}); {advice}")
 
 
 def check_folders(
@@ -231,19 +229,12 @@ def check_folders(
                 raise UsageError(f"--{name} {path} lies inside the {role}; put it elsewhere")
     if report is not None and report.is_dir():
         raise UsageError(f"--report {report} is a folder; name a file such as {report / 'report.json'}")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the output folder {output}: {exc.strerror}") from exc
-    if not os.access(output, os.W_OK):
-        raise UsageError(
-            f"the output folder {output} is not writable by this user (uid {os.getuid()}); "
-            "mount it writable or choose another folder"
-        )
+    _writable_folder(output, f"the output folder {output}", "mount it writable or choose another folder")
+    elsewhere = "make it writable or choose another place"
     if report is not None:
-        _writable_folder(report.parent, f"--report {report.name}")
+        _writable_folder(report.parent, f"the folder {report.parent} for --report {report.name}", elsewhere)
     if extras is not None:
-        _writable_folder(extras, "--extras")
+        _writable_folder(extras, f"the folder {extras} for --extras", elsewhere)
 
 
 def previewer(folder: Path) -> Preview:

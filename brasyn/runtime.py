@@ -118,7 +118,7 @@ def unusable_gpu_problem(view: NvmlView | None) -> str | None:
     major = int(built.split(".")[0])
     fits = [
         name
-        for name, (flavour_major, flavour_minor) in FLAVOURS.items()
+        for name, (flavour_major, _) in FLAVOURS.items()
         if view.cuda is not None
         and flavour_major <= view.cuda[0]
         and int(MIN_DRIVER[flavour_major]) <= _series(view)
