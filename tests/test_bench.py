@@ -1,4 +1,5 @@
 import json
+import time
 
 import torch
 
@@ -21,7 +22,9 @@ def test_bench_prints_timings_as_json(tmp_path, capsys):
 
 
 def test_bench_times_a_whole_case_by_phase_with_the_chosen_sampler_and_precision(capsys):
+    started = time.perf_counter()
     assert bench.main([*TINY, "--precision", "bf16", "--sampler", "ddpm", "--steps", "2"]) == 0
+    wall_ms = (time.perf_counter() - started) * 1000
     printed = json.loads(capsys.readouterr().out)
     assert printed["precision"] == "bf16" and printed["sampler"] == "ddpm"
     assert printed["ddpm_step_ms"]["median"] > 0 and "ddim_step_ms" not in printed
@@ -32,8 +35,11 @@ def test_bench_times_a_whole_case_by_phase_with_the_chosen_sampler_and_precision
     assert case["steps"] == 2 and case["model_load_ms"] > 0
     assert list(case["phases_ms"]) == ["load", "prepare", "sample", "restore", "write"]
     assert all(ms > 0 for ms in case["phases_ms"].values())
-    assert case["total_ms"] == sum(case["phases_ms"].values())
-    assert case["sample_ms_per_step"] == case["phases_ms"]["sample"] / 2
+    # measured, not made up: the case's phases and the forwards timed before them fit in the command's
+    # own wall time
+    timed_before = sum(printed[key]["runs"][0] for key in ("forward_ms", "ddpm_step_ms"))
+    assert timed_before + sum(case["phases_ms"].values()) < wall_ms
+    assert case["total_ms"] < wall_ms
 
 
 def test_bench_refuses_steps_outside_the_chain(capsys):

@@ -16,6 +16,7 @@ from brasyn.diffusion import (
 )
 from brasyn.unet import Denoiser
 from brasyn.wavelet import dwt3
+from brasyn.weights import _randomise
 
 TOL = 1e-4
 
@@ -90,13 +91,18 @@ def test_training_loss_reproduces_golden(diffusion, golden, golden_model):
 
 
 def test_training_loss_has_gradients_for_every_parameter(diffusion, small_model):
+    # random weights everywhere: a fresh model's zero-initialised layers would block most gradients
     model = Denoiser(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=4)
+    _randomise(model, torch.Generator().manual_seed(5))
     x0 = image_to_bands(torch.rand(2, 1, 8, 8, 8))
     loss = diffusion.training_loss(
         model, x0, _cond((2, 24, 4, 4, 4)), torch.tensor([3, 900]), torch.randn_like(x0)
     )
     loss.backward()
-    assert all(p.grad is not None for p in model.parameters())
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
 
 
 def _record():

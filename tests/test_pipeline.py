@@ -172,11 +172,17 @@ def test_second_run_skips_everything_and_overwrite_replaces(tmp_path, tiny_weigh
     assert _tree_digest(output) == first
     statuses = [c["status"] for c in json.loads(report.read_text())["cases"]]
     assert statuses == ["skipped"] * 3
-    time.sleep(0.01)
-    assert main([*args, "--overwrite"]) == 0
+    # --overwrite writes every case again: a file damaged since is replaced, each output is a new file
+    damaged = output / sorted(first)[0]
+    damaged.write_bytes(b"not an image any more")
+    inodes = {name: (output / name).stat().st_ino for name in first}
+    report = tmp_path / "third.json"
+    assert main([*args, "--overwrite", "--report", str(report)]) == 0
+    statuses = [c["status"] for c in json.loads(report.read_text())["cases"]]
+    assert statuses == ["written"] * 3
     after = _tree_digest(output)
     assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in first.items()}  # same seed, same bytes
-    assert all(after[k][1] >= first[k][1] for k in after)
+    assert all((output / name).stat().st_ino != inode for name, inode in inodes.items())
 
 
 def test_complete_cases_are_skipped_unless_a_target_is_forced(tmp_path, tiny_weights):
