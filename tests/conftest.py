@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,16 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"the shared reference folder {SHARED} is absent (present beside the project in CI)")
     return SHARED
+
+
+@pytest.fixture()
+def open_tmp() -> Path:
+    """A scratch folder every uid may enter and read (pytest's own is root's alone), for runs that switch
+    to the container's uid; removed afterwards, with what that uid wrote into it."""
+    folder = Path(tempfile.mkdtemp(prefix="brasyn-open-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

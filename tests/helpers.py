@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -66,19 +67,53 @@ TORCHRUN_TWO = [
 ]
 """Two processes on this machine under torchrun; the script or ``-m module`` and its arguments follow."""
 
-UNSHARE = ["unshare", "--user", "--map-user=4242", "--map-group=4242", "--net", "env", "-u", "HOME"]
+CONTAINER_UID = 4242
+"""The uid the container-like runs take: no passwd entry, and it owns no file here."""
+CONTAINER_PREFIX = [
+    "unshare",
+    "--net",  # no network
+    "setpriv",
+    f"--reuid={CONTAINER_UID}",
+    f"--regid={CONTAINER_UID}",
+    "--clear-groups",
+    # reading is let through everywhere (the interpreter here may live in root's private home); writing
+    # is not: the process may write only where every user may
+    "--inh-caps=+dac_read_search",
+    "--ambient-caps=+dac_read_search",
+    "env",
+    "-u",
+    "HOME",
+]
+WORLD_WRITABLE_OUTSIDE_TMP = ("/var/tmp", "/dev/shm")
+"""Where a uid that owns nothing could still write, besides /tmp and the folders a test opens to it."""
 
 
 def container_prefix() -> list[str] | None:
-    """The command prefix that runs a process as the container does: a uid with no passwd entry (4242),
-    no network and no HOME, through a user namespace; None where user namespaces are not permitted."""
+    """The command prefix that runs a process as the container does: a real uid with no passwd entry
+    that owns nothing (so it may write only where every user may), with no network and no HOME; None where this process cannot switch uid (not root, or no
+    unshare/setpriv)."""
     import shutil
     import subprocess
 
-    if shutil.which("unshare") is None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("setpriv") is None:
         return None
-    probe = subprocess.run([*UNSHARE, "true"], capture_output=True, check=False)
-    return UNSHARE if probe.returncode == 0 else None
+    probe = subprocess.run([*CONTAINER_PREFIX, "true"], capture_output=True, check=False)
+    return CONTAINER_PREFIX if probe.returncode == 0 else None
+
+
+def written_by_container_uid() -> list[str]:
+    """Files the container uid owns in the world-writable places outside /tmp (there should be none)."""
+    found = []
+    for root in WORLD_WRITABLE_OUTSIDE_TMP:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.lstat(path).st_uid == CONTAINER_UID:
+                        found.append(path)
+                except OSError:
+                    pass
+    return found
 
 
 class FirstCondition:

@@ -113,10 +113,10 @@ def test_dockerfile_runs_the_entrypoint_as_a_non_root_user_with_caches_in_tmp():
     assert {"tests", ".git", ".venv", "weights/training"} <= set(ignored)
 
 
-def test_entrypoint_on_a_real_case_as_the_container_runs_it(shared_dir, tmp_path):
+def test_entrypoint_on_a_real_case_as_the_container_runs_it(shared_dir, open_tmp):
     prefix = container_prefix()
     if prefix is None:
-        pytest.skip("user namespaces (unshare --user) are not permitted here")
+        pytest.skip("switching to another uid (root with unshare and setpriv) is not possible here")
     probe = subprocess.run(
         [*prefix, sys.executable, "-c", "import os, pwd; pwd.getpwuid(os.getuid())"],
         capture_output=True,
@@ -125,17 +125,20 @@ def test_entrypoint_on_a_real_case_as_the_container_runs_it(shared_dir, tmp_path
     )
     assert probe.returncode != 0 and "getpwuid" in probe.stderr  # no passwd entry, as in the container
     case = "BraTS-GLI-00001-000"
-    inputs = tmp_path / "input"
+    inputs = open_tmp / "input"
     (inputs / case).mkdir(parents=True)
     for path in (shared_dir / "data" / "real" / case).iterdir():
         if not path.name.endswith("-t1c.nii.gz"):
             shutil.copy(path, inputs / case / path.name)
     for path in [inputs, *inputs.rglob("*")]:
         path.chmod(0o555 if path.is_dir() else 0o444)
-    output = tmp_path / "output"
-    output.mkdir(mode=0o777)
-    weights = tmp_path / "weights"
+    output = open_tmp / "output"
+    output.mkdir()
+    output.chmod(0o777)  # as a host folder mounted writable for the container's uid
+    weights = open_tmp / "weights"
     init_random(weights, "tiny", seed=0)
+    for path in [weights, *weights.iterdir()]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
     before = _digest(inputs)
     env = {"PATH": "/usr/bin:/bin", "BRASYN_WEIGHTS": str(weights)}
     proc = subprocess.run(

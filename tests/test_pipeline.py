@@ -19,7 +19,15 @@ import pytest
 from brasyn.cli import main
 from brasyn.modalities import conditions_for, modality_from_alias
 from brasyn.weights import WeightStore, init_random
-from tests.helpers import BRATS_AFFINE, container_prefix, make_case, phantom, save_nifti
+from tests.helpers import (
+    BRATS_AFFINE,
+    CONTAINER_UID,
+    container_prefix,
+    make_case,
+    phantom,
+    save_nifti,
+    written_by_container_uid,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--sampler", "ddim", "--steps", "2", "--device", "cpu", "--no-progress"]
@@ -46,6 +54,14 @@ def _tree_digest(folder: Path) -> dict[str, tuple[str, float, int]]:
     return out
 
 
+GOOD_OUTPUTS = {
+    "BraTS-GLI-00001-000-t2f.nii.gz",
+    "BraTS-GLI-00002-000-t1n.nii.gz",
+    "BraTS2021_00003_t2.nii.gz",
+}
+"""What the main job writes for :func:`_good_cases`."""
+
+
 def _good_cases(root: Path) -> dict[str, dict[str, Path]]:
     return {
         "BraTS-GLI-00001-000": make_case(root, "BraTS-GLI-00001-000", ("t1n", "t1c", "t2w"), seed=1),
@@ -62,11 +78,7 @@ def test_batch_writes_one_file_per_case_on_the_input_grid_and_scale(tmp_path, ti
     before = _tree_digest(inputs)
     code = run_fast(inputs, output, tiny_weights, "--report", str(report))
     assert code == 0
-    expected = {
-        "BraTS-GLI-00001-000-t2f.nii.gz",
-        "BraTS-GLI-00002-000-t1n.nii.gz",
-        "BraTS2021_00003_t2.nii.gz",
-    }
+    expected = GOOD_OUTPUTS
     assert {p.name for p in output.iterdir()} == expected
     assert _tree_digest(inputs) == before
 
@@ -387,22 +399,26 @@ def _entrypoint_env(**extra: str) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1", **extra}
 
 
-def test_entrypoint_runs_as_an_unknown_uid_without_home_and_read_only_input(tmp_path, tiny_weights):
-    inputs, output = tmp_path / "in", tmp_path / "out"
+def test_entrypoint_runs_as_an_unknown_uid_without_home_and_read_only_input(open_tmp, tiny_weights):
+    """As the container runs it: a uid with no passwd entry that owns nothing, no HOME, no network; the
+    input and the weights read-only. It writes the outputs and nothing outside /tmp."""
+    prefix = container_prefix()
+    if prefix is None:
+        pytest.skip("switching to another uid (root with unshare and setpriv) is not possible here")
+    inputs, output = open_tmp / "in", open_tmp / "out"
     _good_cases(inputs)
     for path in [inputs, *inputs.rglob("*")]:
         path.chmod(0o555 if path.is_dir() else 0o444)
     output.mkdir()
     output.chmod(0o777)
-    tiny_copy = tmp_path / "w"
+    tiny_copy = open_tmp / "w"
     shutil.copytree(tiny_weights, tiny_copy)
-    for path in [tmp_path, tiny_copy, *tiny_copy.iterdir()]:
-        path.chmod(0o755 if path.is_dir() else 0o444)
+    for path in [tiny_copy, *tiny_copy.iterdir()]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
     before = _tree_digest(inputs)
+    weights_before = _tree_digest(tiny_copy)
+    elsewhere_before = written_by_container_uid()
     env = _entrypoint_env(BRASYN_INPUT=str(inputs), BRASYN_OUTPUT=str(output), BRASYN_WEIGHTS=str(tiny_copy))
-    prefix = container_prefix()
-    if prefix is None:
-        pytest.skip("user namespaces (unshare --user) are not permitted here")
     proc = subprocess.run(
         [*prefix, sys.executable, str(ROOT / "entrypoint.py"), *FAST],
         env=env,
@@ -412,8 +428,10 @@ def test_entrypoint_runs_as_an_unknown_uid_without_home_and_read_only_input(tmp_
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert len(list(output.iterdir())) == 3
-    assert _tree_digest(inputs) == before
+    assert {p.name for p in output.iterdir()} == GOOD_OUTPUTS
+    assert all(p.stat().st_uid == CONTAINER_UID for p in output.iterdir())
+    assert _tree_digest(inputs) == before and _tree_digest(tiny_copy) == weights_before
+    assert written_by_container_uid() == elsewhere_before
 
 
 def test_terminated_run_leaves_nothing_partial(tmp_path, tiny_weights):
