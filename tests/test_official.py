@@ -80,6 +80,19 @@ def test_the_config_is_read_from_the_shapes_of_a_state_dict(config):
     assert manifest._state_dict_problems(state, inferred) is None
 
 
+def test_the_released_keys_and_shapes_are_read_as_the_official_size(shared_dir):
+    state = {}
+    for line in (shared_dir / "reference" / "official_state_dict_keys.txt").read_text().splitlines():
+        key, shape = line.split(" ", 1)
+        dims = [int(n) for n in shape.strip("()").split(",") if n.strip()]
+        state[key] = torch.empty(dims, device="meta")
+    assert len(state) == 394
+    assert infer_config(state) == PRESETS["official"]
+    assert manifest._state_dict_problems(state, PRESETS["official"]) is None
+    state["module.out.2.bias"] = state.pop("out.2.bias")  # a DataParallel prefix is not the released file
+    assert "1 missing keys: out.2.bias" in manifest._state_dict_problems(state, infer_config(state))
+
+
 def test_a_folder_of_official_files_is_used_without_a_manifest(downloads, caplog, monkeypatch):
     hashed = []
     for module in (official, manifest):
