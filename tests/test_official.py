@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,28 @@ def test_import_official_of_a_folder_refuses_target(tmp_path, downloads, capsys)
         == 2
     )
     assert "is a folder: its files are mapped by name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "but no manifest.json and none of the official checkpoint names",
+        "and none of the official cWDM checkpoint names",
+        "recognised official cWDM checkpoint",
+        "not an official checkpoint name",
+        "is not of the official cWDM size",
+        "is not an official cWDM checkpoint",
+        "which both name the",
+        "cannot be confirmed",
+        "does not say which contrast the checkpoint synthesises",
+        "checkpoint, but --target says",
+    ],
+)
+def test_troubleshooting_covers_each_message_about_official_files(message):
+    root = Path(__file__).resolve().parents[1]
+    code = " ".join((root / "brasyn" / name).read_text() for name in ("official.py", "options.py"))
+    readme = (root / "README.md").read_text()
+    troubleshooting = readme[readme.index("## Troubleshooting") : readme.index("## Weights")]
+    joined = re.sub(r'"\s*\n\s*f?"', "", code)  # adjacent string literals, as Python joins them
+    assert message in joined
+    assert message in troubleshooting
