@@ -11,6 +11,14 @@
 #   docker build --build-arg TORCH_CUDA=cu126 --build-arg CUDA_BASE=nvidia/cuda:12.6.3-base-ubuntu24.04 .
 # requirements.txt stays the one place torch's version is pinned; TORCH_CUDA only picks the wheel index.
 # Nothing is downloaded at run time.
+#
+# Weights: the image carries the folder the build argument WEIGHTS names (default weights/, the small demo
+# model). For the image that goes to the challenge, bake in the official cWDM checkpoints (or retrained
+# ones): a folder inside the build context, either the four downloaded files under their released names
+# (t1_gen.pt, t1ce_gen.pt, t2_gen.pt, flair_gen.pt) or, better (sha256 in a manifest), one made by
+#   python -m brasyn.weights import-official DOWNLOADS --out official-weights
+# and then
+#   docker build --build-arg WEIGHTS=official-weights -t brasyn:0.1.0 .
 ARG CUDA_BASE=nvidia/cuda:13.0.2-base-ubuntu24.04
 FROM ${CUDA_BASE}
 ARG TORCH_CUDA=cu130
@@ -51,7 +59,9 @@ RUN pip install --no-cache-dir --extra-index-url "https://download.pytorch.org/w
 
 COPY LICENSE README.md pyproject.toml entrypoint.py ./
 COPY brasyn ./brasyn
-COPY weights ./weights
+# the weights folder to bake in, relative to the build context (see the top of this file)
+ARG WEIGHTS=weights
+COPY ${WEIGHTS} ./weights
 # byte-compile now: at run time the image may be read-only
 RUN python -m compileall -q brasyn entrypoint.py \
     && chmod -R a+rX /opt/brasyn \

@@ -62,13 +62,12 @@ MOUNTED_WEIGHTS = Path("/weights")
 
 
 def _default_weights() -> Path:
-    """``$BRASYN_WEIGHTS``, else weights mounted at /weights, else the bundled ones."""
+    """``$BRASYN_WEIGHTS``, else weights mounted at /weights (read like the MLCube weights mount: a
+    manifest or the official files by name; other files are refused), else the bundled ones."""
     env = os.environ.get("BRASYN_WEIGHTS")
     if env:
         return Path(env)
-    if (MOUNTED_WEIGHTS / "manifest.json").is_file():
-        return MOUNTED_WEIGHTS
-    return DEFAULT_WEIGHTS
+    return mlcube_weights(MOUNTED_WEIGHTS) or DEFAULT_WEIGHTS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--weights",
         type=Path,
-        help="weights folder with manifest.json; default $BRASYN_WEIGHTS or the bundled weights",
+        help="weights folder with manifest.json, or with the official cWDM files (t1_gen.pt, t1ce_gen.pt, "
+        "t2_gen.pt, flair_gen.pt); default $BRASYN_WEIGHTS or the bundled weights",
     )
     add_method_option(parser)
     add_sampling_options(parser)
@@ -221,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
             "weights": str(args.weights),
             "device": str(predictor.device),
             "weights_quality": predictor.quality(),
+            "checkpoints": predictor.checkpoints(),
             "settings": {
                 **asdict(sampling),
                 "seed": args.seed,

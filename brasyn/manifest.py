@@ -339,10 +339,17 @@ def _verify(path: Path, expected: str) -> None:
     _VERIFIED.add(key)
 
 
-def _safe_load(path: Path) -> Any:
-    """``torch.load`` that cannot run code from the file; any failure becomes a WeightsError."""
+def _mark_verified(path: Path, digest: str) -> None:
+    """Note that ``digest`` was just computed from ``path``, so loading it does not hash it again."""
+    stat = path.stat()
+    _VERIFIED.add((str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest))
+
+
+def _safe_load(path: Path, mmap: bool = False) -> Any:
+    """``torch.load`` that cannot run code from the file; any failure becomes a WeightsError. ``mmap``
+    maps the tensors instead of reading them (for a look at their shapes)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # torch's own hint (load it with weights_only=False) is the one thing never to do with such a file
         raise WeightsError(

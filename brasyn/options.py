@@ -28,6 +28,7 @@ from brasyn.acceleration import PRECISIONS, SpeedSettings
 from brasyn.diffusion import SAMPLERS, Sampling
 from brasyn.errors import UsageError
 from brasyn.modalities import modality_from_alias
+from brasyn.official import OFFICIAL_NAMES, official_target
 from brasyn.sharding import Shard, parse_shard
 
 __all__ = [
@@ -338,25 +339,31 @@ def torch_threads() -> int:
 
 
 def mlcube_weights(path: Path) -> Path | None:
-    """The weights folder an MLCube ``--weights`` mount means: the folder (or the folder of the file given)
-    when it holds ``manifest.json`` or ``baselines.json``; None (the weights baked into the image) when it
-    is empty. Anything else, e.g. the downloaded checkpoint files without a manifest, is refused: running
-    the baked-in weights instead would be a quiet mistake."""
+    """The weights folder an MLCube ``--weights`` mount (or a ``/weights`` mount) means: the folder (or the
+    folder of the file given) when it holds ``manifest.json``, ``baselines.json`` or the official cWDM
+    checkpoints under their released names (``flair_gen.pt`` ...); None (the weights baked into the
+    image) when it is empty. Anything else is refused: running the baked-in weights instead would be a
+    quiet mistake."""
     folder = path.parent if path.is_file() else path
     if any((folder / name).is_file() for name in ("manifest.json", "baselines.json")):
         return folder
-    present = (
-        sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
-    )
+    if any(official_target(p.name) for p in _listing(folder)):
+        return folder  # brasyn.official reads it as if a manifest listed them
+    present = sorted(p.name for p in _listing(folder) if not p.name.startswith("."))
     if not present:
         return None
     shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
     raise UsageError(
-        f"the weights folder {folder} holds {shown} but no manifest.json, so brasyn cannot tell which "
-        f"checkpoint synthesises which contrast; add them with `python -m brasyn.weights import-official "
-        f"--target T FILE --out {folder}` (one per contrast), or mount an empty folder to use the weights "
-        "baked into the image"
+        f"the weights folder {folder} holds {shown} but no manifest.json and none of the official "
+        f"checkpoint names ({', '.join(OFFICIAL_NAMES)}), so brasyn cannot tell which checkpoint "
+        f"synthesises which contrast; rename the downloaded files to those names, or add them with "
+        f"`python -m brasyn.weights import-official --target T FILE --out {folder}` (one per contrast), or "
+        "mount an empty folder to use the weights baked into the image"
     )
+
+
+def _listing(folder: Path) -> list[Path]:
+    return list(folder.iterdir()) if folder.is_dir() else []
 
 
 MLCUBE_PARAMETERS: dict[str, Converter] = {

@@ -27,6 +27,7 @@ from brasyn.baselines import BASELINES_NAME, Baselines, predict_linear, predict_
 from brasyn.diffusion import Diffusion, DiffusionConfig, Sampling
 from brasyn.errors import UsageError, WeightsError
 from brasyn.modalities import Modality
+from brasyn.official import describe as describe_checkpoint
 from brasyn.options import METHODS
 from brasyn.runtime import select_device
 from brasyn.weights import WeightStore
@@ -90,6 +91,11 @@ class Predictor(Protocol):
         """What a run report records about it."""
         ...
 
+    def checkpoints(self) -> dict[str, dict[str, Any]] | None:
+        """Per target: the checkpoint file, its sha256 and where it came from (official file names
+        included), for the run report; None without weights (the baselines)."""
+        ...
+
 
 class DiffusionPredictor:
     """cWDM: one checkpoint per target from a weights folder, loaded on first use and kept."""
@@ -128,6 +134,9 @@ class DiffusionPredictor:
 
     def settings(self) -> dict[str, Any]:
         return {"method": self.method, **asdict(self.sampling), "precision": self.precision}
+
+    def checkpoints(self) -> dict[str, dict[str, Any]] | None:
+        return {t.value: describe_checkpoint(self.weights.info(t)) for t in self.weights.targets()}
 
     def diffusion_for(self, target: Modality) -> Diffusion:
         """The noise schedule the checkpoint for ``target`` was trained with."""
@@ -222,6 +231,9 @@ class _Baseline:
 
     def settings(self) -> dict[str, Any]:
         return {"method": self.method}
+
+    def checkpoints(self) -> dict[str, dict[str, Any]] | None:
+        return None
 
     def steps(self, target: Modality) -> int:
         return 0

@@ -20,6 +20,7 @@ Two file formats:
 
 - ``brasyn``: ``torch.save({"state_dict": ..., "config": config.to_dict(), "target": "t1n"})``.
 - ``official``: the plain state_dict of the released cWDM checkpoints (HuggingFace pfriedri/cwdm).
+  A folder of them under their released names needs no manifest (:mod:`brasyn.official`).
 
 Both are read with ``torch.load(..., weights_only=True)``, so a checkpoint cannot run code, and loaded
 into :class:`~brasyn.unet.Denoiser` with ``strict=True``. Every file is checked against its sha256 before
@@ -28,7 +29,8 @@ it is read (once per file per process).
 Command line::
 
     python -m brasyn.weights init --config tiny --out DIR [--seed S] [--targets t1n t2f ...]
-    python -m brasyn.weights import-official --target t2f FILE --out DIR
+    python -m brasyn.weights import-official DIR --out DIR     (the official files, mapped by name)
+    python -m brasyn.weights import-official [--target t2f] [--force] FILE --out DIR
     python -m brasyn.weights verify DIR
     python -m brasyn.weights list DIR
 
@@ -43,7 +45,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,9 +53,8 @@ from torch import nn
 from brasyn import __version__
 from brasyn.command import parse_arguments, run_command
 from brasyn.diffusion import DiffusionConfig
-from brasyn.errors import BrasynError, ExitCode, WeightsError
+from brasyn.errors import BrasynError, ExitCode, UsageError, WeightsError
 from brasyn.manifest import (
-    _CHUNK,
     DEFAULT_INTENSITY_RATIOS,
     FORMAT_VERSION,
     FORMATS,
@@ -62,9 +63,7 @@ from brasyn.manifest import (
     _existing_manifest,
     _is_plain_name,
     _now,
-    _parse_entries,
     _parse_ratios,
-    _read_manifest,
     _safe_load,
     _state_dict_problems,
     _verify,
@@ -73,6 +72,7 @@ from brasyn.manifest import (
     sha256_file,
 )
 from brasyn.modalities import MODALITIES, Modality
+from brasyn.official import import_official, import_official_folder, read_entries
 from brasyn.options import add_verbosity_option, contrast, whole_number
 from brasyn.unet import PRESETS, Denoiser, DenoiserConfig
 
@@ -92,15 +92,14 @@ __all__ = [
 
 logger = logging.getLogger("brasyn.weights")
 
-OFFICIAL_SOURCE = "HuggingFace pfriedri/cwdm"
-
 
 class WeightStore:
     """The checkpoints of one weights folder; models are loaded on demand and kept."""
 
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
-        self._entries = _parse_entries(self.folder, _read_manifest(self.folder))
+        # a manifest, else the official files the folder holds by name (brasyn.official)
+        self._entries = read_entries(self.folder)
         self._models: dict[tuple[Modality, str], Denoiser] = {}
 
     def __repr__(self) -> str:
@@ -305,72 +304,6 @@ def init_random(
     return infos
 
 
-def _copy_atomic(source: Path, dest: Path) -> str:
-    def copy_bytes(f: IO[bytes]) -> None:
-        with open(source, "rb") as src:
-            for chunk in iter(lambda: src.read(_CHUNK), b""):
-                f.write(chunk)
-
-    return _write_atomic(dest, copy_bytes)
-
-
-def import_official(
-    file: Path | str,
-    target: Modality | str,
-    folder: Path | str,
-    *,
-    config: DenoiserConfig | None = None,
-) -> CheckpointInfo:
-    """Add a released cWDM checkpoint (a plain state_dict) for ``target`` to ``folder``.
-
-    The file must load strictly into a denoiser of ``config`` (default: the official size). It is
-    copied as ``<target>.pt`` unless it already lies in ``folder``, where it keeps its name.
-    """
-    file = Path(file)
-    folder = Path(folder)
-    target = Modality(target)
-    config = config or PRESETS["official"]
-    if not file.is_file():
-        raise WeightsError(f"The checkpoint {file} does not exist or is not a file.")
-    state = _safe_load(file)
-    problem = _state_dict_problems(state, config)
-    if problem:
-        raise WeightsError(
-            f"{file} is not an official cWDM checkpoint: {problem}. Expected the plain state_dict "
-            f"released at {OFFICIAL_SOURCE} (one file per target contrast)."
-        )
-    del state
-    folder.mkdir(parents=True, exist_ok=True)
-    _existing_manifest(folder)
-    if file.resolve().parent == folder.resolve():
-        file_name, digest = file.name, sha256_file(file)
-    else:
-        file_name = f"{target.value}.pt"
-        digest = _copy_atomic(file, folder / file_name)
-    info = CheckpointInfo(
-        target=target,
-        file=file_name,
-        sha256=digest,
-        format="official",
-        config=config,
-        diffusion=DiffusionConfig(),
-        intensity_ratios=DEFAULT_INTENSITY_RATIOS[target],
-        provenance={
-            "source": OFFICIAL_SOURCE,
-            "source_file": file.name,
-            "command": "import-official",
-            "created": _now(),
-            "brasyn_version": __version__,
-            "intensity_ratios": "defaults measured on 4 public cases (DEFAULT_INTENSITY_RATIOS)",
-        },
-    )
-    _write_manifest_entry(folder, info)
-    logger.info(
-        "imported %s as the %s checkpoint %s (sha256 %s)", file, target.value, folder / file_name, digest
-    )
-    return info
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m brasyn.weights", description="Create, import, verify and list brasyn weights folders."
@@ -392,15 +325,25 @@ def _parser() -> argparse.ArgumentParser:
         help="contrasts to write a checkpoint for: t1n, t1c, t2w, t2f or an alias (default: all four)",
     )
 
-    imp = commands.add_parser("import-official", help="add a released cWDM checkpoint (plain state_dict)")
+    imp = commands.add_parser(
+        "import-official",
+        help="add released cWDM checkpoints (plain state_dicts): a folder of them, or one file",
+    )
     imp.add_argument(
         "--target",
         type=contrast,
-        required=True,
-        help="the contrast the checkpoint synthesises: t1n, t1c, t2w, t2f or an alias",
+        help="the contrast FILE synthesises (t1n, t1c, t2w, t2f or an alias); needed only when the file "
+        "name is not an official one (t1_gen.pt->t1n, t1ce_gen.pt->t1c, t2_gen.pt->t2w, flair_gen.pt->t2f)",
     )
-    imp.add_argument("file", type=Path, help="the checkpoint file")
-    imp.add_argument("--out", type=Path, required=True, help="weights folder to add it to")
+    imp.add_argument(
+        "--force",
+        action="store_true",
+        help="import FILE for --target even when its official name says another contrast",
+    )
+    imp.add_argument(
+        "file", type=Path, metavar="PATH", help="a checkpoint file, or a folder of official ones"
+    )
+    imp.add_argument("--out", type=Path, required=True, help="weights folder to add them to")
 
     verify = commands.add_parser("verify", help="check every checkpoint's sha256")
     verify.add_argument("folder", type=Path)
@@ -463,8 +406,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{info.target.value}  {args.out / info.file}  {info.sha256}")
             return ExitCode.OK
         if args.command == "import-official":
-            info = import_official(args.file, args.target, args.out)
-            print(f"{info.target.value}  {args.out / info.file}  {info.sha256}")
+            if args.file.is_dir():
+                if args.target is not None or args.force:
+                    raise UsageError(
+                        f"{args.file} is a folder: its files are mapped by name, so --target and --force "
+                        "apply to one file only (import-official --target T FILE --out DIR)"
+                    )
+                infos = import_official_folder(args.file, args.out)
+            else:
+                infos = [import_official(args.file, args.target, args.out, force=args.force)]
+            for info in infos:
+                source = info.provenance["source_file"]
+                print(f"{info.target.value}  {args.out / info.file}  {info.sha256}  (from {source})")
             return ExitCode.OK
         if args.command == "verify":
             return _verify_folder(args.folder)

@@ -145,3 +145,6 @@ class FirstCondition:
 
     def settings(self):
         return {"method": "first-condition"}
+
+    def checkpoints(self):
+        return None

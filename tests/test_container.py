@@ -113,6 +113,19 @@ def test_dockerfile_runs_the_entrypoint_as_a_non_root_user_with_caches_in_tmp():
     assert {"tests", ".git", ".venv", "weights/training"} <= set(ignored)
 
 
+def test_dockerfile_bakes_the_weights_folder_its_documented_build_argument_names():
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    assert "ARG WEIGHTS=weights" in lines
+    assert "COPY ${WEIGHTS} ./weights" in lines  # the folder the image's default weights are read from
+    assert not any(line.startswith("COPY weights") for line in lines)  # no second, fixed copy
+    documented = [line for line in lines if line.startswith("#") and "--build-arg WEIGHTS=" in line]
+    assert documented and "import-official" in "\n".join(lines[: lines.index(documented[0])])
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "official-weights" not in ignored  # the documented folder reaches the build
+    readme = (ROOT / "README.md").read_text()
+    assert "docker build --build-arg WEIGHTS=official-weights" in readme
+
+
 def test_entrypoint_on_a_real_case_as_the_container_runs_it(shared_dir, open_tmp):
     prefix = container_prefix()
     if prefix is None:

@@ -119,11 +119,25 @@ def test_an_mlcube_weights_folder_with_files_but_no_manifest_is_refused(tmp_path
     make_case(tmp_path / "in", "BraTS-GLI-00001-000", seed=1)
     weights = tmp_path / "weights"
     weights.mkdir()
-    (weights / "flair_gen.pt").write_bytes(b"not read")
+    (weights / "model_0001.pt").write_bytes(b"not read")
     args = ["infer", "--data_path", str(tmp_path / "in"), "--output_path", str(tmp_path / "out")]
     assert main([*args, "--weights", str(weights)]) == 2
     err = capsys.readouterr().err
-    assert "holds flair_gen.pt but no manifest.json" in err and "import-official" in err
+    assert "holds model_0001.pt but no manifest.json and none of the official checkpoint names" in err
+    assert "flair_gen.pt" in err and "import-official" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_an_mlcube_weights_folder_with_a_bad_official_file_is_refused_not_replaced(tmp_path, capsys):
+    make_case(tmp_path / "in", "BraTS-GLI-00001-000", seed=1)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "flair_gen.pt").write_bytes(b"an interrupted download")
+    args = ["infer", "--data_path", str(tmp_path / "in"), "--output_path", str(tmp_path / "out")]
+    assert main([*args, "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert "flair_gen.pt could not be read as a safe torch checkpoint" in err
+    assert "baked into the image" not in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
