@@ -115,7 +115,8 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (oneDNN's test: AVX-512 BF16, AMX or similar)."""
+    """Whether oneDNN runs bfloat16 kernels on this CPU (its own test: AVX-512 BW, VL and DQ on x86, with
+    AVX-512 BF16 or AMX used where present; the BF16 extension on ARM); elsewhere bf16 is emulated slowly."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

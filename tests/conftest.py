@@ -13,6 +13,39 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reverse-order",
+        action="store_true",
+        help="run the tests in reversed file order (with -p no:randomly): a check for order dependence",
+    )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--reverse-order"):
+        items.reverse()
+
+
+def _order(config: pytest.Config) -> str:
+    if config.getoption("--reverse-order"):
+        return "test order: reversed (--reverse-order)"
+    seed = getattr(config.option, "randomly_seed", None)
+    if config.pluginmanager.has_plugin("randomly") and isinstance(seed, int):
+        return f"test order: shuffled; replay it with -p randomly --randomly-seed={seed}"
+    return "test order: file order"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(_order(session.config))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    terminalreporter.write_line(_order(config))
+
+
 @pytest.fixture(scope="session")
 def golden() -> dict[str, Any]:
     """Numbers produced by the official cWDM code (see tests/fixtures/README.md)."""

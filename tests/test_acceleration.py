@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from brasyn import acceleration
 from brasyn.acceleration import (
     SpeedSettings,
     configure_backends,
+    cpu_has_fast_bf16,
     cudnn_bf16_conv3d_problem,
     network_precision,
     optimise_model,
@@ -128,6 +131,35 @@ def test_backend_switches_apply_to_cuda_only(restore_backends):
     configure_backends(torch.device("cuda"), SpeedSettings(tf32=False, cudnn_benchmark=False))
     assert torch.backends.cuda.matmul.fp32_precision == "ieee"
     assert torch.backends.cudnn.conv.fp32_precision == "ieee" and not torch.backends.cudnn.benchmark
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.split(":")[0].strip() in ("flags", "Features"):
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
+def test_the_real_cpu_bf16_detector_agrees_with_the_cpu_flags_and_bf16_runs():
+    flags = _cpu_flags()
+    if flags is None or platform.machine() not in ("x86_64", "aarch64"):
+        pytest.skip("no /proc/cpuinfo flags to compare with on this machine")
+    if platform.machine() == "x86_64":
+        expected = {"avx512bw", "avx512vl", "avx512dq"} <= flags
+    else:
+        expected = "bf16" in flags
+    assert cpu_has_fast_bf16() is expected, sorted(f for f in flags if "avx512" in f or "bf16" in f)
+    # and what it promises works: a bf16 convolution on this CPU close to the float32 one
+    x = torch.randn(1, 4, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    conv = torch.nn.Conv3d(4, 4, 3, padding=1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = conv(x)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), conv(x).detach(), rtol=0.05, atol=0.05)
 
 
 @pytest.mark.parametrize("native", [True, False])

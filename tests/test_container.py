@@ -29,40 +29,20 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def _mlcube_command(workspace: Path) -> tuple[list[str], dict[str, Path]]:
-    """The task arguments MLCube generates for `infer` and the host folder behind each /mlcube_ioN.
+    """The task arguments MLCube generates for `infer` and the host folder behind each /mlcube_ioN, made
+    by the mlcube package's own configuration and mount code (installed by .ci/run)."""
+    pytest.importorskip("mlcube", reason="the mlcube package is not installed (.ci/run installs it)")
+    from mlcube.config import MLCubeConfig
+    from mlcube.shell import Shell
+    from mlcube_docker.docker_run import DockerRun
 
-    Where the mlcube package is installed, its own configuration and mount code produce them; otherwise
-    its rule is applied here: each input, then each output, gets the next /mlcube_ioN (a file parameter
-    mounts its folder and passes the file inside it).
-    """
-    try:
-        from mlcube.config import MLCubeConfig
-        from mlcube.shell import Shell
-        from mlcube_docker.docker_run import DockerRun
-    except ImportError:
-        config = yaml.safe_load((ROOT / "mlcube" / "mlcube.yaml").read_text())
-        params = config["tasks"]["infer"]["parameters"]
-        mounts: dict[str, str] = {}
-        args = ["infer"]
-        for io in ("inputs", "outputs"):
-            for name, spec in params[io].items():
-                spec = spec if isinstance(spec, dict) else {"type": "directory", "default": spec}
-                host = workspace / spec["default"]
-                if spec.get("type") == "file":
-                    folder = str(host.parent)
-                    mounts.setdefault(folder, f"/mlcube_io{len(mounts)}")
-                    args.append(f"--{name}={mounts[folder]}/{host.name}")
-                else:
-                    mounts.setdefault(str(host), f"/mlcube_io{len(mounts)}")
-                    args.append(f"--{name}={mounts[str(host)]}")
-    else:
-        cfg = MLCubeConfig.create_mlcube_config(
-            str(ROOT / "mlcube" / "mlcube.yaml"),
-            runner_config=DockerRun.CONFIG.DEFAULT,
-            runner_cls=DockerRun,
-            workspace=str(workspace),
-        )
-        mounts, args, _ = Shell.generate_mounts_and_args(cfg, "infer", make_dirs=True)
+    cfg = MLCubeConfig.create_mlcube_config(
+        str(ROOT / "mlcube" / "mlcube.yaml"),
+        runner_config=DockerRun.CONFIG.DEFAULT,
+        runner_cls=DockerRun,
+        workspace=str(workspace),
+    )
+    mounts, args, _ = Shell.generate_mounts_and_args(cfg, "infer", make_dirs=True)
     return args, {container: Path(host) for host, container in mounts.items()}
 
 
