@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brasyn",
         description="Synthesise the missing MR contrast (t1n, t1c, t2w or t2f) of every case folder.",
-        epilog="Other forms: 'brasyn demo [--out DIR] [options]' runs the example case through the bundled "
+        epilog="Other forms: 'brasyn --t1n FILE --t1c FILE --t2w FILE --out FILE [options]' synthesises one "
+        "case given by its files (any three of --t1n, --t1c, --t2w, --t2f); "
+        "'brasyn demo [--out DIR] [options]' runs the example case through the bundled "
         "weights; 'brasyn infer --data_path DIR --output_path DIR [--weights PATH] [--parameters_file FILE]' "
         "is the MLCube task.",
     )
@@ -90,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--input",
         type=Path,
-        help="folder of case folders (or one case's files); default $BRASYN_INPUT or /input",
+        help="folder of case folders (or one case's files, or several cases' files side by side); default "
+        "$BRASYN_INPUT or /input",
     )
     add(
         "--output",

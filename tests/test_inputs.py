@@ -308,3 +308,24 @@ def test_one_case_in_a_flat_folder_stays_one_case_and_duplicates_say_what_to_do(
     assert isinstance(error, CaseError)
     assert "more than one file for the same contrast" in error.message
     assert "if the folder holds several cases, put one sub-folder per case" in error.message
+
+
+def test_drop_of_a_flat_folder_copies_each_case_its_own_files(tmp_path):
+    from brasyn.evaluate import main as evaluate_main
+
+    names = [f"{c}-{m}.nii.gz" for c in ("A", "B") for m in ("t1n", "t1c", "t2w", "t2f", "seg")]
+    _touch(tmp_path / "truth", *names)
+    args = [
+        "drop",
+        "--input",
+        str(tmp_path / "truth"),
+        "--output",
+        str(tmp_path / "test"),
+        "--protocol",
+        "brasyn",
+    ]
+    assert evaluate_main(args) == 0
+    for case in ("A", "B"):
+        kept = sorted(p.name for p in (tmp_path / "test" / case).iterdir())
+        assert len(kept) == 4 and all(name.startswith(f"{case}-") for name in kept)
+        assert f"{case}-seg.nii.gz" in kept

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import brasyn
-from brasyn.errors import CaseError, UsageError
+from brasyn.errors import BrasynError, CaseError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = 'sampler="x0", steps=1, device="cpu"'
@@ -98,5 +98,5 @@ def test_infer_single_reports_a_broken_case_and_leaves_nothing(tmp_path):
 def test_load_denoiser_names_what_is_missing(tmp_path):
     model = brasyn.load_denoiser(ROOT / "weights" / "manifest.json", "flair")
     assert not model.training
-    with pytest.raises(brasyn.errors.BrasynError, match="unknown contrast"):
+    with pytest.raises(BrasynError, match="unknown contrast"):
         brasyn.load_denoiser(ROOT / "weights", "pd")
