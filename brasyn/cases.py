@@ -42,7 +42,9 @@ class Case:
     """One case folder: the contrasts found in it and what, if anything, to synthesise."""
 
     id: str
-    """The case folder's name (for a root that directly holds images: the root's name)."""
+    """The case folder's name (for a root that directly holds one case's images: the root's name; for
+    several cases side by side: the case id their names start with; for :func:`single_case`: the one the
+    output name holds)."""
     folder: Path
     files: dict[Modality, Path]
     """Every contrast found (three or four)."""

@@ -329,3 +329,17 @@ def test_drop_of_a_flat_folder_copies_each_case_its_own_files(tmp_path):
         kept = sorted(p.name for p in (tmp_path / "test" / case).iterdir())
         assert len(kept) == 4 and all(name.startswith(f"{case}-") for name in kept)
         assert f"{case}-seg.nii.gz" in kept
+
+
+def test_infer_single_writes_the_bytes_of_the_command_and_keeps_an_output_when_told(tmp_path):
+    import brasyn
+
+    files = _images(tmp_path / "in", "p9-t1n.nii.gz", "p9-t1c.nii.gz", "p9-t2f.nii.gz")
+    t1n, t1c, t2f = (str(p) for p in files.values())
+    command = tmp_path / "cmd" / "p9-t2w.nii.gz"
+    assert main(["--t1n", t1n, "--t1c", t1c, "--t2f", t2f, "--out", str(command), *SAMPLED]) == 0
+    out = tmp_path / "api" / "p9-t2w.nii.gz"
+    written = brasyn.infer_single(t1n=t1n, t1c=t1c, t2f=t2f, output_file=out, sampler="x0", device="cpu")
+    assert written == out and out.read_bytes() == command.read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        brasyn.infer_single(t1n=t1n, t1c=t1c, t2f=t2f, output_file=out, overwrite=False, device="cpu")
