@@ -201,23 +201,27 @@ def _writable_folder(folder: Path, name: str, advice: str) -> None:
 
 
 def check_folders(
-    input_root: Path, output: Path, report: Path | None = None, extras: Path | None = None
+    input_root: Path | None, output: Path, report: Path | None = None, extras: Path | None = None
 ) -> None:
     """Refuse, with a sentence, what a batch cannot run with, before any case is touched: a missing
     input or one that is a file; an output, report or previews inside the input (brasyn never writes
     there); a report or previews inside the output (which must hold only the synthetic images); an
-    output, report or previews folder that cannot be created or written. Creates the output folder."""
-    if input_root.exists() and not input_root.is_dir():
-        raise UsageError(
-            f"the input {input_root} is a file, not a folder; give the folder that holds the cases"
-        )
-    if not input_root.is_dir():
-        raise UsageError(f"the input folder {input_root} does not exist (mount it, e.g. -v DATA:/input:ro)")
-    if _inside(output, input_root):
-        raise UsageError(
-            f"the output folder {output} lies inside the input folder {input_root}; "
-            "choose a separate folder (brasyn never writes into its input)"
-        )
+    output, report or previews folder that cannot be created or written. Creates the output folder.
+    ``input_root`` is None for the single-case form, whose inputs are files named one by one."""
+    if input_root is not None:
+        if input_root.exists() and not input_root.is_dir():
+            raise UsageError(
+                f"the input {input_root} is a file, not a folder; give the folder that holds the cases"
+            )
+        if not input_root.is_dir():
+            raise UsageError(
+                f"the input folder {input_root} does not exist (mount it, e.g. -v DATA:/input:ro)"
+            )
+        if _inside(output, input_root):
+            raise UsageError(
+                f"the output folder {output} lies inside the input folder {input_root}; "
+                "choose a separate folder (brasyn never writes into its input)"
+            )
     for name, path in (("report", report), ("extras", extras)):
         if path is None:
             continue
@@ -225,7 +229,7 @@ def check_folders(
             (output, "output folder, which must hold only the synthetic images"),
             (input_root, "input folder, which brasyn never writes into"),
         ):
-            if _inside(path, folder):
+            if folder is not None and _inside(path, folder):
                 raise UsageError(f"--{name} {path} lies inside the {role}; put it elsewhere")
     if report is not None and report.is_dir():
         raise UsageError(f"--report {report} is a folder; name a file such as {report / 'report.json'}")

@@ -4,6 +4,7 @@ Forms:
 
 * no arguments: ``/input`` to ``/output`` (the Docker form; ``BRASYN_INPUT`` / ``BRASYN_OUTPUT`` override);
 * ``--input DIR --output DIR [options]``;
+* ``--t1n FILE --t1c FILE --t2w FILE --out FILE [options]`` (any three of the four contrasts): one case;
 * ``infer --data_path DIR --output_path DIR [--weights PATH] [--parameters_file FILE]`` (MLCube), and
   ``hotfix``, which does nothing;
 * ``demo [--out DIR] [options]``: the example case (``brasyn.example``) through the bundled weights.
@@ -22,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from brasyn.batch import check_folders, run_batch
-from brasyn.cases import discover, refuse_no_cases
+from brasyn.cases import Case, discover, refuse_no_cases, single_case
 from brasyn.command import parse_arguments, run_command
 from brasyn.demo import run_demo
 from brasyn.options import (
@@ -31,18 +32,22 @@ from brasyn.options import (
     add_device_option,
     add_method_option,
     add_sampling_options,
+    add_single_case_options,
     add_speed_options,
     add_threads_option,
     add_verbosity_option,
     add_version_option,
     apply_threads,
     contrast,
+    contrast_mapping,
+    map_spec,
     mlcube_weights,
     one_of,
     read_parameters,
     refuse_conflicts,
     sampling_settings,
     shard_spec,
+    single_case_files,
     speed_settings,
     torch_threads,
     whole_number,
@@ -76,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brasyn",
         description="Synthesise the missing MR contrast (t1n, t1c, t2w or t2f) of every case folder.",
-        epilog="Other forms: 'brasyn demo [--out DIR] [options]' runs the example case through the bundled "
+        epilog="Other forms: 'brasyn --t1n FILE --t1c FILE --t2w FILE --out FILE [options]' synthesises one "
+        "case given by its files (any three of --t1n, --t1c, --t2w, --t2f); "
+        "'brasyn demo [--out DIR] [options]' runs the example case through the bundled "
         "weights; 'brasyn infer --data_path DIR --output_path DIR [--weights PATH] [--parameters_file FILE]' "
         "is the MLCube task.",
     )
@@ -84,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--input",
         type=Path,
-        help="folder of case folders (or one case's files); default $BRASYN_INPUT or /input",
+        help="folder of case folders (or one case's files, or several cases' files side by side); default "
+        "$BRASYN_INPUT or /input",
     )
     add(
         "--output",
@@ -97,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights folder with manifest.json, or with the official cWDM files (t1_gen.pt, t1ce_gen.pt, "
         "t2_gen.pt, flair_gen.pt); default $BRASYN_WEIGHTS or the bundled weights",
     )
+    add(
+        "--map",
+        type=map_spec,
+        action="append",
+        metavar="CONTRAST=PATTERN|FILE",
+        help="name a contrast by a file-name pattern, e.g. --map t1c='*MPRAGE_post*' (repeatable; letter "
+        "case ignored; asked before the built-in names), or a YAML file of such lines (t1c: '*MPRAGE_post*')",
+    )
+    add_single_case_options(parser)
     add_method_option(parser)
     add_sampling_options(parser)
     add(
@@ -187,9 +204,18 @@ def _mlcube_arguments(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _single_case(args: argparse.Namespace) -> Case | None:
+    """The case of the single-case form (``--t1n FILE ... --out FILE``), None for the folder form."""
+    files = single_case_files(args)
+    return None if files is None else single_case(files, args.out)
+
+
 def run(args: argparse.Namespace) -> int:
     """Everything after argument parsing: build the predictor and the synthesizer, run the batch, return
     the exit status."""
+    single = _single_case(args)
+    if single is not None:
+        args.output = args.out.parent
     args.input = args.input or Path(os.environ.get("BRASYN_INPUT", "/input"))
     args.output = args.output or Path(os.environ.get("BRASYN_OUTPUT", "/output"))
     args.weights = args.weights or _default_weights()
@@ -199,10 +225,17 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)  # results depend on the thread count: a site pins it for identical bytes
     sampling = sampling_settings(args)
     speed = speed_settings(args)
-    check_folders(args.input, args.output, report=args.report, extras=args.extras)
+    mapping = contrast_mapping(args)
+    check_folders(None if single else args.input, args.output, report=args.report, extras=args.extras)
     predictor = make_predictor(args.method, args.weights, args.device, sampling, speed)
     speed.configure_backends(predictor.device)  # process-wide switches: set once, here
-    found = discover(args.input, target=args.target, naming=args.naming)
+    if single is not None:
+        args.input = single.folder  # what the report and the log name as the input
+    found = (
+        [single]
+        if single is not None
+        else discover(args.input, target=args.target, naming=args.naming, mapping=mapping)
+    )
     refuse_no_cases(found, args.input)  # a wrong mount must not look like a successful run
     log.info("%d case(s) in %s; %s; seed %d", len(found), args.input, predictor.summary(), args.seed)
     batch = run_batch(
@@ -225,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
             "settings": {
                 **asdict(sampling),
                 "seed": args.seed,
+                "map": mapping.describe(),
                 "progress": not args.no_progress,
                 "threads": torch_threads(),
                 "method": args.method,
@@ -245,6 +279,7 @@ def _dispatch(argv: list[str]) -> int:
         return run_demo(argv[1:], _synthesise)
     args = _mlcube_arguments(argv[1:]) if argv[:1] == ["infer"] else parse_arguments(build_parser(), argv)
     if args.devices:
+        single_case_files(args)  # refuses --devices with the single-case form
         return run_workers(argv, args.devices, shard=args.shard)
     return run(args)
 

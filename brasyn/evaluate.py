@@ -117,8 +117,16 @@ def drop(input_root: Path, output: Path, seed: int, record: Path, protocol: str 
         left_out = choices[item.id]
         folder = output / item.id
         folder.mkdir(parents=True)
+        # a case among others in a flat folder owns the files named after it, not the whole folder
+        own = item.folder.name == item.id
         kept = (
-            [p for p in sorted(item.folder.iterdir()) if p.is_file() and p != item.files[left_out]]
+            [
+                p
+                for p in sorted(item.folder.iterdir())
+                if p.is_file()
+                and p != item.files[left_out]
+                and (own or (p.name[: len(item.id) + 1] in {item.id + c for c in "-_."}))
+            ]
             if protocol == "brasyn"
             else [path for modality, path in item.files.items() if modality is not left_out]
         )

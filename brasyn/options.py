@@ -25,6 +25,7 @@ import torch
 
 from brasyn import __version__
 from brasyn.acceleration import PRECISIONS, SpeedSettings
+from brasyn.contrast_map import ContrastMap, MapError, parse_map
 from brasyn.diffusion import SAMPLERS, Sampling
 from brasyn.errors import UsageError
 from brasyn.modalities import modality_from_alias
@@ -39,6 +40,7 @@ __all__ = [
     "add_device_option",
     "add_method_option",
     "add_sampling_options",
+    "add_single_case_options",
     "add_speed_options",
     "add_threads_option",
     "add_verbosity_option",
@@ -46,13 +48,16 @@ __all__ = [
     "apply_threads",
     "torch_threads",
     "contrast",
+    "contrast_mapping",
     "device_spec",
+    "map_spec",
     "one_of",
     "read_parameters",
     "real_number",
     "refuse_conflicts",
     "sampling_settings",
     "shard_spec",
+    "single_case_files",
     "speed_settings",
     "whole_number",
 ]
@@ -94,6 +99,60 @@ def contrast(value: Any) -> str:
         raise _refuse(
             "a contrast: t1n, t1c, t2w or t2f (or an alias such as t1, t1ce, t2, flair)", value
         ) from None
+
+
+def map_spec(value: Any) -> ContrastMap:
+    """``--map`` and the ``map`` parameter: ``CONTRAST=PATTERN`` (``t1c=*MPRAGE_post*``), a YAML file of
+    ``contrast: pattern`` lines, or (from a parameters file) such a mapping itself."""
+    try:
+        return parse_map(value)
+    except MapError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def contrast_mapping(args: argparse.Namespace) -> ContrastMap:
+    """The one :class:`ContrastMap` of parsed arguments (``--map`` may be given several times; the
+    parameters file's ``map`` is one), empty where none was given."""
+    return ContrastMap.combine(getattr(args, "map", None))
+
+
+SINGLE_CONTRASTS = ("t1n", "t1c", "t2w", "t2f")
+"""The flags of the single-case form, one per contrast."""
+
+
+def add_single_case_options(parser: argparse.ArgumentParser) -> None:
+    """``--t1n FILE --t1c FILE --t2w FILE --t2f FILE --out FILE``: one case named file by file."""
+    single = parser.add_argument_group(
+        "one case", "three of the four input files and the output file, instead of --input and --output"
+    )
+    for name in SINGLE_CONTRASTS:
+        single.add_argument(f"--{name}", type=Path, metavar="FILE", help=f"the {name} image")
+    single.add_argument("--out", type=Path, metavar="FILE", help="the synthetic image to write (.nii.gz ...)")
+
+
+def single_case_files(args: argparse.Namespace) -> dict[str, Path | None] | None:
+    """The files of the single-case form (``{"t1n": path or None, ...}``), None for the folder form; a
+    UsageError for a command line that mixes the two forms or gives half of one."""
+    named = [f"--{m}" for m in SINGLE_CONTRASTS if getattr(args, m, None) is not None]
+    if not named and getattr(args, "out", None) is None:
+        return None
+    folder_form = {
+        "--input": args.input,
+        "--output": args.output,
+        "--map": getattr(args, "map", None),
+        "--target": getattr(args, "target", None),
+        "--devices": getattr(args, "devices", None),
+    }
+    mixed = [flag for flag, value in folder_form.items() if value]
+    if mixed:
+        raise UsageError(
+            f"{' and '.join(mixed)} cannot be combined with the single-case form "
+            f"({' '.join(named or ['--out'])}): give either --input DIR --output DIR for a folder of cases, "
+            "or three of --t1n, --t1c, --t2w, --t2f and --out FILE for one case"
+        )
+    if args.out is None:
+        raise UsageError(f"{' '.join(named)} given without --out FILE: name the synthetic image to write")
+    return {m: getattr(args, m) for m in SINGLE_CONTRASTS}
 
 
 def one_of(*choices: str) -> Converter:
@@ -377,6 +436,7 @@ MLCUBE_PARAMETERS: dict[str, Converter] = {
     "method": one_of(*METHODS),
     "precision": one_of(*PRECISIONS),
     "grid_of": contrast,
+    "map": map_spec,
 }
 """The keys of the MLCube ``infer`` task's parameters file, with the converters the matching flags use
 (the attribute names of the main command's parsed arguments: ``grid_of`` is ``--grid-of``)."""
