@@ -34,7 +34,8 @@ from brasyn.intensity import keep_signal
 from brasyn.modalities import Modality
 from brasyn.model_space import ModelSpace
 from brasyn.prefetch import prefetched
-from brasyn.preview import mosaic, write_png
+from brasyn.preprocess import MODEL_AXES
+from brasyn.preview import preview_figure, slice_centre, write_preview
 from brasyn.sharding import Shard
 from brasyn.synthesize import CaseResult, Preview, Synthesizer
 from brasyn.volumes import remove_stale_temporaries
@@ -43,6 +44,7 @@ __all__ = [
     "BatchResult",
     "Interrupted",
     "check_folders",
+    "preview_settings",
     "previewer",
     "report_path_for",
     "run_batch",
@@ -237,16 +239,37 @@ def check_folders(
         _writable_folder(extras, f"the folder {extras} for --extras", elsewhere)
 
 
-def previewer(folder: Path) -> Preview:
-    """Writes ``folder/<case>-<target>.png``: the three inputs as the model saw them and the synthetic
-    contrast as it is written (thresholded, zero outside the brain), in three planes."""
+def previewer(folder: Path, settings: str = "") -> Preview:
+    """Writes ``folder/<case>-<target>.png`` (:mod:`brasyn.preview`): the three inputs as the model saw
+    them and the synthetic contrast as it is written (thresholded, zero outside the brain), in three
+    planes through the largest abnormality; ``settings`` (how the image was made) goes into the title."""
     folder.mkdir(parents=True, exist_ok=True)
 
     def preview(case: Case, images: np.ndarray, record: ModelSpace, model_space: np.ndarray) -> None:
-        shown = keep_signal(model_space, record.model_brain())
-        write_png(folder / f"{case.id}-{case.target}.png", mosaic([*images, shown]))
+        brain = record.model_brain()
+        target = Modality(case.target)
+        volumes = {Modality(m): image for m, image in zip(record.contrasts, images, strict=True)}
+        volumes[target] = keep_signal(model_space, brain)
+        centre, where = slice_centre(volumes[Modality.T2F], brain)
+        title = f"{case.id} \u2014 target {target.value}" + (f" \u2014 {settings}" if settings else "")
+        figure = preview_figure(volumes, target, title, centre, MODEL_AXES)
+        shape = "x".join(str(s) for s in images.shape[1:])
+        description = f"{title}; model grid {shape}; slices through the {where} at voxel {tuple(centre)}"
+        write_preview(folder / f"{case.id}-{target.value}.png", figure, description)
+        log.debug("%s: preview through the %s at voxel %s", case.id, where, tuple(centre))
 
     return preview
+
+
+def preview_settings(synthesizer: Synthesizer) -> str:
+    """How a synthesizer makes its images, for a preview's title: the method, and for the diffusion
+    model its sampler, steps and run seed."""
+    settings = synthesizer.predictor.settings()
+    text = str(settings.get("method", ""))
+    if "sampler" in settings:
+        steps = 1 if settings["sampler"] == "x0" else settings["steps"]
+        text += f", {settings['sampler']} {steps} step{'s' if steps != 1 else ''}, seed {synthesizer.seed}"
+    return text
 
 
 def _case_id(item: Case | CaseError) -> str:
@@ -281,7 +304,7 @@ def run_batch(
     if shard is None or shard.count == 1:
         # with several shards another process may be writing into the same folder right now
         remove_stale_temporaries(output)
-    preview = previewer(extras) if extras is not None else None
+    preview = previewer(extras, preview_settings(synthesizer)) if extras is not None else None
     results: list[CaseResult] = []
     stream = prefetched(
         found,

@@ -229,7 +229,10 @@ def test_extras_previews_are_written_outside_the_output(tmp_path, tiny_weights):
     make_case(inputs, "c1", seed=1)
     assert run_fast(inputs, output, tiny_weights, "--extras", str(extras)) == 0
     assert [p.name for p in extras.iterdir()] == ["c1-t2f.png"]
-    assert (extras / "c1-t2f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = (extras / "c1-t2f.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # the title in the file's text says what made it
+    assert "c1 \u2014 target t2f \u2014 diffusion, ddim 2 steps, seed 42".encode() in png
     assert [p.name for p in output.iterdir()] == ["c1-t2f.nii.gz"]
 
 
