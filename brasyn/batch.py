@@ -35,7 +35,13 @@ from brasyn.modalities import Modality
 from brasyn.model_space import ModelSpace
 from brasyn.prefetch import prefetched
 from brasyn.preprocess import MODEL_AXES
-from brasyn.preview import preview_figure, slice_centre, write_preview
+from brasyn.preview import (
+    MATPLOTLIB_MISSING,
+    matplotlib_available,
+    preview_figure,
+    slice_centre,
+    write_preview,
+)
 from brasyn.sharding import Shard
 from brasyn.synthesize import CaseResult, Preview, Synthesizer
 from brasyn.volumes import remove_stale_temporaries
@@ -140,8 +146,8 @@ class _Stopper:
             signal.signal(signum, signal.SIG_IGN if self.signum is not None else previous)
 
 
-def _log_result(result: CaseResult) -> None:
-    line = f"[{result.status}] {result.case}: {result.message}"
+def _log_result(result: CaseResult, number: int, total: int) -> None:
+    line = f"[{result.status}] {result.case} (case {number} of {total}): {result.message}"
     if result.status == "written":
         line += f" ({result.seconds:.1f} s, {result.device}, peak {result.peak_memory_mib:.0f} MiB)"
         log.info(line)
@@ -236,6 +242,8 @@ def check_folders(
     if report is not None:
         _writable_folder(report.parent, f"the folder {report.parent} for --report {report.name}", elsewhere)
     if extras is not None:
+        if not matplotlib_available():
+            raise UsageError(MATPLOTLIB_MISSING)
         _writable_folder(extras, f"the folder {extras} for --extras", elsewhere)
 
 
@@ -252,9 +260,13 @@ def previewer(folder: Path, settings: str = "") -> Preview:
         volumes[target] = keep_signal(model_space, brain)
         centre, where = slice_centre(volumes[Modality.T2F], brain)
         title = f"{case.id} \u2014 target {target.value}" + (f" \u2014 {settings}" if settings else "")
-        figure = preview_figure(volumes, target, title, centre, MODEL_AXES)
         shape = "x".join(str(s) for s in images.shape[1:])
         description = f"{title}; model grid {shape}; slices through the {where} at voxel {tuple(centre)}"
+        try:
+            figure = preview_figure(volumes, target, title, centre, MODEL_AXES)
+        except (ValueError, RuntimeError) as exc:  # an extra: the written case stands
+            log.warning("%s: no preview: it could not be drawn (%s)", case.id, exc)
+            return
         write_preview(folder / f"{case.id}-{target.value}.png", figure, description)
         log.debug("%s: preview through the %s at voxel %s", case.id, where, tuple(centre))
 
@@ -329,7 +341,7 @@ def run_batch(
                             item, output, overwrite=overwrite, preview=preview, grid_of=grid_of, loaded=loaded
                         )
                     results.append(result)
-                    _log_result(result)
+                    _log_result(result, len(results), len(found))
         except Interrupted:
             pass  # the stopper holds the signal
         except KeyboardInterrupt:  # SIGINT where no handler of ours could be installed
@@ -363,8 +375,9 @@ def _finish(
         shard,
         dict(context or {}),
     )
-    if results:
-        sys.stderr.write(summary_table(results) + "\n")
+    if results:  # a table is a result: stdout, as every command prints its tables (the log is on stderr)
+        sys.stdout.write(summary_table(results) + "\n")
+        sys.stdout.flush()
     counts = batch.counts
     log.info("%d written, %d skipped, %d failed", counts["written"], counts["skipped"], counts["failed"])
     if report is not None:

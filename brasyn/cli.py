@@ -5,7 +5,7 @@ Forms:
 * no arguments: ``/input`` to ``/output`` (the Docker form; ``BRASYN_INPUT`` / ``BRASYN_OUTPUT`` override);
 * ``--input DIR --output DIR [options]``;
 * ``infer --data_path DIR --output_path DIR [--weights PATH] [--parameters_file FILE]`` (MLCube), and
-  ``hotfix``, which does nothing;
+  ``hotfix``, which does nothing (a ``hotfix:`` key in the parameters file is accepted and ignored);
 * ``demo [--out DIR] [options]``: the example case (``brasyn.example``) through the bundled weights.
 
 Exit status: 0 when every case was written or skipped, 1 when any case failed (after all others ran),
@@ -26,6 +26,7 @@ from brasyn.cases import discover, refuse_no_cases
 from brasyn.command import parse_arguments, run_command
 from brasyn.demo import run_demo
 from brasyn.options import (
+    MLCUBE_IGNORED,
     MLCUBE_PARAMETERS,
     NAMINGS,
     add_device_option,
@@ -175,14 +176,15 @@ def _mlcube_arguments(argv: list[str]) -> argparse.Namespace:
     same converters as the flags (a bad value or an unknown key stops the run, naming the file)."""
     ml = parse_arguments(build_mlcube_parser(), argv)
     args = build_parser().parse_args([])
-    args.input, args.output, args.verbose = ml.data_path, ml.output_path, ml.verbose
+    args.input, args.output = ml.data_path, ml.output_path
+    args.verbose, args.quiet = ml.verbose, ml.quiet
     if ml.weights is not None:
         # MLCube always mounts its weights input; an empty one means the weights baked into the image
         args.weights = mlcube_weights(ml.weights)
         if args.weights is None:
             log.info("the weights folder %s is empty: using the weights baked into the image", ml.weights)
     if ml.parameters_file is not None:
-        for key, value in read_parameters(ml.parameters_file, MLCUBE_PARAMETERS).items():
+        for key, value in read_parameters(ml.parameters_file, MLCUBE_PARAMETERS, MLCUBE_IGNORED).items():
             setattr(args, key, value)
     return args
 
@@ -241,7 +243,7 @@ def _synthesise(argv: list[str]) -> int:
 
 def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["demo"]:
-        return run_demo(argv[1:], _synthesise)
+        return run_demo(argv[1:], _synthesise, build_parser())
     args = _mlcube_arguments(argv[1:]) if argv[:1] == ["infer"] else parse_arguments(build_parser(), argv)
     if args.devices:
         return run_workers(argv, args.devices, shard=args.shard)

@@ -17,6 +17,7 @@ matplotlib is imported only when a figure is drawn, so a run without ``--extras`
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from collections import deque
@@ -30,12 +31,14 @@ import numpy as np
 from brasyn.modalities import MODALITIES, Modality
 
 __all__ = [
+    "MATPLOTLIB_MISSING",
     "MIN_LESION_MM3",
     "PLANES",
     "Panel",
     "panels",
     "preview_figure",
     "slice_centre",
+    "matplotlib_available",
     "write_preview",
 ]
 
@@ -47,7 +50,16 @@ _BLOCK = 4
 """Connected regions are found on blocks of this many voxels a side (fast without scipy, fine enough)."""
 SYNTHETIC_COLOUR = "#ff8c00"
 PLANES = ("axial", "coronal", "sagittal")
+MATPLOTLIB_MISSING = (
+    "--extras draws its previews with matplotlib, which is not installed here: "
+    "pip install matplotlib==3.11.2 (see requirements.txt), or leave out --extras"
+)
 _OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
+
+
+def matplotlib_available() -> bool:
+    """Whether previews can be drawn (asked before a run starts; importing matplotlib is left for later)."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 # --- where to slice -------------------------------------------------------------------------------

@@ -113,3 +113,15 @@ def test_the_preview_png_is_written_whole_and_readable(tmp_path):
     assert pixels.ndim == 3 and pixels.shape[0] > 300 and pixels.shape[1] > 300
     assert [p.name for p in tmp_path.iterdir()] == ["c1-t2f.png"]  # no temporary left
     assert b"model grid 64x72x48" in path.read_bytes()
+
+
+def test_extras_without_matplotlib_is_refused_before_the_run(tmp_path, monkeypatch):
+    import brasyn.batch
+    from brasyn.errors import UsageError
+
+    (tmp_path / "in").mkdir()
+    monkeypatch.setattr(brasyn.batch, "matplotlib_available", lambda: False)
+    with pytest.raises(UsageError, match=r"matplotlib, which is not installed.*pip install matplotlib"):
+        brasyn.batch.check_folders(tmp_path / "in", tmp_path / "out", extras=tmp_path / "previews")
+    assert not (tmp_path / "previews").exists()
+    brasyn.batch.check_folders(tmp_path / "in", tmp_path / "out2")  # without --extras it is not needed
