@@ -93,8 +93,8 @@ def run_demo(
         pairs, _ = pair_predictions(output, DEFAULT_SOURCE)
         for pair in pairs:
             log.info(
-                "scoring the synthetic %s against the real image (SSIM over the whole volume: tens of "
-                "seconds on a CPU)",
+                "scoring the synthetic %s against the real image (SSIM over the whole volume: from half "
+                "a minute to a few minutes on a CPU)",
                 pair.contrast.value,
             )
             row = score_pair(pair)

@@ -328,7 +328,8 @@ def score(args: argparse.Namespace) -> ExitCode:
                     Row(case, contrast.value, "failed", message=f"no prediction of its dropped {contrast}")
                 )
     log.info(
-        "scoring %d prediction(s) on %s: SSIM over the whole volume takes tens of seconds per case on a CPU",
+        "scoring %d prediction(s) on %s: SSIM over the whole volume takes from half a minute to a few "
+        "minutes per case on a CPU",
         len(pairs),
         device,
     )
