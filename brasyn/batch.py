@@ -16,14 +16,13 @@ import json
 import logging
 import os
 import signal
-import sys
 import tempfile
 import threading
 from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -300,8 +299,12 @@ def run_batch(
     shard: Shard | None = None,
     report: Path | None = None,
     context: dict[str, Any] | None = None,
+    table: TextIO | None = None,
 ) -> BatchResult:
     """Process this share of ``found`` into ``output``; see the module text.
+
+    ``table``: where the summary table goes (the main command: stdout, where every command prints its
+    tables; None for commands whose stdout is their own JSON, such as the benchmarks).
 
     ``extras`` is a folder for a PNG preview per written case (:func:`previewer`). ``report`` is written
     (per shard, :func:`report_path_for`) with ``context`` merged in, also after a stop signal. Never
@@ -351,7 +354,7 @@ def run_batch(
         interrupted, signum = stopper.signum is not None, stopper.signum
         if interrupted:
             log.error("stopped by a signal; the case in progress was discarded, finished cases are kept")
-        batch = _finish(results, started, interrupted, signum, shard, context, report, output)
+        batch = _finish(results, started, interrupted, signum, shard, context, report, output, table)
     return batch
 
 
@@ -364,6 +367,7 @@ def _finish(
     context: dict[str, Any] | None,
     report: Path | None,
     output: Path,
+    table: TextIO | None,
 ) -> BatchResult:
     """Summary, report and a last clean-up, with further stop signals only noted."""
     batch = BatchResult(
@@ -375,9 +379,9 @@ def _finish(
         shard,
         dict(context or {}),
     )
-    if results:  # a table is a result: stdout, as every command prints its tables (the log is on stderr)
-        sys.stdout.write(summary_table(results) + "\n")
-        sys.stdout.flush()
+    if results and table is not None:
+        table.write(summary_table(results) + "\n")
+        table.flush()
     counts = batch.counts
     log.info("%d written, %d skipped, %d failed", counts["written"], counts["skipped"], counts["failed"])
     if report is not None:

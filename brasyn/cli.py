@@ -217,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
         extras=args.extras,
         shard=args.shard or shard_from_environment(),
         report=args.report,
+        table=sys.stdout,  # tables on stdout, the log on stderr, in every command
         context={
             "input": str(args.input),
             "output": str(args.output),
