@@ -16,14 +16,13 @@ import json
 import logging
 import os
 import signal
-import sys
 import tempfile
 import threading
 from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -34,7 +33,14 @@ from brasyn.intensity import keep_signal
 from brasyn.modalities import Modality
 from brasyn.model_space import ModelSpace
 from brasyn.prefetch import prefetched
-from brasyn.preview import mosaic, write_png
+from brasyn.preprocess import MODEL_AXES
+from brasyn.preview import (
+    MATPLOTLIB_MISSING,
+    matplotlib_available,
+    preview_figure,
+    slice_centre,
+    write_preview,
+)
 from brasyn.sharding import Shard
 from brasyn.synthesize import CaseResult, Preview, Synthesizer
 from brasyn.volumes import remove_stale_temporaries
@@ -43,6 +49,7 @@ __all__ = [
     "BatchResult",
     "Interrupted",
     "check_folders",
+    "preview_settings",
     "previewer",
     "report_path_for",
     "run_batch",
@@ -138,8 +145,8 @@ class _Stopper:
             signal.signal(signum, signal.SIG_IGN if self.signum is not None else previous)
 
 
-def _log_result(result: CaseResult) -> None:
-    line = f"[{result.status}] {result.case}: {result.message}"
+def _log_result(result: CaseResult, number: int, total: int) -> None:
+    line = f"[{result.status}] {result.case} (case {number} of {total}): {result.message}"
     if result.status == "written":
         line += f" ({result.seconds:.1f} s, {result.device}, peak {result.peak_memory_mib:.0f} MiB)"
         log.info(line)
@@ -238,19 +245,46 @@ def check_folders(
     if report is not None:
         _writable_folder(report.parent, f"the folder {report.parent} for --report {report.name}", elsewhere)
     if extras is not None:
+        if not matplotlib_available():
+            raise UsageError(MATPLOTLIB_MISSING)
         _writable_folder(extras, f"the folder {extras} for --extras", elsewhere)
 
 
-def previewer(folder: Path) -> Preview:
-    """Writes ``folder/<case>-<target>.png``: the three inputs as the model saw them and the synthetic
-    contrast as it is written (thresholded, zero outside the brain), in three planes."""
+def previewer(folder: Path, settings: str = "") -> Preview:
+    """Writes ``folder/<case>-<target>.png`` (:mod:`brasyn.preview`): the three inputs as the model saw
+    them and the synthetic contrast as it is written (thresholded, zero outside the brain), in three
+    planes through the largest abnormality; ``settings`` (how the image was made) goes into the title."""
     folder.mkdir(parents=True, exist_ok=True)
 
     def preview(case: Case, images: np.ndarray, record: ModelSpace, model_space: np.ndarray) -> None:
-        shown = keep_signal(model_space, record.model_brain())
-        write_png(folder / f"{case.id}-{case.target}.png", mosaic([*images, shown]))
+        brain = record.model_brain()
+        target = Modality(case.target)
+        volumes = {Modality(m): image for m, image in zip(record.contrasts, images, strict=True)}
+        volumes[target] = keep_signal(model_space, brain)
+        centre, where = slice_centre(volumes[Modality.T2F], brain)
+        title = f"{case.id} \u2014 target {target.value}" + (f" \u2014 {settings}" if settings else "")
+        shape = "x".join(str(s) for s in images.shape[1:])
+        description = f"{title}; model grid {shape}; slices through the {where} at voxel {tuple(centre)}"
+        try:
+            figure = preview_figure(volumes, target, title, centre, MODEL_AXES)
+        except (ValueError, RuntimeError) as exc:  # an extra: the written case stands
+            log.warning("%s: no preview: it could not be drawn (%s)", case.id, exc)
+            return
+        write_preview(folder / f"{case.id}-{target.value}.png", figure, description)
+        log.debug("%s: preview through the %s at voxel %s", case.id, where, tuple(centre))
 
     return preview
+
+
+def preview_settings(synthesizer: Synthesizer) -> str:
+    """How a synthesizer makes its images, for a preview's title: the method, and for the diffusion
+    model its sampler, steps and run seed."""
+    settings = synthesizer.predictor.settings()
+    text = str(settings.get("method", ""))
+    if "sampler" in settings:
+        steps = 1 if settings["sampler"] == "x0" else settings["steps"]
+        text += f", {settings['sampler']} {steps} step{'s' if steps != 1 else ''}, seed {synthesizer.seed}"
+    return text
 
 
 def _case_id(item: Case | CaseError) -> str:
@@ -269,8 +303,12 @@ def run_batch(
     shard: Shard | None = None,
     report: Path | None = None,
     context: dict[str, Any] | None = None,
+    table: TextIO | None = None,
 ) -> BatchResult:
     """Process this share of ``found`` into ``output``; see the module text.
+
+    ``table``: where the summary table goes (the main command: stdout, where every command prints its
+    tables; None for commands whose stdout is their own JSON, such as the benchmarks).
 
     ``extras`` is a folder for a PNG preview per written case (:func:`previewer`). ``report`` is written
     (per shard, :func:`report_path_for`) with ``context`` merged in, also after a stop signal. Never
@@ -285,7 +323,7 @@ def run_batch(
     if shard is None or shard.count == 1:
         # with several shards another process may be writing into the same folder right now
         remove_stale_temporaries(output)
-    preview = previewer(extras) if extras is not None else None
+    preview = previewer(extras, preview_settings(synthesizer)) if extras is not None else None
     results: list[CaseResult] = []
     stream = prefetched(
         found,
@@ -310,7 +348,7 @@ def run_batch(
                             item, output, overwrite=overwrite, preview=preview, grid_of=grid_of, loaded=loaded
                         )
                     results.append(result)
-                    _log_result(result)
+                    _log_result(result, len(results), len(found))
         except Interrupted:
             pass  # the stopper holds the signal
         except KeyboardInterrupt:  # SIGINT where no handler of ours could be installed
@@ -320,7 +358,7 @@ def run_batch(
         interrupted, signum = stopper.signum is not None, stopper.signum
         if interrupted:
             log.error("stopped by a signal; the case in progress was discarded, finished cases are kept")
-        batch = _finish(results, started, interrupted, signum, shard, context, report, output)
+        batch = _finish(results, started, interrupted, signum, shard, context, report, output, table)
     return batch
 
 
@@ -333,6 +371,7 @@ def _finish(
     context: dict[str, Any] | None,
     report: Path | None,
     output: Path,
+    table: TextIO | None,
 ) -> BatchResult:
     """Summary, report and a last clean-up, with further stop signals only noted."""
     batch = BatchResult(
@@ -344,8 +383,9 @@ def _finish(
         shard,
         dict(context or {}),
     )
-    if results:
-        sys.stderr.write(summary_table(results) + "\n")
+    if results and table is not None:
+        table.write(summary_table(results) + "\n")
+        table.flush()
     counts = batch.counts
     log.info("%d written, %d skipped, %d failed", counts["written"], counts["skipped"], counts["failed"])
     if report is not None:

@@ -6,7 +6,7 @@ Forms:
 * ``--input DIR --output DIR [options]``;
 * ``--t1n FILE --t1c FILE --t2w FILE --out FILE [options]`` (any three of the four contrasts): one case;
 * ``infer --data_path DIR --output_path DIR [--weights PATH] [--parameters_file FILE]`` (MLCube), and
-  ``hotfix``, which does nothing;
+  ``hotfix``, which does nothing (a ``hotfix:`` key in the parameters file is accepted and ignored);
 * ``demo [--out DIR] [options]``: the example case (``brasyn.example``) through the bundled weights.
 
 Exit status: 0 when every case was written or skipped, 1 when any case failed (after all others ran),
@@ -27,6 +27,7 @@ from brasyn.cases import Case, discover, refuse_no_cases, single_case
 from brasyn.command import parse_arguments, run_command
 from brasyn.demo import run_demo
 from brasyn.options import (
+    MLCUBE_IGNORED,
     MLCUBE_PARAMETERS,
     NAMINGS,
     add_device_option,
@@ -192,14 +193,15 @@ def _mlcube_arguments(argv: list[str]) -> argparse.Namespace:
     same converters as the flags (a bad value or an unknown key stops the run, naming the file)."""
     ml = parse_arguments(build_mlcube_parser(), argv)
     args = build_parser().parse_args([])
-    args.input, args.output, args.verbose = ml.data_path, ml.output_path, ml.verbose
+    args.input, args.output = ml.data_path, ml.output_path
+    args.verbose, args.quiet = ml.verbose, ml.quiet
     if ml.weights is not None:
         # MLCube always mounts its weights input; an empty one means the weights baked into the image
         args.weights = mlcube_weights(ml.weights)
         if args.weights is None:
             log.info("the weights folder %s is empty: using the weights baked into the image", ml.weights)
     if ml.parameters_file is not None:
-        for key, value in read_parameters(ml.parameters_file, MLCUBE_PARAMETERS).items():
+        for key, value in read_parameters(ml.parameters_file, MLCUBE_PARAMETERS, MLCUBE_IGNORED).items():
             setattr(args, key, value)
     return args
 
@@ -248,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
         extras=args.extras,
         shard=args.shard or shard_from_environment(),
         report=args.report,
+        table=sys.stdout,  # tables on stdout, the log on stderr, in every command
         context={
             "input": str(args.input),
             "output": str(args.output),
@@ -276,7 +279,7 @@ def _synthesise(argv: list[str]) -> int:
 
 def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["demo"]:
-        return run_demo(argv[1:], _synthesise)
+        return run_demo(argv[1:], _synthesise, build_parser())
     args = _mlcube_arguments(argv[1:]) if argv[:1] == ["infer"] else parse_arguments(build_parser(), argv)
     if args.devices:
         single_case_files(args)  # refuses --devices with the single-case form

@@ -18,7 +18,7 @@ from brasyn.errors import BrasynError, ExitCode
 from brasyn.logs import configure_logging
 from brasyn.runtime import writable_cache_environment
 
-__all__ = ["parse_arguments", "run_command"]
+__all__ = ["parse_arguments", "run_command", "verbosity"]
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,13 @@ def run_command(
 
 
 def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse ``argv`` with ``parser`` and set up the log as its ``-v`` asks: the one place where a
-    command's log is configured (``add_verbosity_option`` gives every parser its ``-v``)."""
+    """Parse ``argv`` with ``parser`` and set up the log as its ``-v`` or ``-q`` asks: the one place where
+    a command's log is configured (``add_verbosity_option`` gives every parser its ``-v`` and ``-q``)."""
     args = parser.parse_args(argv)
-    configure_logging(getattr(args, "verbose", 0) or 0)
+    configure_logging(verbosity(args))
     return args
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """-1 for ``-q``, else the number of ``-v`` (0 when the parser has neither)."""
+    return -1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0) or 0

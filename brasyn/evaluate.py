@@ -41,6 +41,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from brasyn import __version__
 from brasyn.cases import Case, complete_cases, discover
@@ -305,6 +306,12 @@ def _score_device(spec: str) -> torch.device:
         raise UsageError(str(e)) from e
 
 
+def _scoring_bar(total: int) -> tqdm:
+    """A bar over the predictions on a terminal (none in a log file, or for a single one), naming the case
+    being scored so the wait for its SSIM is not silent."""
+    return tqdm(total=total, desc="scoring", unit="case", disable=None if total > 1 else True, leave=False)
+
+
 def score(args: argparse.Namespace) -> ExitCode:
     for name, folder in (("predictions", args.predictions), ("truth", args.truth)):
         if not folder.is_dir():
@@ -328,12 +335,36 @@ def score(args: argparse.Namespace) -> ExitCode:
                 rows.append(
                     Row(case, contrast.value, "failed", message=f"no prediction of its dropped {contrast}")
                 )
-    log.info("%d prediction(s) to score on %s", len(pairs), device)
-    for pair in pairs:
-        row = score_pair(pair, device)
-        rows.append(row)
-        if row.status == "scored":
-            log.info("%s %s: SSIM %.4f (%.1f s)", row.case, row.target, row.ssim, row.seconds)
+    log.info(
+        "scoring %d prediction(s) on %s: SSIM over the whole volume takes from half a minute to a few "
+        "minutes per case on a CPU",
+        len(pairs),
+        device,
+    )
+    with _scoring_bar(len(pairs)) as bar:
+        for number, pair in enumerate(pairs, 1):
+            bar.set_postfix_str(f"{pair.case} {pair.contrast.value}")
+            log.debug(
+                "scoring %s %s (%d of %d): %s",
+                pair.case,
+                pair.contrast.value,
+                number,
+                len(pairs),
+                pair.prediction,
+            )
+            row = score_pair(pair, device)
+            rows.append(row)
+            bar.update(1)
+            if row.status == "scored":
+                log.info(
+                    "%s %s (%d of %d): SSIM %.4f (%.1f s)",
+                    row.case,
+                    row.target,
+                    number,
+                    len(pairs),
+                    row.ssim,
+                    row.seconds,
+                )
     for row in rows:
         if row.status == "failed":
             log.error("[failed] %s: %s", row.case, row.message)

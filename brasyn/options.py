@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from brasyn.sharding import Shard, parse_shard
 
 __all__ = [
     "METHODS",
+    "MLCUBE_IGNORED",
     "MLCUBE_PARAMETERS",
     "mlcube_weights",
     "NAMINGS",
@@ -68,6 +70,8 @@ NAMINGS = ("input", "brats2023")
 """Output names like the case's inputs, or always ``<case>-<contrast>.nii.gz``."""
 
 Converter = Callable[[Any], Any]
+
+log = logging.getLogger("brasyn.options")
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _WHOLE = re.compile(r"[+-]?\d+")
@@ -365,11 +369,20 @@ def add_device_option(parser: argparse.ArgumentParser, default: str = "auto") ->
 
 
 def add_verbosity_option(parser: argparse.ArgumentParser, default: Any = 0) -> None:
-    """``-v/--verbose``: one ``-v`` shows the debug log (``configure_logging(args.verbose)``).
+    """``-v/--verbose`` (one ``-v`` shows the debug log) and ``-q/--quiet`` (warnings and errors only),
+    which exclude each other; :func:`brasyn.command.parse_arguments` applies them.
 
-    Give ``default=argparse.SUPPRESS`` on a sub-command's parser when the main parser has ``-v`` too:
-    a sub-parser's default would otherwise overwrite a ``-v`` given before the sub-command."""
-    parser.add_argument("-v", "--verbose", action="count", default=default, help="debug log")
+    Give ``default=argparse.SUPPRESS`` on a sub-command's parser when the main parser has them too:
+    a sub-parser's default would otherwise overwrite a ``-v`` or ``-q`` given before the sub-command."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="count", default=default, help="debug log")
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=False if default == 0 else default,
+        help="log warnings and errors only (tables and results are still printed)",
+    )
 
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
@@ -440,15 +453,21 @@ MLCUBE_PARAMETERS: dict[str, Converter] = {
 }
 """The keys of the MLCube ``infer`` task's parameters file, with the converters the matching flags use
 (the attribute names of the main command's parsed arguments: ``grid_of`` is ``--grid-of``)."""
+MLCUBE_IGNORED = ("hotfix",)
+"""Keys an MLCube parameters file may hold that mean nothing to brasyn: the ``hotfix`` task MLCube requires
+does nothing, so its settings are accepted and ignored (a debug line says so) rather than refused."""
 
 
-def read_parameters(path: Path, spec: Mapping[str, Converter]) -> dict[str, Any]:
+def read_parameters(
+    path: Path, spec: Mapping[str, Converter], ignored: Collection[str] = ()
+) -> dict[str, Any]:
     """The values of a YAML parameters file, each checked by its converter in ``spec``.
 
     A parameters file is read unattended (MLCube, MedPerf), so everything wrong with it stops the run with
     a :class:`UsageError` naming the file: unreadable or not YAML, not a mapping, a key ``spec`` does not
     know (a typo such as ``step: 20`` must not silently run 1000 steps), or a value its converter refuses.
-    A key set to null (``steps:``) keeps the command's default and is left out of the result."""
+    A key set to null (``steps:``) keeps the command's default and is left out of the result. Keys in
+    ``ignored`` (:data:`MLCUBE_IGNORED`) are accepted whatever their value and left out, with a debug line."""
     import yaml
 
     try:
@@ -461,6 +480,9 @@ def read_parameters(path: Path, spec: Mapping[str, Converter]) -> dict[str, Any]
         return {}
     if not isinstance(values, dict):
         raise UsageError(f"the parameters file {path} must hold a mapping such as 'sampler: ddim'")
+    for key in [k for k in values if k in ignored]:
+        log.debug("%s: %r is ignored (it configures nothing in brasyn)", path, key)
+        del values[key]
     known = ", ".join(sorted(spec))
     unknown = [key for key in values if not isinstance(key, str) or key not in spec]
     if unknown:

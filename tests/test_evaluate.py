@@ -298,3 +298,43 @@ def test_the_documented_form_takes_pred_seg_and_writes_csv_with_brain_masked_sco
     assert perfect["ssim_brain"] == pytest.approx(1.0, abs=1e-5)
     assert set(data["summary"]["t1n"]) >= {"ssim", "psnr", "mse", "ssim_brain", "psnr_brain", "mse_brain"}
     assert main(["--pred", str(predictions), "--truth", str(truth), "--csv", str(predictions / "x.csv")]) == 2
+
+
+def test_scoring_is_announced_before_the_wait_and_counts_the_cases(tmp_path, capsys):
+    truth, predictions = _truth_and_predictions(tmp_path)
+    assert main(["--pred", str(predictions), "--truth", str(truth), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    announce = next(i for i, line in enumerate(err) if "scoring 2 prediction(s) on cpu" in line)
+    first = next(i for i, line in enumerate(err) if "BraTS-GLI-00001-000 t2f (1 of 2): SSIM" in line)
+    second = next(i for i, line in enumerate(err) if "BraTS-GLI-00002-000 t1n (2 of 2): SSIM" in line)
+    assert announce < first < second
+
+
+def test_the_demo_announces_its_scoring_before_the_scores(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import brasyn.demo as demo
+
+    truth = tmp_path / "truth"
+    make_case(truth, "BraTS-GLI-00001-000", ALL, shape=SHAPE, seed=1)
+
+    def example(out: Path) -> str:
+        make_case(out / "input", "BraTS-GLI-00001-000", ("t1n", "t1c", "t2w"), shape=SHAPE, seed=1)
+        return "real"
+
+    def synthesise(argv: list[str]) -> int:  # the main job stands in: the real FLAIR as the "synthetic" one
+        output = Path(argv[argv.index("--output") + 1])
+        output.mkdir(parents=True)
+        name = "BraTS-GLI-00001-000-t2f.nii.gz"
+        shutil.copy(truth / "BraTS-GLI-00001-000" / name, output / name)
+        return 0
+
+    monkeypatch.setattr(demo, "write_example", example)
+    monkeypatch.setattr(demo, "DEFAULT_SOURCE", truth)
+    assert demo.run_demo(["--out", str(tmp_path / "demo")], synthesise) == 0
+    err = capsys.readouterr().err.splitlines()
+    announce = next(
+        i for i, line in enumerate(err) if "scoring the synthetic t2f against the real image" in line
+    )
+    scores = next(i for i, line in enumerate(err) if "SSIM 1.0000" in line)
+    assert announce < scores

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -413,3 +415,106 @@ def test_example_takes_v_and_exits_2_when_it_cannot_write(tmp_path, capsys, bras
     assert "Traceback" not in capsys.readouterr().err
     assert main([]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+# --- logging: -q, one format with the date, lines through tqdm ------------------------------------
+
+
+def test_q_means_warnings_only_and_excludes_v(capsys, brasyn_logger):
+    from brasyn.command import parse_arguments
+
+    parser = argparse.ArgumentParser()
+    add_verbosity_option(parser)
+    args = parse_arguments(parser, ["-q"])
+    assert args.quiet and brasyn_logger.level == logging.WARNING
+    log = logging.getLogger("brasyn.test")
+    log.info("an info line")
+    log.warning("a warning line")
+    err = capsys.readouterr().err
+    assert "a warning line" in err and "an info line" not in err
+    parse_arguments(parser, ["-v"])
+    assert brasyn_logger.level == logging.DEBUG
+    with pytest.raises(SystemExit):
+        parser.parse_args(["-q", "-v"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "brasyn.evaluate",
+        "brasyn.baselines",
+        "brasyn.weights",
+        "brasyn.train",
+        "brasyn.bench",
+        "brasyn.quality",
+    ],
+)
+def test_every_command_takes_q(module, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+    assert main(["--help"]) == 0
+    assert "-q, --quiet" in capsys.readouterr().out
+
+
+def test_log_lines_carry_the_date_and_one_format(capsys, brasyn_logger):
+    configure_logging(0)
+    logging.getLogger("brasyn.anything").info("hello")
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO hello\n", err), err
+
+
+def test_log_lines_do_not_break_a_progress_bar(capsys, brasyn_logger):
+    from tqdm import tqdm
+
+    configure_logging(0)
+    with tqdm(total=3, desc="sampling", file=sys.stderr, ascii=True, mininterval=0) as bar:
+        bar.update(1)
+        logging.getLogger("brasyn.x").info("a line while the bar runs")
+        bar.update(1)
+    err = capsys.readouterr().err
+    line = next(part for part in re.split(r"[\r\n]", err) if "a line while the bar runs" in part)
+    # the log line stands alone: the bar was cleared before it and redrawn after it
+    assert "sampling" not in line and line.endswith("a line while the bar runs")
+
+
+# --- the MLCube hotfix key ----------------------------------------------------------------------------
+
+
+def test_a_hotfix_key_is_accepted_and_ignored_with_a_debug_line(tmp_path, caplog):
+    from brasyn.options import MLCUBE_IGNORED
+
+    path = tmp_path / "parameters.yaml"
+    path.write_text("hotfix: {}\nsteps: 20\n")
+    with caplog.at_level(logging.DEBUG, logger="brasyn"):
+        logging.getLogger("brasyn").propagate = True
+        assert read_parameters(path, MLCUBE_PARAMETERS, MLCUBE_IGNORED) == {"steps": 20}
+    assert any("'hotfix' is ignored" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
+    with pytest.raises(UsageError, match="unknown key"):  # ignored only where asked
+        read_parameters(path, MLCUBE_PARAMETERS)
+
+
+# --- brasyn demo --help -------------------------------------------------------------------------------
+
+
+def test_demo_help_is_plain_text_and_lists_the_main_options(capsys):
+    from brasyn.cli import main
+
+    assert main(["demo", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and ":mod:" not in text and "`" not in text
+    assert text.startswith("usage: brasyn demo [--out DIR] [-v | -q] [options of the main job]")
+    for option in (
+        "--sampler",
+        "--steps",
+        "--seed",
+        "--device",
+        "--method",
+        "--precision",
+        "--extras",
+        "--report",
+    ):
+        assert option in text, option
+    assert "brasyn --help" in text and "-q, --quiet" in text
+    assert "--devices" not in text  # one example case: no worker processes

@@ -247,7 +247,10 @@ def test_extras_previews_are_written_outside_the_output(tmp_path, tiny_weights):
     make_case(inputs, "c1", seed=1)
     assert run_fast(inputs, output, tiny_weights, "--extras", str(extras)) == 0
     assert [p.name for p in extras.iterdir()] == ["c1-t2f.png"]
-    assert (extras / "c1-t2f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = (extras / "c1-t2f.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # the title in the file's text says what made it
+    assert "c1 \u2014 target t2f \u2014 diffusion, ddim 2 steps, seed 42".encode() in png
     assert [p.name for p in output.iterdir()] == ["c1-t2f.nii.gz"]
 
 
@@ -517,3 +520,32 @@ def test_verbose_gives_the_debug_log_in_the_main_command_too(tmp_path, flag):
     assert logging.getLogger("brasyn").level == logging.INFO
     for command in (bench.main, quality.main):
         assert command([flag, "--help"]) == 0
+
+
+def test_the_summary_table_goes_to_stdout_and_case_lines_count_the_batch(tmp_path, tiny_weights, capsys):
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    make_case(inputs, "c1", seed=1)
+    make_case(inputs, "c2", seed=2)
+    assert run_fast(inputs, output, tiny_weights) == 0
+    captured = capsys.readouterr()
+    assert "case  status   target" in captured.out and "case  status" not in captured.err
+    assert "[written] c1 (case 1 of 2): t2f written" in captured.err
+    assert "[written] c2 (case 2 of 2): t2f written" in captured.err
+    assert run_fast(inputs, output, tiny_weights, "-q") == 0  # both skipped now
+    captured = capsys.readouterr()
+    assert "[skipped]" not in captured.err and "INFO" not in captured.err  # -q: warnings and errors only
+    assert "skipped" in captured.out  # the table is a result, not a log line
+
+
+def test_an_mlcube_parameters_file_with_hotfix_runs(tmp_path, tiny_weights, capsys):
+    inputs = tmp_path / "in"
+    make_case(inputs, "c1", seed=3)
+    params = tmp_path / "params" / "parameters.yaml"
+    params.parent.mkdir()
+    params.write_text("hotfix: {}\nsampler: ddim\nsteps: 2\ndevice: cpu\n")
+    argv = [f"--data_path={inputs}", f"--output_path={tmp_path / 'out'}", f"--weights={tiny_weights}"]
+    assert main(["infer", *argv, f"--parameters_file={params}", "-v"]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["c1-t2f.nii.gz"]
+    err = capsys.readouterr().err
+    assert "'hotfix' is ignored" in err and "unknown key" not in err
+    assert main(["hotfix", f"--parameters_file={params}"]) == 0

@@ -1,38 +1,127 @@
-import struct
-import zlib
+"""The --extras preview: a labelled figure through the lesion, the same layout whatever the target."""
+
+from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from brasyn.preview import mosaic, write_png
+from brasyn.modalities import MODALITIES, Modality
+from brasyn.preview import MIN_LESION_MM3, panels, preview_figure, slice_centre, write_preview
 
+pytest.importorskip("matplotlib")
 
-def _read_png(path):
-    raw = path.read_bytes()
-    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(raw):
-        (length,) = struct.unpack(">I", raw[pos : pos + 4])
-        kind = raw[pos + 4 : pos + 8]
-        data = raw[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", raw[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(kind + data)
-        chunks[kind] = chunks.get(kind, b"") + data
-        pos += 12 + length
-    width, height = struct.unpack(">II", chunks[b"IHDR"][:8])
-    rows = zlib.decompress(chunks[b"IDAT"])
-    pixels = np.frombuffer(rows, np.uint8).reshape(height, width + 1)
-    assert (pixels[:, 0] == 0).all()
-    return pixels[:, 1:]
+SHAPE = (64, 72, 48)
 
 
-def test_png_round_trips_its_pixels(tmp_path):
-    image = (np.arange(12 * 7) % 256).astype(np.uint8).reshape(12, 7)
-    write_png(tmp_path / "x.png", image)
-    np.testing.assert_array_equal(_read_png(tmp_path / "x.png"), image)
+def _head(blob_at: tuple[int, int, int] | None = (44, 20, 30), radius: int = 6):
+    """A brain-like ellipsoid of moderate FLAIR signal with noise and, optionally, a bright ball off centre."""
+    grid = np.indices(SHAPE).astype(np.float32)
+    centre = np.array(SHAPE, dtype=np.float32)[:, None, None, None] / 2
+    half = np.array(SHAPE, dtype=np.float32)[:, None, None, None] * 0.45
+    brain = (((grid - centre) / half) ** 2).sum(axis=0) <= 1
+    rng = np.random.default_rng(0)
+    flair = np.where(brain, 0.4 + 0.02 * rng.standard_normal(SHAPE), 0.0).astype(np.float32)
+    if blob_at is not None:
+        ball = ((grid - np.array(blob_at)[:, None, None, None]) ** 2).sum(axis=0) <= radius**2
+        flair[ball & brain] = 0.9
+    return flair, brain
 
 
-def test_mosaic_has_a_row_per_volume_and_a_column_per_plane():
-    vols = [np.random.default_rng(i).random((10, 12, 8)).astype(np.float32) for i in range(4)]
-    out = mosaic(vols)
-    assert out.shape == (4 * 12, 3 * 12) and out.dtype == np.uint8
-    assert out[:12].any() and out[-12:].any()
+def _texts(figure) -> list[str]:
+    return [t.get_text() for t in figure.findobj(lambda a: hasattr(a, "get_text")) if t.get_text()]
+
+
+def test_slices_pass_through_an_off_centre_bright_blob():
+    flair, brain = _head(blob_at=(44, 20, 30))
+    centre, where = slice_centre(flair, brain)
+    assert where == "lesion"
+    assert np.abs(np.array(centre) - (44, 20, 30)).max() <= 1
+
+
+def test_without_a_lesion_the_slices_pass_through_the_brain_centre():
+    flair, brain = _head(blob_at=None)
+    centre, where = slice_centre(flair, brain)
+    assert where == "brain centre"
+    assert np.abs(np.array(centre) - np.array(SHAPE) / 2).max() <= 1
+
+
+def test_a_bright_speck_below_the_size_limit_is_not_a_lesion():
+    flair, brain = _head(blob_at=(44, 20, 30), radius=2)  # about 33 voxels
+    assert (flair > 0.8).sum() < MIN_LESION_MM3
+    assert slice_centre(flair, brain)[1] == "brain centre"
+
+
+def test_the_largest_of_two_bright_regions_is_chosen():
+    flair, brain = _head(blob_at=(44, 20, 30), radius=6)
+    small, _ = _head(blob_at=(20, 50, 20), radius=5)
+    flair = np.maximum(flair, small)
+    centre, _ = slice_centre(flair, brain)
+    assert np.abs(np.array(centre) - (44, 20, 30)).max() <= 1
+
+
+def test_edge_letters_follow_the_axis_codes():
+    volume = np.zeros(SHAPE, dtype=np.float32)
+    axial, coronal, sagittal = panels(volume, (1, 2, 3), ("L", "P", "S"))
+    # radiological: patient right on the left, anterior and superior at the top
+    assert (axial.left, axial.right, axial.top, axial.bottom) == ("R", "L", "A", "P")
+    assert (coronal.left, coronal.right, coronal.top, coronal.bottom) == ("R", "L", "S", "I")
+    assert (sagittal.left, sagittal.right, sagittal.top, sagittal.bottom) == ("A", "P", "S", "I")
+    flipped = panels(volume, (1, 2, 3), ("R", "A", "S"))[0]
+    assert (flipped.left, flipped.right, flipped.top, flipped.bottom) == ("L", "R", "P", "A")
+
+
+def test_panels_are_the_slices_through_the_centre():
+    volume = np.random.default_rng(1).random(SHAPE).astype(np.float32)
+    axial, coronal, sagittal = panels(volume, (5, 6, 7), ("L", "P", "S"))
+    np.testing.assert_array_equal(axial.image, volume[:, :, 7].T)
+    np.testing.assert_array_equal(coronal.image[::-1], volume[:, 6, :].T)
+    np.testing.assert_array_equal(sagittal.image[::-1], volume[5, :, :].T)
+
+
+@pytest.mark.parametrize("target", ["t1n", "t2w", "t2f"])
+def test_the_figure_names_case_target_contrasts_and_planes_in_a_fixed_order(target):
+    rng = np.random.default_rng(2)
+    volumes = {m: rng.random(SHAPE).astype(np.float32) for m in MODALITIES}
+    synthetic = Modality(target)
+    figure = preview_figure(volumes, synthetic, f"c1 - target {target} - diffusion", (30, 30, 20))
+    axes = figure.axes
+    assert len(axes) == 12
+    titles = [ax.get_title() for ax in axes[:4]]
+    expected = [f"{m.value} (synthetic)" if m is synthetic else m.value for m in MODALITIES]
+    assert titles == expected  # t1n, t1c, t2w, t2f whatever the target
+    assert [axes[r * 4].get_ylabel() for r in range(3)] == ["axial", "coronal", "sagittal"]
+    assert figure._suptitle.get_text() == f"c1 - target {target} - diffusion"
+    column = [m.value for m in MODALITIES].index(target)
+    framed = [i % 4 for i, ax in enumerate(axes) if ax.spines["left"].get_linewidth() > 1]
+    assert framed == [column] * 3
+    texts = _texts(figure)
+    for letter in "RLAPSI":
+        assert letter in texts
+    # each panel shows its own contrast
+    shown = axes[column].images[0].get_array()
+    np.testing.assert_array_equal(np.asarray(shown), volumes[synthetic][:, :, 20].T)
+
+
+def test_the_preview_png_is_written_whole_and_readable(tmp_path):
+    import matplotlib.image
+
+    volumes = {m: np.random.default_rng(3).random(SHAPE).astype(np.float32) for m in MODALITIES}
+    figure = preview_figure(volumes, Modality.T2F, "c1", (30, 30, 20))
+    path = tmp_path / "c1-t2f.png"
+    write_preview(path, figure, "model grid 64x72x48")
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 300 and pixels.shape[1] > 300
+    assert [p.name for p in tmp_path.iterdir()] == ["c1-t2f.png"]  # no temporary left
+    assert b"model grid 64x72x48" in path.read_bytes()
+
+
+def test_extras_without_matplotlib_is_refused_before_the_run(tmp_path, monkeypatch):
+    import brasyn.batch
+    from brasyn.errors import UsageError
+
+    (tmp_path / "in").mkdir()
+    monkeypatch.setattr(brasyn.batch, "matplotlib_available", lambda: False)
+    with pytest.raises(UsageError, match=r"matplotlib, which is not installed.*pip install matplotlib"):
+        brasyn.batch.check_folders(tmp_path / "in", tmp_path / "out", extras=tmp_path / "previews")
+    assert not (tmp_path / "previews").exists()
+    brasyn.batch.check_folders(tmp_path / "in", tmp_path / "out2")  # without --extras it is not needed
