@@ -90,6 +90,12 @@ class Predictor(Protocol):
         """What a run report records about it."""
         ...
 
+    def output_settings(self, target: Modality, seed: int) -> dict[str, Any]:
+        """What decides its output for ``target`` (recorded in each output, :mod:`brasyn.provenance`):
+        ``method``, the sha256 of its numbers as ``weights``, and where it applies sampler, steps, eta,
+        precision and the run ``seed``. WeightsError when ``target`` has no weights."""
+        ...
+
 
 class DiffusionPredictor:
     """cWDM: one checkpoint per target from a weights folder, loaded on first use and kept."""
@@ -127,7 +133,25 @@ class DiffusionPredictor:
         )
 
     def settings(self) -> dict[str, Any]:
-        return {"method": self.method, **asdict(self.sampling), "precision": self.precision}
+        return {
+            "method": self.method,
+            **asdict(self.sampling),
+            "precision": self.precision,
+            "speed": asdict(self.speed),
+        }
+
+    def output_settings(self, target: Modality, seed: int) -> dict[str, Any]:
+        settings = {
+            "method": self.method,
+            "sampler": self.sampling.sampler,
+            "steps": self.steps(target),
+            "precision": self.precision,
+            "weights": self.weights.info(target).sha256,
+            "seed": seed,
+        }
+        if self.sampling.sampler == "ddim":  # the only sampler eta changes
+            settings["eta"] = self.sampling.eta
+        return settings
 
     def diffusion_for(self, target: Modality) -> Diffusion:
         """The noise schedule the checkpoint for ``target`` was trained with."""
@@ -222,6 +246,10 @@ class _Baseline:
 
     def settings(self) -> dict[str, Any]:
         return {"method": self.method}
+
+    def output_settings(self, target: Modality, seed: int) -> dict[str, Any]:
+        # deterministic: no seed; the weights are the numbers this target uses, whatever file held them
+        return {"method": self.method, "weights": self.baselines.digest(Modality(target), self.method)}
 
     def steps(self, target: Modality) -> int:
         return 0

@@ -110,3 +110,6 @@ class FirstCondition:
 
     def settings(self):
         return {"method": "first-condition"}
+
+    def output_settings(self, target, seed):
+        return {"method": "first-condition"}

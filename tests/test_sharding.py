@@ -1,11 +1,15 @@
 import json
+from pathlib import Path
 
+import jsonschema
 import pytest
 
 from brasyn.cli import main
 from brasyn.sharding import Shard, parse_shard, shard_from_environment
 from brasyn.weights import init_random
 from tests.helpers import TORCHRUN_TWO, make_case
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report.schema.json").read_text())
 
 
 @pytest.fixture
@@ -102,7 +106,7 @@ def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_ra
     ]
 
 
-def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(tmp_path, batch):
+def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(tmp_path, batch, capfd):
     inputs, fast, single = batch
     report = tmp_path / "r" / "report.json"
     code = main(
@@ -123,9 +127,24 @@ def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(
     assert code == 0
     assert {p.name: p.read_bytes() for p in (tmp_path / "multi").iterdir()} == single
     assert sorted(p.name for p in report.parent.iterdir()) == [
+        "report.json",
         "report.shard-0-of-2.json",
         "report.shard-1-of-2.json",
     ]
+    # the parent merges the workers' reports into the one asked for, and prints one table of all cases
+    merged = json.loads(report.read_text())
+    jsonschema.validate(merged, SCHEMA)
+    assert [c["case"] for c in merged["cases"]] == ["c0", "c1", "c2", "c3"]
+    assert merged["summary"] == {"written": 4, "skipped": 0, "failed": 0} and merged["interrupted"] is False
+    assert [(s["index"], s["count"], s["exit"]) for s in merged["shards"]] == [(0, 2, 0), (1, 2, 0)]
+    assert [s["report"] for s in merged["shards"]] == [
+        str(report.parent / f"report.shard-{i}-of-2.json") for i in range(2)
+    ]
+    assert merged["settings"]["sampler"] == "ddim" and merged["device"] == "cpu"
+    err = capfd.readouterr().err
+    assert "all 2 workers: 4 written, 0 skipped, 0 failed" in err
+    table = err[err.rindex("case  ") :]
+    assert all(f"c{i}  " in table for i in range(4))
     assert (
         main(
             [
