@@ -161,3 +161,46 @@ def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(
         )
         == 2
     )
+
+
+def test_the_merged_report_names_a_worker_that_wrote_none(tmp_path, caplog):
+    from brasyn.batch import merge_shard_reports
+
+    report = tmp_path / "report.json"
+    case = {
+        "case": "c0",
+        "status": "failed",
+        "target": "t2f",
+        "output": None,
+        "seconds": 0.5,
+        "device": "cpu",
+        "peak_memory_mib": None,
+        "message": "broken",
+        "files": [],
+    }
+    shard_0 = {
+        "brasyn_version": "0",
+        "started": "2026-01-01T00:00:01+00:00",
+        "finished": "2026-01-01T00:00:09+00:00",
+        "input": "in",
+        "output": "out",
+        "weights": "w",
+        "device": "cpu",
+        "settings": {"method": "linear", "seed": 1},
+        "interrupted": False,
+        "summary": {"written": 0, "skipped": 0, "failed": 1},
+        "cases": [case],
+    }
+    (tmp_path / "report.shard-0-of-2.json").write_text(json.dumps(shard_0))
+    merged = merge_shard_reports(report, [1, 2])
+    assert json.loads(report.read_text()) == merged
+    jsonschema.validate(merged, SCHEMA)
+    assert merged["summary"] == {"written": 0, "skipped": 0, "failed": 1}
+    assert [(s["exit"], s["report"]) for s in merged["shards"]] == [
+        (1, str(tmp_path / "report.shard-0-of-2.json")),
+        (2, None),
+    ]
+    assert "worker 1/2 (exit 2) left no readable report" in caplog.text
+    report.unlink()
+    (tmp_path / "report.shard-0-of-2.json").unlink()
+    assert merge_shard_reports(report, [2, 2]) is None and not report.exists()
