@@ -28,6 +28,7 @@ p99.9(target) / p99.9(condition)) restore the input scale exactly as a checkpoin
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
@@ -123,6 +124,13 @@ class Baselines:
 
     def ratios(self, target: Modality) -> dict[Modality, float]:
         return self.intensity_ratios[Modality(target)]
+
+    def digest(self, target: Modality, method: str) -> str:
+        """sha256 of the numbers ``method`` uses for ``target`` (its fit, if linear, and the ratios)."""
+        used: dict[str, Any] = {"ratios": {c.value: r for c, r in self.ratios(target).items()}}
+        if method == "linear" and target in self.linear:
+            used["linear"] = self.linear[target].to_dict()
+        return hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -49,6 +49,7 @@ __all__ = [
     "BatchResult",
     "Interrupted",
     "check_folders",
+    "merge_shard_reports",
     "preview_settings",
     "previewer",
     "report_path_for",
@@ -151,7 +152,8 @@ def _log_result(result: CaseResult, number: int, total: int) -> None:
         line += f" ({result.seconds:.1f} s, {result.device}, peak {result.peak_memory_mib:.0f} MiB)"
         log.info(line)
     elif result.status == "skipped":
-        log.info(line)
+        # an output of unknown settings is kept: say so loudly, it may be a preview or another tool's
+        (log.warning if result.note == "kept: settings unknown" else log.info)(line)
     else:
         log.error(line)
 
@@ -190,6 +192,64 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def merge_shard_reports(path: Path, codes: Sequence[int]) -> dict[str, Any] | None:
+    """After ``--devices``: the reports of the ``len(codes)`` shares (:func:`report_path_for`) merged
+    into ``path``: every case in id order, the totals, each share's exit status and report; printed as
+    one summary table. The shares' own files are kept. None (and a warning) where no share wrote one."""
+    count = len(codes)
+    shards, parts = [], []
+    for index, code in enumerate(codes):
+        part_path = report_path_for(path, Shard(index, count))
+        try:
+            part = json.loads(part_path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "worker %d/%d (exit %d) left no readable report %s: %s", index, count, code, part_path, exc
+            )
+            part = None
+        shards.append(
+            {
+                "index": index,
+                "count": count,
+                "exit": int(code),
+                "report": str(part_path) if part is not None else None,
+                "interrupted": bool(part["interrupted"]) if part is not None else None,
+            }
+        )
+        if part is not None:
+            parts.append(part)
+    if not parts:
+        log.warning("no worker wrote a report: nothing to merge into %s", path)
+        return None
+    cases = sorted((c for part in parts for c in part["cases"]), key=lambda c: c["case"])
+    fields = set(CaseResult.__dataclass_fields__)
+    results = [CaseResult(**{k: v for k, v in c.items() if k in fields}) for c in cases]
+    devices = list(dict.fromkeys(part["device"] for part in parts))
+    merged = {
+        **{k: v for k, v in parts[0].items() if k not in ("started", "finished", "cases", "summary")},
+        "started": min(part["started"] for part in parts),
+        "finished": max(part["finished"] for part in parts),
+        "device": ", ".join(devices),
+        "interrupted": any(part["interrupted"] for part in parts),
+        "summary": {s: sum(r.status == s for r in results) for s in STATUSES},
+        "cases": cases,
+        "shards": shards,
+    }
+    if results:
+        print(summary_table(results), flush=True)  # tables go to stdout, as in every command
+    counts = merged["summary"]
+    log.info(
+        "all %d workers: %d written, %d skipped, %d failed; report %s",
+        count,
+        counts["written"],
+        counts["skipped"],
+        counts["failed"],
+        path,
+    )
+    write_report(path, merged)
+    return merged
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -304,11 +364,15 @@ def run_batch(
     report: Path | None = None,
     context: dict[str, Any] | None = None,
     table: TextIO | None = None,
+    resume_any: bool = False,
 ) -> BatchResult:
     """Process this share of ``found`` into ``output``; see the module text.
 
-    ``table``: where the summary table goes (the main command: stdout, where every command prints its
-    tables; None for commands whose stdout is their own JSON, such as the benchmarks).
+    An existing output is kept when its recorded settings are this run's (or unknown, or with
+    ``resume_any``) and synthesised again when they differ; ``overwrite`` replaces every one
+    (:func:`brasyn.provenance.decide`). ``table``: where the summary table goes (the main command:
+    stdout, where every command prints its tables; None for commands whose stdout is their own JSON,
+    such as the benchmarks).
 
     ``extras`` is a folder for a PNG preview per written case (:func:`previewer`). ``report`` is written
     (per shard, :func:`report_path_for`) with ``context`` merged in, also after a stop signal. Never
@@ -328,7 +392,9 @@ def run_batch(
     stream = prefetched(
         found,
         load=lambda case: synthesizer.load(case, grid_of),
-        wanted=lambda item: isinstance(item, Case) and synthesizer.needs_work(item, output, overwrite),
+        wanted=lambda item: (
+            isinstance(item, Case) and synthesizer.needs_work(item, output, overwrite, grid_of, resume_any)
+        ),
         enabled=prefetch and len(found) > 1,
     )
     stopper = _Stopper()
@@ -345,7 +411,13 @@ def run_batch(
                         )
                     else:
                         result = synthesizer.process(
-                            item, output, overwrite=overwrite, preview=preview, grid_of=grid_of, loaded=loaded
+                            item,
+                            output,
+                            overwrite=overwrite,
+                            preview=preview,
+                            grid_of=grid_of,
+                            loaded=loaded,
+                            resume_any=resume_any,
                         )
                     results.append(result)
                     _log_result(result, len(results), len(found))

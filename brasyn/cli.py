@@ -19,10 +19,9 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
-from brasyn.batch import check_folders, run_batch
+from brasyn.batch import check_folders, merge_shard_reports, run_batch
 from brasyn.cases import Case, discover, refuse_no_cases, single_case
 from brasyn.command import parse_arguments, run_command
 from brasyn.demo import run_demo
@@ -153,7 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="when a case's contrasts are not on one 1 mm grid: write the output on the grid of this input "
         "contrast (default: the highest-resolution one); a case that lacks it fails",
     )
-    add("--overwrite", action="store_true", help="replace existing outputs instead of skipping")
+    add(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs instead of skipping (default: keep those written with this run's "
+        "settings, synthesise again those written with other settings)",
+    )
+    add(
+        "--resume-any",
+        action="store_true",
+        help="keep every existing output, whatever settings it was written with",
+    )
     add(
         "--devices",
         help="'all': one worker process per visible GPU, each on its own share of the cases; "
@@ -259,15 +268,15 @@ def run(args: argparse.Namespace) -> int:
             "weights_quality": predictor.quality(),
             "checkpoints": predictor.checkpoints(),
             "settings": {
-                **asdict(sampling),
+                # what the predictor uses: a baseline has no sampler, steps or precision to claim
+                **predictor.settings(),
                 "seed": args.seed,
                 "map": mapping.describe(),
                 "progress": not args.no_progress,
                 "threads": torch_threads(),
-                "method": args.method,
-                "speed": asdict(speed),
             },
         },
+        resume_any=args.resume_any,
     )
     return int(batch.exit_code)
 
@@ -283,7 +292,9 @@ def _dispatch(argv: list[str]) -> int:
     args = _mlcube_arguments(argv[1:]) if argv[:1] == ["infer"] else parse_arguments(build_parser(), argv)
     if args.devices:
         single_case_files(args)  # refuses --devices with the single-case form
-        return run_workers(argv, args.devices, shard=args.shard)
+        report = args.report
+        merge = (lambda codes: merge_shard_reports(report, codes)) if report is not None else None
+        return run_workers(argv, args.devices, shard=args.shard, finished=merge)
     return run(args)
 
 

@@ -299,6 +299,8 @@ def refuse_conflicts(args: argparse.Namespace) -> None:
     grid_of, target = getattr(args, "grid_of", None), getattr(args, "target", None)
     if grid_of is not None and grid_of == target:
         raise UsageError(f"--grid-of {grid_of} names the contrast to synthesise; name an input contrast")
+    if getattr(args, "overwrite", False) and getattr(args, "resume_any", False):
+        raise UsageError("--overwrite replaces every output and --resume-any keeps every one: give one")
 
 
 def add_speed_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:

@@ -96,6 +96,12 @@ class Predictor(Protocol):
         included), for the run report; None without weights (the baselines)."""
         ...
 
+    def output_settings(self, target: Modality, seed: int) -> dict[str, Any]:
+        """What decides its output for ``target`` (recorded in each output, :mod:`brasyn.provenance`):
+        ``method``, the sha256 of its numbers as ``weights``, and where it applies sampler, steps, eta,
+        precision and the run ``seed``. WeightsError when ``target`` has no weights."""
+        ...
+
 
 class DiffusionPredictor:
     """cWDM: one checkpoint per target from a weights folder, loaded on first use and kept."""
@@ -133,7 +139,25 @@ class DiffusionPredictor:
         )
 
     def settings(self) -> dict[str, Any]:
-        return {"method": self.method, **asdict(self.sampling), "precision": self.precision}
+        return {
+            "method": self.method,
+            **asdict(self.sampling),
+            "precision": self.precision,
+            "speed": asdict(self.speed),
+        }
+
+    def output_settings(self, target: Modality, seed: int) -> dict[str, Any]:
+        settings = {
+            "method": self.method,
+            "sampler": self.sampling.sampler,
+            "steps": self.steps(target),
+            "precision": self.precision,
+            "weights": self.weights.info(target).sha256,
+            "seed": seed,
+        }
+        if self.sampling.sampler == "ddim":  # the only sampler eta changes
+            settings["eta"] = self.sampling.eta
+        return settings
 
     def checkpoints(self) -> dict[str, dict[str, Any]] | None:
         return {t.value: describe_checkpoint(self.weights.info(t)) for t in self.weights.targets()}
@@ -234,6 +258,10 @@ class _Baseline:
 
     def checkpoints(self) -> dict[str, dict[str, Any]] | None:
         return None
+
+    def output_settings(self, target: Modality, seed: int) -> dict[str, Any]:
+        # deterministic: no seed; the weights are the numbers this target uses, whatever file held them
+        return {"method": self.method, "weights": self.baselines.digest(Modality(target), self.method)}
 
     def steps(self, target: Modality) -> int:
         return 0

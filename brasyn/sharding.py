@@ -94,10 +94,17 @@ def worker_count(spec: str, gpus: int) -> int:
     return count
 
 
-def run_workers(argv: list[str], spec: str, shard: Shard | None = None) -> ExitCode:
+def run_workers(
+    argv: list[str],
+    spec: str,
+    shard: Shard | None = None,
+    finished: Callable[[list[int]], object] | None = None,
+) -> ExitCode:
     """Run ``argv`` (a ``python -m brasyn`` command line with ``--devices``) in worker processes and
     combine their exit codes: any stopped -> 143, any unusable -> 2, any failed case -> 1. ``--devices``
-    makes the shares itself, so a ``shard`` of its own or a torchrun start is refused."""
+    makes the shares itself, so a ``shard`` of its own or a torchrun start is refused. ``finished`` is
+    called with the workers' exit codes (worker i ran share i) once all have ended, e.g. to merge their
+    reports."""
     if shard is not None or shard_from_environment() is not None:
         raise UsageError(
             "--devices starts its own shares: leave out --shard and do not start it with torchrun"
@@ -127,6 +134,8 @@ def run_workers(argv: list[str], spec: str, shard: Shard | None = None) -> ExitC
         codes = [worker.wait() for worker in workers]
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if finished is not None:
+        finished(codes)
     if any(code in (ExitCode.TERMINATED, -signal.SIGTERM) for code in codes):
         return ExitCode.TERMINATED
     if any(code == ExitCode.USAGE for code in codes):

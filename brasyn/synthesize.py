@@ -26,11 +26,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from brasyn import __version__
 from brasyn.cases import Case
 from brasyn.errors import CaseError, WeightsError
 from brasyn.modalities import Modality, conditions_for
 from brasyn.model_space import ModelSpace, from_model_space, to_model_space
 from brasyn.predictors import Predictor, Progress
+from brasyn.provenance import Decision, decide, short_description
 from brasyn.runtime import case_generator, peak_memory_mib, reset_peak_memory
 from brasyn.volumes import Volume, load_volume, write_problem, write_volume
 
@@ -65,6 +67,8 @@ class CaseResult:
     phases: dict[str, float] = field(default_factory=dict)
     """Seconds spent in each phase reached (:data:`PHASES`); load and prepare may have run ahead, while
     the previous case was sampled."""
+    note: str | None = None
+    """Why an existing output was kept or replaced (:class:`brasyn.provenance.Decision`), else None."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,11 +113,43 @@ class Synthesizer:
     def device(self) -> torch.device:
         return self.predictor.device
 
-    def needs_work(self, case: Case, output_dir: Path, overwrite: bool = False) -> bool:
+    def output_settings(self, target: Modality, grid_of: Modality | None = None) -> dict[str, Any]:
+        """This run's settings for an output of ``target``, as its record holds them
+        (:mod:`brasyn.provenance`); WeightsError where ``target`` has no weights."""
+        return {
+            **self.predictor.output_settings(target, self.seed),
+            "grid_of": grid_of.value if grid_of is not None else None,
+        }
+
+    def decision(
+        self,
+        case: Case,
+        output_dir: Path,
+        overwrite: bool = False,
+        grid_of: Modality | None = None,
+        resume_any: bool = False,
+    ) -> Decision:
+        """Whether ``case``'s output is (re)written, given what the output folder holds."""
+        assert case.target is not None and case.output_name is not None
+        output = output_dir / case.output_name
+        try:
+            settings = self.output_settings(case.target, grid_of)
+        except WeightsError:  # no weights for this target: the case fails in process, not here
+            return Decision(True)
+        return decide(output, settings, overwrite=overwrite, resume_any=resume_any)
+
+    def needs_work(
+        self,
+        case: Case,
+        output_dir: Path,
+        overwrite: bool = False,
+        grid_of: Modality | None = None,
+        resume_any: bool = False,
+    ) -> bool:
         """Whether :meth:`process` would load and synthesise ``case`` (not skip it)."""
         if case.target is None or case.output_name is None:
             return False
-        return overwrite or not (output_dir / case.output_name).exists()
+        return self.decision(case, output_dir, overwrite, grid_of, resume_any).work
 
     def load(self, case: Case, grid_of: Modality | None = None) -> Loaded:
         """Reads ``case``'s conditions and brings them into model space (CPU only, no model): the part of
@@ -163,11 +199,14 @@ class Synthesizer:
         preview: Preview | None = None,
         grid_of: Modality | None = None,
         loaded: Callable[[], Loaded] | None = None,
+        resume_any: bool = False,
     ) -> CaseResult:
         """Synthesise and write one case; never raises for a problem of the case itself.
 
         ``loaded`` returns :meth:`load`'s result for this case (or raises its CaseError) where that was
-        started ahead, while the previous case was predicted.
+        started ahead, while the previous case was predicted. An existing output is kept or replaced as
+        :func:`brasyn.provenance.decide` says (``overwrite``, ``resume_any``); a replacement is written
+        whole beside it and renamed over it, so a failed one leaves the old file as it was.
         """
         start = time.perf_counter()
         result = CaseResult(case=case.id, status="failed", device=str(self.device))
@@ -178,10 +217,13 @@ class Synthesizer:
         result.target = case.target.value
         output = output_dir / case.output_name
         result.output = str(output)
-        if output.exists() and not overwrite:
-            result.status = "skipped"
-            result.message = f"{output.name} already exists (use --overwrite to replace it)"
+        decision = self.decision(case, output_dir, overwrite, grid_of, resume_any)
+        result.note = decision.note
+        if not decision.work:
+            result.status, result.message = "skipped", decision.message
             return result
+        if decision.note == "replaced: settings differed":
+            log.warning("%s: %s", case.id, decision.message)
         reset_peak_memory(self.device)
         bar = None
         try:
@@ -210,8 +252,16 @@ class Synthesizer:
                     case.files.values(),
                 )
             clock = time.perf_counter()
+            settings = {
+                **self.output_settings(case.target, grid_of),
+                "version": __version__,
+                "target": case.target.value,
+                "resampled": result.resampled,
+            }
             try:
-                write_volume(data, record.reference, output, description=f"brasyn synthetic {case.target}")
+                write_volume(
+                    data, record.reference, output, description=short_description(settings), record=settings
+                )
             except OSError as exc:  # disk full, folder gone, read-only: this case fails, the batch goes on
                 raise CaseError(case.id, write_problem(exc, output), case.files.values()) from exc
             result.phases["write"] = time.perf_counter() - clock
@@ -235,4 +285,6 @@ class Synthesizer:
             result.phases = {k: round(v, 4) for k, v in result.phases.items()}
         result.status = "written"
         result.message = f"{case.target} written to {output.name}"
+        if decision.note == "replaced: settings differed":
+            result.message += " (replaced: its settings differed)"
         return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import json
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ from brasyn.errors import CaseError
 
 __all__ = [
     "ITK_EXTENSIONS",
+    "RECORD_KEY",
     "TEMP_PREFIX",
     "Volume",
     "affine_from_itk",
@@ -57,6 +59,11 @@ HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).h
 """This machine (or container), as 8 hex digits in temporary names."""
 STALE_AFTER_S = 600.0
 """A temporary lives for one write (seconds); one older than this belongs to a run that was killed."""
+RECORD_KEY = "brasyn"
+"""The key of the settings record in an output (:mod:`brasyn.provenance`): NIfTI comment extension
+``{"brasyn": {...}}``, MetaImage/NRRD metadata key."""
+_COMMENT = 6
+"""The NIfTI extension code for a comment."""
 _OWNED = re.compile(r"\.brasyn-partial-(?P<pid>\d+)\.(?P<host>[0-9a-f]{8})\.")
 """Name prefix of files being written; only ever present for the instant before the rename."""
 
@@ -277,9 +284,22 @@ def check_same_grid(volumes: dict[str, Volume], case: str) -> None:
             )
 
 
-def write_volume(data: np.ndarray, reference: Volume, path: Path, description: str = "") -> None:
+def _record_text(record: dict) -> str:
+    # sorted, no spaces: the same settings always give the same bytes
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+
+def write_volume(
+    data: np.ndarray,
+    reference: Volume,
+    path: Path,
+    description: str = "",
+    record: dict | None = None,
+) -> None:
     """Write ``data`` as float32 on the grid of ``reference``, atomically, in the format ``path`` names.
 
+    ``record`` (the run's settings, :mod:`brasyn.provenance`) goes into a NIfTI comment extension or
+    the MetaImage/NRRD metadata key :data:`RECORD_KEY`; ``description`` into NIfTI's ``descrip``.
     NIfTI keeps the header of a NIfTI ``reference`` (qform and sform with their codes). The whole file
     is written under a temporary name in the target folder and renamed, so an interrupted run never
     leaves a partial file under the final name, and the temporary one exists only for the duration of
@@ -289,7 +309,7 @@ def write_volume(data: np.ndarray, reference: Volume, path: Path, description: s
     if data.shape != reference.shape:
         raise ValueError(f"data shape {data.shape} differs from the reference grid {reference.shape}")
     if is_itk_path(path):
-        _write_itk(np.asarray(data, dtype=np.float32), reference.affine, path)
+        _write_itk(np.asarray(data, dtype=np.float32), reference.affine, path, record)
         return
     if reference.header is None:
         header = nib.Nifti1Header()
@@ -307,6 +327,12 @@ def write_volume(data: np.ndarray, reference: Volume, path: Path, description: s
     image.header["cal_max"] = 0.0
     if description:
         image.header["descrip"] = description.encode()[:79]
+    extensions = image.header.extensions
+    # an input that is itself an output of brasyn must not pass its record on
+    extensions[:] = [e for e in extensions if not _is_record(e)]
+    if record is not None:
+        text = _record_text({RECORD_KEY: record})
+        extensions.append(nib.nifti1.Nifti1Extension(_COMMENT, text.encode("utf-8")))
     payload = image.to_bytes()
     if path.name.endswith(".gz"):
         # mtime 0: the same image always gives the same bytes
@@ -324,7 +350,13 @@ def write_volume(data: np.ndarray, reference: Volume, path: Path, description: s
         raise
 
 
-def _write_itk(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+def _is_record(extension: nib.nifti1.Nifti1Extension) -> bool:
+    return extension.get_code() == _COMMENT and bytes(extension.get_content()).startswith(
+        b'{"%s":' % RECORD_KEY.encode()
+    )
+
+
+def _write_itk(data: np.ndarray, affine: np.ndarray, path: Path, record: dict | None = None) -> None:
     """Compressed MetaImage or NRRD through SimpleITK, under a temporary name, then renamed.
 
     ``.mha`` and ``.nrrd`` are single files. A ``.mhd`` header names its pixel file (``<stem>.zraw``),
@@ -337,6 +369,8 @@ def _write_itk(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)
+    if record is not None:
+        image.SetMetaData(RECORD_KEY, _record_text(record))
     suffix = path.suffix.lower()
     fd, tmp_name = tempfile.mkstemp(prefix=temporary_prefix(), suffix=suffix, dir=path.parent)
     os.close(fd)

@@ -148,3 +148,6 @@ class FirstCondition:
 
     def checkpoints(self):
         return None
+
+    def output_settings(self, target, seed):
+        return {"method": "first-condition"}

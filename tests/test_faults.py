@@ -104,11 +104,11 @@ def test_the_output_folder_removed_mid_run_fails_the_case_with_a_sentence(tmp_pa
     output = tmp_path / "out"
     real_write = brasyn.synthesize.write_volume
 
-    def vanish(data, reference, path, description=""):
+    def vanish(data, reference, path, description="", record=None):
         for p in path.parent.iterdir():
             p.unlink()
         path.parent.rmdir()
-        return real_write(data, reference, path, description)
+        return real_write(data, reference, path, description, record)
 
     monkeypatch.setattr(brasyn.synthesize, "write_volume", vanish)
     code, report = _run(inputs, output, tmp_path / "report.json")

@@ -14,11 +14,13 @@ import pytest
 import SimpleITK as sitk
 
 import brasyn.model_space
+from brasyn import __version__
 from brasyn.cli import DEFAULT_WEIGHTS, main
 from brasyn.errors import CaseError
 from brasyn.modalities import Modality
 from brasyn.model_space import from_model_space
 from brasyn.predictors import LinearPredictor
+from brasyn.provenance import short_description
 from brasyn.resample import GridPlan, on_model_grid, plan_grid, to_reference_grid
 from brasyn.synthesize import Synthesizer
 from brasyn.volumes import Volume, load_volume, write_volume
@@ -223,7 +225,14 @@ def test_a_1mm_nifti_case_takes_the_plain_path_byte_for_byte(hospital, monkeypat
     data = from_model_space(model_space, record, predictor.intensity_ratios(Modality.T2F))
     plain = tmp_path / "plain" / "orig-t2f.nii.gz"
     plain.parent.mkdir()
-    write_volume(data, record.reference, plain, description="brasyn synthetic t2f")
+    # the settings record the batch adds (brasyn.provenance); the case is not resampled
+    settings = {
+        **synthesizer.output_settings(Modality.T2F),
+        "version": __version__,
+        "target": "t2f",
+        "resampled": False,
+    }
+    write_volume(data, record.reference, plain, description=short_description(settings), record=settings)
     assert (hospital["output"] / "orig-t2f.nii.gz").read_bytes() == plain.read_bytes()
 
     def refuse(*args, **kwargs):

@@ -1,11 +1,15 @@
 import json
+from pathlib import Path
 
+import jsonschema
 import pytest
 
 from brasyn.cli import main
 from brasyn.sharding import Shard, parse_shard, shard_from_environment
 from brasyn.weights import init_random
 from tests.helpers import TORCHRUN_TWO, make_case
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report.schema.json").read_text())
 
 
 @pytest.fixture
@@ -102,7 +106,7 @@ def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_ra
     ]
 
 
-def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(tmp_path, batch):
+def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(tmp_path, batch, capfd):
     inputs, fast, single = batch
     report = tmp_path / "r" / "report.json"
     code = main(
@@ -123,9 +127,24 @@ def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(
     assert code == 0
     assert {p.name: p.read_bytes() for p in (tmp_path / "multi").iterdir()} == single
     assert sorted(p.name for p in report.parent.iterdir()) == [
+        "report.json",
         "report.shard-0-of-2.json",
         "report.shard-1-of-2.json",
     ]
+    # the parent merges the workers' reports into the one asked for, and prints one table of all cases
+    merged = json.loads(report.read_text())
+    jsonschema.validate(merged, SCHEMA)
+    assert [c["case"] for c in merged["cases"]] == ["c0", "c1", "c2", "c3"]
+    assert merged["summary"] == {"written": 4, "skipped": 0, "failed": 0} and merged["interrupted"] is False
+    assert [(s["index"], s["count"], s["exit"]) for s in merged["shards"]] == [(0, 2, 0), (1, 2, 0)]
+    assert [s["report"] for s in merged["shards"]] == [
+        str(report.parent / f"report.shard-{i}-of-2.json") for i in range(2)
+    ]
+    assert merged["settings"]["sampler"] == "ddim" and merged["device"] == "cpu"
+    captured = capfd.readouterr()
+    assert "all 2 workers: 4 written, 0 skipped, 0 failed" in captured.err
+    table = captured.out[captured.out.rindex("case  ") :]  # the merged table, last on stdout
+    assert all(f"c{i}  " in table for i in range(4))
     assert (
         main(
             [
@@ -142,3 +161,46 @@ def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(
         )
         == 2
     )
+
+
+def test_the_merged_report_names_a_worker_that_wrote_none(tmp_path, caplog):
+    from brasyn.batch import merge_shard_reports
+
+    report = tmp_path / "report.json"
+    case = {
+        "case": "c0",
+        "status": "failed",
+        "target": "t2f",
+        "output": None,
+        "seconds": 0.5,
+        "device": "cpu",
+        "peak_memory_mib": None,
+        "message": "broken",
+        "files": [],
+    }
+    shard_0 = {
+        "brasyn_version": "0",
+        "started": "2026-01-01T00:00:01+00:00",
+        "finished": "2026-01-01T00:00:09+00:00",
+        "input": "in",
+        "output": "out",
+        "weights": "w",
+        "device": "cpu",
+        "settings": {"method": "linear", "seed": 1},
+        "interrupted": False,
+        "summary": {"written": 0, "skipped": 0, "failed": 1},
+        "cases": [case],
+    }
+    (tmp_path / "report.shard-0-of-2.json").write_text(json.dumps(shard_0))
+    merged = merge_shard_reports(report, [1, 2])
+    assert json.loads(report.read_text()) == merged
+    jsonschema.validate(merged, SCHEMA)
+    assert merged["summary"] == {"written": 0, "skipped": 0, "failed": 1}
+    assert [(s["exit"], s["report"]) for s in merged["shards"]] == [
+        (1, str(tmp_path / "report.shard-0-of-2.json")),
+        (2, None),
+    ]
+    assert "worker 1/2 (exit 2) left no readable report" in caplog.text
+    report.unlink()
+    (tmp_path / "report.shard-0-of-2.json").unlink()
+    assert merge_shard_reports(report, [2, 2]) is None and not report.exists()

@@ -143,3 +143,40 @@ def test_only_temporaries_of_dead_runs_are_removed(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+@pytest.mark.parametrize("extension", [".nii.gz", ".nii", ".mha", ".mhd", ".nrrd"])
+def test_the_settings_record_is_written_into_the_output_and_read_back(tmp_path, extension):
+    from brasyn.provenance import read_record
+
+    reference = load_volume(save_nifti(tmp_path / "ref.nii.gz", phantom((8, 8, 8))), "c")
+    record = {"method": "diffusion", "sampler": "x0", "steps": 1, "eta": 0.0, "weights": "ab" * 32, "seed": 3}
+    path = tmp_path / f"out{extension}"
+    write_volume(reference.data, reference, path, description="brasyn test", record=record)
+    assert read_record(path) == record
+    first = path.read_bytes()
+    write_volume(
+        reference.data, reference, path, description="brasyn test", record=dict(reversed(record.items()))
+    )
+    assert path.read_bytes() == first  # key order does not matter: the same settings, the same bytes
+    np.testing.assert_array_equal(load_volume(path, "c").data, reference.data)
+    if extension.startswith(".nii"):
+        assert nib.load(path).header["descrip"].item() == b"brasyn test"
+
+
+def test_an_input_that_is_an_output_passes_its_other_extensions_on_but_not_its_record(tmp_path):
+    from brasyn.provenance import read_record
+
+    source = save_nifti(tmp_path / "src.nii.gz", phantom((8, 8, 8)))
+    image = nib.load(source)
+    image.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"a note of the scanner"))
+    nib.save(image, tmp_path / "in.nii.gz")
+    reference = load_volume(tmp_path / "in.nii.gz", "c")
+    write_volume(reference.data, reference, tmp_path / "first.nii.gz", record={"method": "linear"})
+    again = load_volume(tmp_path / "first.nii.gz", "c")
+    write_volume(again.data, again, tmp_path / "second.nii.gz", record={"method": "nearest"})
+    assert read_record(tmp_path / "second.nii.gz") == {"method": "nearest"}
+    contents = [bytes(e.get_content()) for e in nib.load(tmp_path / "second.nii.gz").header.extensions]
+    assert contents == [b"a note of the scanner", b'{"brasyn":{"method":"nearest"}}']
+    write_volume(again.data, again, tmp_path / "third.nii.gz")
+    assert read_record(tmp_path / "third.nii.gz") is None
