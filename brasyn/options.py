@@ -1,11 +1,7 @@
 """What a user can say to brasyn, as command-line flags or as MLCube parameters, checked in one place.
 
-The converters here serve both as argparse ``type=`` (they receive the string typed on the command line)
-and on values from a YAML parameters file (which arrive as str, int, float, bool or None). Either way a
-bad value raises :class:`argparse.ArgumentTypeError` with one sentence naming the allowed values:
-argparse prints it as it is (``argument --steps: expected a whole number from 1 to 1000, got '2.7'``) and
-:func:`read_parameters` puts the file and key in front of it. So ``--steps 2.7`` and ``steps: 2.7`` are
-refused alike, instead of one of them silently running 2 steps.
+The values are checked by the converters of :mod:`brasyn.converters` (re-exported here), the same for a
+flag and for a key of the parameters file.
 
 The ``add_*_option`` helpers give every command the same flags with the same defaults (``--device``,
 ``-v``, ``--threads``, the speed switches).
@@ -16,9 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-import math
-import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +20,21 @@ import torch
 
 from brasyn import __version__
 from brasyn.acceleration import PRECISIONS, SpeedSettings
-from brasyn.contrast_map import ContrastMap, MapError, parse_map
+from brasyn.contrast_map import ContrastMap
+from brasyn.converters import (
+    Converter,
+    contrast,
+    device_spec,
+    map_spec,
+    one_of,
+    real_number,
+    shard_spec,
+    shown_value,
+    whole_number,
+)
 from brasyn.diffusion import SAMPLERS, Sampling
 from brasyn.errors import UsageError
-from brasyn.modalities import modality_from_alias
 from brasyn.official import OFFICIAL_NAMES, official_target
-from brasyn.sharding import Shard, parse_shard
 
 __all__ = [
     "METHODS",
@@ -69,49 +72,7 @@ METHODS = ("diffusion", "linear", "nearest")
 NAMINGS = ("input", "brats2023")
 """Output names like the case's inputs, or always ``<case>-<contrast>.nii.gz``."""
 
-Converter = Callable[[Any], Any]
-
 log = logging.getLogger("brasyn.options")
-
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-_WHOLE = re.compile(r"[+-]?\d+")
-
-
-def _shown(value: Any) -> str:
-    """A value as the user wrote it, quoted when it is text (so ``'2.7'`` and ``2.7`` can be told apart)."""
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def _refuse(expected: str, value: Any) -> argparse.ArgumentTypeError:
-    return argparse.ArgumentTypeError(f"expected {expected}, got {_shown(value)}")
-
-
-def _named(function: Converter, name: str) -> Converter:
-    # argparse names a converter in some messages and help output; keep that readable
-    function.__name__ = function.__qualname__ = name
-    return function
-
-
-def contrast(value: Any) -> str:
-    """A contrast by any of its names (``flair`` -> ``t2f``, ``t1ce`` -> ``t1c``, ``T2`` -> ``t2w``):
-    datasets name them differently and a user should not have to translate. Returns the canonical name."""
-    if not isinstance(value, str):
-        raise _refuse("a contrast: t1n, t1c, t2w or t2f (or an alias such as t1, t1ce, t2, flair)", value)
-    try:
-        return modality_from_alias(value).value
-    except ValueError:
-        raise _refuse(
-            "a contrast: t1n, t1c, t2w or t2f (or an alias such as t1, t1ce, t2, flair)", value
-        ) from None
-
-
-def map_spec(value: Any) -> ContrastMap:
-    """``--map`` and the ``map`` parameter: ``CONTRAST=PATTERN`` (``t1c=*MPRAGE_post*``), a YAML file of
-    ``contrast: pattern`` lines, or (from a parameters file) such a mapping itself."""
-    try:
-        return parse_map(value)
-    except MapError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def contrast_mapping(args: argparse.Namespace) -> ContrastMap:
@@ -159,94 +120,7 @@ def single_case_files(args: argparse.Namespace) -> dict[str, Path | None] | None
     return {m: getattr(args, m) for m in SINGLE_CONTRASTS}
 
 
-def one_of(*choices: str) -> Converter:
-    """A converter that takes exactly one of ``choices`` (case and spelling as given)."""
-    if not choices:
-        raise ValueError("one_of needs at least one choice")
-    allowed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
-
-    def convert(value: Any) -> str:
-        if isinstance(value, str) and value in choices:
-            return value
-        raise _refuse(f"one of {allowed}", value)
-
-    convert.choices = tuple(choices)  # type: ignore[attr-defined]
-    return _named(convert, "one of " + "|".join(choices))
-
-
-def _range(low: float | None, high: float | None) -> str:
-    if low is not None and high is not None:
-        return f" from {low} to {high}"
-    if low is not None:
-        return f" of {low} or more"
-    if high is not None:
-        return f" of {high} or less"
-    return ""
-
-
-def whole_number(low: int | None = None, high: int | None = None) -> Converter:
-    """A converter to an int within ``[low, high]`` (either bound may be None).
-
-    It takes an int or the text of one; it refuses True/False and every float, 2.0 included, because a
-    step count or seed written as 2.7 is a mistake to point out, not a number to round."""
-    expected = "a whole number" + _range(low, high)
-
-    def convert(value: Any) -> int:
-        if isinstance(value, bool):
-            raise _refuse(expected, value)
-        if isinstance(value, int):
-            number = value
-        elif isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
-            number = int(value.strip())
-        else:
-            raise _refuse(expected, value)
-        if (low is not None and number < low) or (high is not None and number > high):
-            raise _refuse(expected, value)
-        return number
-
-    return _named(convert, "whole number")
-
-
-def real_number(low: float | None = None, high: float | None = None) -> Converter:
-    """A converter to a finite float within ``[low, high]``; takes an int, a float or the text of one,
-    refuses True/False, NaN and infinities."""
-    expected = "a number" + _range(low, high)
-
-    def convert(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise _refuse(expected, value)
-        try:
-            number = float(value)
-        except ValueError:
-            raise _refuse(expected, value) from None
-        if not math.isfinite(number):
-            raise _refuse(expected, value)
-        if (low is not None and number < low) or (high is not None and number > high):
-            raise _refuse(expected, value)
-        return number
-
-    return _named(convert, "number")
-
-
-def device_spec(value: Any) -> str:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, lower-cased. Syntax only: whether that GPU exists is
-    :func:`brasyn.runtime.select_device`'s question, asked once the run starts."""
-    if isinstance(value, str):
-        spec = value.strip().lower()
-        if _DEVICE.fullmatch(spec):
-            return spec
-    raise _refuse("auto, cpu, cuda or cuda:N (N a GPU index)", value)
-
-
 # --- flags shared by the commands ----------------------------------------------------------------
-
-
-def shard_spec(value: Any) -> Shard:
-    """``i/n``: share i of n of the cases."""
-    try:
-        return parse_shard(str(value))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_method_option(parser: argparse.ArgumentParser) -> None:
@@ -499,5 +373,5 @@ def read_parameters(
         try:
             converted[key] = spec[key](value)
         except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
-            raise UsageError(f"{path}: {key}: {_shown(value)} is not valid: {exc}") from None
+            raise UsageError(f"{path}: {key}: {shown_value(value)} is not valid: {exc}") from None
     return converted
