@@ -291,3 +291,60 @@ def test_the_demo_prints_the_scores_of_its_output_against_the_real_flair(shared_
     expected = score(prediction, truth)
     assert float(found.group(1)) == pytest.approx(expected["ssim"], abs=1e-4)
     assert float(found.group(2)) == pytest.approx(expected["psnr"], abs=1e-2)
+
+
+# --- bench --official -------------------------------------------------------------------------------
+
+STAND_IN = '''"""A stand-in for guided_diffusion/unet.py of a cwdm checkout: UNetModel takes the official keyword
+arguments, accepts only the BraTS settings (REFERENCE.md), and computes the official architecture through
+brasyn's Denoiser, which the golden fixture checks key for key and output for output."""
+import torch
+from brasyn.unet import Denoiser
+
+BRATS = dict(image_size=224, attention_resolutions=(), dims=3, bottleneck_attention=False,
+             resample_2d=False, additive_skips=False, resblock_updown=True, use_scale_shift_norm=False)
+BUILT = []
+
+
+class UNetModel(Denoiser):
+    def __init__(self, *, in_channels, model_channels, out_channels, num_res_blocks, channel_mult,
+                 num_groups, **settings):
+        assert settings == BRATS, settings
+        super().__init__(in_channels=in_channels, out_channels=out_channels, model_channels=model_channels,
+                         channel_mult=tuple(channel_mult), num_res_blocks=num_res_blocks,
+                         num_groups=num_groups)
+        BUILT.append(self)
+
+    def forward(self, x, timesteps):
+        assert x.is_contiguous()  # the official code runs on contiguous tensors
+        return super().forward(x, timesteps)
+
+    def to(self, *args, **kwargs):
+        super().to(*args, **kwargs)  # the official UNetModel.to returns None
+'''
+
+
+def test_bench_official_times_the_official_network_on_the_same_weights_and_input(
+    tmp_path, monkeypatch, capsys
+):
+    import brasyn.bench as bench
+
+    checkout = tmp_path / "cwdm"
+    (checkout / "guided_diffusion").mkdir(parents=True)
+    (checkout / "guided_diffusion" / "__init__.py").write_text("")
+    (checkout / "guided_diffusion" / "unet.py").write_text(STAND_IN)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("guided_diffusion", "guided_diffusion.unet"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    tiny_bench = ["--config", "tiny", "--shape", "32", "32", "32", "--device", "cpu", "--repeats", "1"]
+    assert bench.main([*tiny_bench, "--warmup", "0", "--no-case", "--official", str(checkout)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    (built,) = sys.modules["guided_diffusion.unet"].BUILT
+    assert sum(p.numel() for p in built.parameters()) == printed["parameters"]
+    official = printed["official"]
+    # the same weights and input: the outputs agree, and the network did not output zeros
+    assert official["output_max_abs"] > 1e-3
+    assert official["max_abs_difference"] <= 1e-5 * official["output_max_abs"]
+    assert official["speedup"] == pytest.approx(
+        official["forward_ms"]["median"] / printed["forward_ms"]["median"], rel=1e-9
+    )
