@@ -139,12 +139,10 @@ class DiffusionPredictor:
         )
 
     def settings(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            **asdict(self.sampling),
-            "precision": self.precision,
-            "speed": asdict(self.speed),
-        }
+        sampling = asdict(self.sampling)
+        if self.sampling.sampler == "x0":  # one prediction, whatever --steps said
+            sampling["steps"] = 1
+        return {"method": self.method, **sampling, "precision": self.precision, "speed": asdict(self.speed)}
 
     def output_settings(self, target: Modality, seed: int) -> dict[str, Any]:
         settings = {
