@@ -23,6 +23,7 @@ from tqdm import tqdm
 from brasyn.bands import bands_to_image, image_to_bands
 from brasyn.diffusion import Diffusion, DiffusionConfig
 from brasyn.errors import BrasynError
+from brasyn.loader import ExampleSource, StepBatches, decode, make_loader
 from brasyn.modalities import Modality
 from brasyn.runtime import torchrun_environment
 from brasyn.training_data import TrainingSet, intensity_ratios
@@ -69,17 +70,20 @@ class Trainer:
     def __init__(
         self,
         settings: TrainSettings,
-        data: TrainingSet,
+        data: ExampleSource,
         out: Path,
         device: torch.device,
         val: TrainingSet | None = None,
         command: str = "",
         demo: bool = False,
         population: dict[str, dict[Modality, float]] | None = None,
+        workers: int = 0,
     ) -> None:
         self.settings = settings
         self.data = data
-        self.population = population or {c.id: c.percentiles for c in data.cases}
+        self.workers = workers
+        """Data loader worker processes cutting batches (0: on the main thread)."""
+        self.population = population or data.population  # type: ignore[attr-defined]
         """Every training case of the run (all ranks) with its 99.9th percentiles: the manifest lists them
         and the intensity ratios come from them, whatever share this process trained on."""
         self.val = val
@@ -97,6 +101,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr)
         self.generator = torch.Generator().manual_seed(settings.seed * 1000 + self.rank)
         self.step = 0
+        self.batches = StepBatches(data, settings.batch_size, settings.seed, self.rank)
         self.network: nn.Module = self.model
         if self.world > 1:
             self.network = nn.parallel.DistributedDataParallel(
@@ -166,7 +171,7 @@ class Trainer:
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         """The official objective: MSE between predicted and true clean sub-bands at a uniform t."""
-        batch = batch.to(self.device, non_blocking=True)
+        batch = decode(batch.to(self.device, non_blocking=True))
         cond = image_to_bands(batch[:, :3])
         x0 = image_to_bands(batch[:, 3:])
         n = batch.shape[0]
@@ -180,9 +185,11 @@ class Trainer:
         with autocast:
             return self.diffusion.training_loss(self.network, x0, cond, t, noise)
 
-    def train_step(self) -> float:
+    def train_step(self, batch: torch.Tensor | None = None) -> float:
+        """One optimiser step on ``batch``, by default this step's batch cut here."""
         self.network.train()
-        batch = self.data.sample(self.settings.batch_size, self.generator)
+        if batch is None:
+            batch, _ = self.batches[self.step]
         loss = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -219,6 +226,14 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------
 
+    def _gather(self, draws: list[str]) -> list[list[str]]:
+        """Every rank's examples of this step (rank by rank), for the log."""
+        if self.world == 1:
+            return [draws]
+        shares: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(shares, draws)
+        return shares
+
     def _log(self, record: dict[str, Any]) -> None:
         if self.rank != 0:
             return
@@ -240,16 +255,27 @@ class Trainer:
             disable=not progress or self.rank != 0,
             mininterval=1.0 if sys.stderr.isatty() else 30.0,
         )
+        loader = make_loader(self.batches, self.step, s.steps, self.workers, self.device.type == "cuda")
         start, done_here = time.perf_counter(), 0
         try:
+            batches = iter(loader)
             while self.step < s.steps:
-                loss = self.train_step()
+                waited = time.perf_counter()
+                batch, draws = next(batches)
+                waited = time.perf_counter() - waited
+                loss = self.train_step(batch)
                 losses.append(loss)
                 done_here += 1
                 rate = done_here / (time.perf_counter() - start)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.2f}")
-                record: dict[str, Any] = {"step": self.step, "loss": loss, "steps_per_s": rate}
+                record: dict[str, Any] = {
+                    "step": self.step,
+                    "loss": loss,
+                    "steps_per_s": rate,
+                    "data_wait_s": waited,
+                    "draws": self._gather(draws),
+                }
                 if self.val is not None and s.val_every and self.step % s.val_every == 0:
                     record["val_ssim"] = self.validate()
                     log.info("step %d: validation SSIM %.4f", self.step, record["val_ssim"])
