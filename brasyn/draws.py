@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Draw", "draw", "step_generator"]
+__all__ = ["Draw", "draw", "step_generator", "step_seed"]
 
 Window = tuple[slice, slice, slice]
 
@@ -34,10 +34,17 @@ class Draw:
         return f"{name}@{corner}" + (f"/f{''.join(map(str, self.flips))}" if self.flips else "")
 
 
+def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
+    """A seed for one step on one rank (``stream`` 0: the batch, 1: the diffusion time and noise),
+    independent of every other step, rank and stream."""
+    entropy = [seed, rank, step] + ([stream] if stream else [])
+    words = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) | (int(words[1]) >> 1)
+
+
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    """The generator of one step's batch on one rank, independent of every other step and rank."""
-    words = np.random.SeedSequence([seed, rank, step]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed((int(words[0]) << 31) | (int(words[1]) >> 1))
+    """The generator of one step's batch on one rank."""
+    return torch.Generator().manual_seed(step_seed(seed, rank, step))
 
 
 def _below(n: int, generator: torch.Generator) -> int:

@@ -9,6 +9,7 @@ import copy
 import json
 import logging
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from brasyn.bands import bands_to_image, image_to_bands
 from brasyn.diffusion import Diffusion, DiffusionConfig
+from brasyn.draws import step_seed
 from brasyn.errors import BrasynError
 from brasyn.loader import ExampleSource, StepBatches, decode, make_loader
 from brasyn.modalities import Modality
@@ -58,6 +60,16 @@ class TrainSettings:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     """The chain the model learns to reverse; the checkpoint's manifest entry records it, since a model
     only samples correctly with the settings it was trained with."""
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux), for the time to the first step; None elsewhere."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Stop(BaseException):
@@ -162,9 +174,6 @@ class Trainer:
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.step = int(state["step"])
-        # every rank continues from rank 0's state, with its own stream
-        if self.rank:
-            self.generator.manual_seed(self.settings.seed * 1000 + self.rank + self.step)
         log.info("resumed at step %d from %s", self.step, self.state_path)
 
     # --- one step ----------------------------------------------------------------------------
@@ -190,6 +199,8 @@ class Trainer:
         self.network.train()
         if batch is None:
             batch, _ = self.batches[self.step]
+        # t and noise, like the batch, from (seed, rank, step) alone: every rank resumes exactly
+        self.generator.manual_seed(step_seed(self.settings.seed, self.rank, self.step, stream=1))
         loss = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -257,8 +268,8 @@ class Trainer:
         )
         loader = make_loader(self.batches, self.step, s.steps, self.workers, self.device.type == "cuda")
         start, done_here = time.perf_counter(), 0
+        batches = iter(loader)
         try:
-            batches = iter(loader)
             while self.step < s.steps:
                 waited = time.perf_counter()
                 batch, draws = next(batches)
@@ -279,6 +290,8 @@ class Trainer:
                 if self.val is not None and s.val_every and self.step % s.val_every == 0:
                     record["val_ssim"] = self.validate()
                     log.info("step %d: validation SSIM %.4f", self.step, record["val_ssim"])
+                if done_here == 1:
+                    record["first_step_after_s"] = process_age()
                 self._log(record)
                 if s.save_every and self.step % s.save_every == 0 and self.step < s.steps:
                     self.save_state()
@@ -288,7 +301,16 @@ class Trainer:
             raise
         finally:
             bar.close()
+            del batches  # the loader's workers end here, so their peak memory is counted below
         self.save_state()
+        self._log(
+            {
+                "event": "end",
+                "step": self.step,
+                "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "workers_max_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            }
+        )
         return losses
 
     def export(self) -> None:
