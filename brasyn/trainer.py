@@ -274,6 +274,7 @@ class Trainer:
                 waited = time.perf_counter()
                 batch, draws = next(batches)
                 waited = time.perf_counter() - waited
+                age = process_age() if done_here == 0 else None  # the start-up: till the first batch
                 loss = self.train_step(batch)
                 losses.append(loss)
                 done_here += 1
@@ -291,7 +292,7 @@ class Trainer:
                     record["val_ssim"] = self.validate()
                     log.info("step %d: validation SSIM %.4f", self.step, record["val_ssim"])
                 if done_here == 1:
-                    record["first_step_after_s"] = process_age()
+                    record["first_step_after_s"] = age
                 self._log(record)
                 if s.save_every and self.step % s.save_every == 0 and self.step < s.steps:
                     self.save_state()
