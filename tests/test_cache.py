@@ -153,3 +153,22 @@ def test_a_loader_with_workers_gives_the_batches_of_the_main_thread_from_a_thous
     names = {d.split("@")[0] for _, draws in streamed for d in draws}
     assert len(names) >= 10 and all(n.startswith("gen-") for n in names)
     assert StepBatches(batches.source, 2, seed=5, rank=0)[4][1] != threaded[0][1]
+
+
+def test_the_loader_benchmark_prints_its_rate_and_the_wait_per_step(tmp_path, capsys):
+    from brasyn.bench import main as bench_main
+
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    make_case(data, "c0", ALL, seed=1, shape=(40, 48, 36))
+    prepare_cache(find_training_cases([data]), cache, progress=False)
+    out = tmp_path / "loader.json"
+    args = ["loader", "--cache", str(cache), "--workers", "1", "--steps", "3", "--warmup", "1"]
+    assert bench_main([*args, "--patch", "32", "32", "32", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == result
+    assert result["entries"] == 1 and result["steps"] == 3 and result["workers"] == 1
+    assert result["batch_shape"] == [1, 4, 32, 32, 32]
+    assert result["samples_per_s"] > 0 and set(result["wait_ms"]) == {"mean", "median", "p95"}
+    assert result["peak_rss_mib"]["main"] > 0
+    assert bench_main(["loader", "--cache", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
