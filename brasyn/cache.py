@@ -128,6 +128,10 @@ def prepare_case(case: Case, cache: Path) -> str:
     """Load, check and bring one complete case into model space and store it as a cache entry; returns
     the case id. Raises :class:`CaseError` (the case and what to do) when the case fails its checks."""
     sources = _sources(case)  # before reading: a file changed while it is read is prepared again
+    array, meta = _paths(cache, case.id)
+    # an outdated entry goes first, its JSON before its array: should this case now fail, none is left
+    meta.unlink(missing_ok=True)
+    array.unlink(missing_ok=True)
     volumes = {m: load_volume(case.files[m], case.id) for m in MODALITIES}
     stack, record = to_model_space(volumes, MODALITIES, case.id)
     brain = stack.any(axis=0)
@@ -136,7 +140,6 @@ def prepare_case(case: Case, cache: Path) -> str:
     nonzero = np.nonzero(brain.any(axis=(1, 2)))[0], np.nonzero(brain.any(axis=(0, 2)))[0]
     nonzero += (np.nonzero(brain.any(axis=(0, 1)))[0],)
     bbox = [[int(a[0]), int(a[-1]) + 1] if len(a) else [0, 0] for a in nonzero]
-    array, meta = _paths(cache, case.id)
     tmp_array = array.with_name(array.name + TEMPORARY)
     stored = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=np.uint16, shape=quantised.shape)
     stored[...] = quantised

@@ -133,6 +133,12 @@ def test_a_corrupt_case_is_named_with_its_file_while_the_rest_are_prepared(tmp_p
     assert "bad-t2w.nii.gz" in capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["checkpoints"]["t2f"]["provenance"]["data"]["cases"] == ["good0", "good1"]
+    # a prepared case whose source is now broken loses its entry (not trained on from an old one)
+    files = {p.name: p for p in (data / "good1").iterdir()}
+    files["good1-t1n.nii.gz"].write_bytes(b"broken")
+    assert train_main(["prepare", "--data", str(data), "--cache", str(cache), "--no-progress"]) == 1
+    assert "good1-t1n.nii.gz" in capsys.readouterr().err
+    assert [e.id for e in load_entries(cache)] == ["good0"]
 
 
 def test_a_loader_with_workers_gives_the_batches_of_the_main_thread_from_a_thousand_entries(tmp_path):
