@@ -1,4 +1,5 @@
-"""``python -m brasyn.bench loader``: how fast the training data loader delivers batches from a cache.
+"""``python -m brasyn.bench loader``: how fast the training data loader delivers batches from a cache;
+``python -m brasyn.bench quantisation``: what the cache's uint16 steps do to the data and the loss.
 
     python -m brasyn.bench loader --cache DIR [--workers N] [--patch D H W] [--batch-size B]
         [--target t2f] [--steps N] [--warmup N] [--step-ms MS] [--flip] [--json FILE] [-v]
@@ -12,6 +13,13 @@ loader's own rate); with ``--step-ms`` set to a training step's time (``steps_pe
 log, or the bench's timings) it waits that long per batch as the GPU would: a ``wait_ms`` near 0 then
 means the loader keeps up and the GPU is the bottleneck; otherwise the loader is, and more
 ``--workers`` (or faster disks, or a warm page cache) help.
+
+    python -m brasyn.bench quantisation --data DIR [--json FILE]
+
+brings each complete case of DIR into model space as ``prepare`` does and prints, per case, the largest
+and mean error of the stored values in [0, 1], the largest error of the t2f image restored to its own
+units (and as a share of its 99.9th percentile), and the training loss of a tiny random denoiser on the
+same 96³ crop with the same t and noise, from the exact and from the stored values.
 """
 
 from __future__ import annotations
@@ -20,13 +28,14 @@ import argparse
 import json
 import resource
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from brasyn.cache import load_entries
+from brasyn.cache import SCALE, load_entries
 from brasyn.command import parse_arguments, run_command
 from brasyn.errors import ExitCode, UsageError
 from brasyn.loader import CacheDataset, StepBatches, make_loader
@@ -34,7 +43,7 @@ from brasyn.modalities import Modality
 from brasyn.options import add_verbosity_option, contrast, real_number, whole_number
 from brasyn.preprocess import MULTIPLE
 
-__all__ = ["main", "measure"]
+__all__ = ["main", "measure", "quantisation"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,10 +130,67 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def quantisation(data: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from brasyn.cache import dequantise, quantise
+    from brasyn.modalities import MODALITIES
+    from brasyn.model_space import from_model_space, to_model_space
+    from brasyn.trainer import Trainer, TrainSettings
+    from brasyn.training_data import TrainingCase, TrainingSet, find_training_cases
+    from brasyn.volumes import load_volume
+
+    out: dict[str, Any] = {}
+    target = Modality.T2F
+    for case in find_training_cases([data]):
+        volumes = {m: load_volume(case.files[m], case.id) for m in MODALITIES}
+        exact, record = to_model_space(volumes, MODALITIES, case.id)
+        stored = dequantise(quantise(exact))
+        error = np.abs(stored - exact)
+        ratios = {m: record.percentiles[target] / record.percentiles[m] for m in MODALITIES[:3]}
+        channel = MODALITIES.index(target)
+        a, b = (from_model_space(x[channel], record, ratios) for x in (exact, stored))
+        p999 = float(np.percentile(a[a > 0], 99.9))
+        crop = (
+            slice(None),
+            *(slice(n // 2 - min(96, n) // 2, n // 2 + min(96, n) // 2) for n in exact.shape[1:]),
+        )
+        case_set = TrainingSet([TrainingCase(case.id, exact, exact.any(axis=0), {})])
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(TrainSettings(target, "tiny"), case_set, Path(tmp), torch.device("cpu"))
+            losses = []
+            for x in (exact, stored):
+                trainer.generator.manual_seed(0)
+                with torch.no_grad():
+                    losses.append(float(trainer.loss(torch.from_numpy(np.ascontiguousarray(x[crop]))[None])))
+        out[case.id] = {
+            "model_space_max_abs": float(error.max()),
+            "model_space_mean_abs": float(error[exact > 0].mean()),
+            "restored_max_abs": float(np.abs(a - b).max()),
+            "restored_p999": p999,
+            "restored_max_abs_of_p999": float(np.abs(a - b).max()) / p999,
+            "loss_exact": losses[0],
+            "loss_stored": losses[1],
+            "loss_relative_difference": abs(losses[0] - losses[1]) / losses[0],
+        }
+    return {"data": str(data), "scale": SCALE, "cases": out}
+
+
+def main(argv: list[str] | None = None, command: str = "loader") -> int:
     def body() -> ExitCode:
-        args = parse_arguments(build_parser(), argv)
-        text = json.dumps(measure(args), indent=2)
+        if command == "quantisation":
+            parser = argparse.ArgumentParser(prog="python -m brasyn.bench quantisation")
+            parser.add_argument("--data", type=Path, required=True, help="a folder of complete cases")
+            parser.add_argument("--json", type=Path, help="also write the JSON to this file")
+            add_verbosity_option(parser)
+            args = parse_arguments(parser, argv)
+            if not args.data.is_dir():
+                raise UsageError(f"the data folder {args.data} does not exist or is not a folder")
+            result = quantisation(args.data)
+        else:
+            args = parse_arguments(build_parser(), argv)
+            result = measure(args)
+        text = json.dumps(result, indent=2)
         print(text)
         if args.json:
             args.json.write_text(text + "\n")

@@ -178,3 +178,18 @@ def test_the_loader_benchmark_prints_its_rate_and_the_wait_per_step(tmp_path, ca
     assert result["peak_rss_mib"]["main"] > 0
     assert bench_main(["loader", "--cache", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_quantisation_benchmark_states_the_error_of_the_stored_values(tmp_path, capsys):
+    from brasyn.bench import main as bench_main
+
+    make_case(tmp_path / "data", "c0", ALL, seed=2, shape=(40, 48, 36))
+    assert (
+        bench_main(["quantisation", "--data", str(tmp_path / "data"), "--json", str(tmp_path / "q.json")])
+        == 0
+    )
+    case = json.loads((tmp_path / "q.json").read_text())["cases"]["c0"]
+    assert 0 < case["model_space_max_abs"] <= 1.0 / SCALE
+    assert 0 < case["model_space_mean_abs"] <= 0.5 / SCALE + 1e-9
+    assert case["restored_max_abs_of_p999"] <= 2.0 / SCALE
+    assert case["loss_relative_difference"] < 1e-4 and case["loss_exact"] > 0
