@@ -1,6 +1,9 @@
 """Speed and memory of the core maths and of one whole case, printed as JSON.
 
     python -m brasyn.bench gpu --out DIR [--quick] [--official DIR]   (the GPU check: brasyn.gpu_check)
+    python -m brasyn.bench loader --cache DIR [--workers N] [--patch D H W] [--json FILE]
+                                                         (the training data loader: brasyn.loader_bench)
+    python -m brasyn.bench quantisation --data DIR [--json FILE]   (what the case cache's rounding does)
     python -m brasyn.bench [--config official|small|tiny] [--shape D H W] [--device cpu|cuda[:N]]
                            [--precision fp32|bf16|auto] [--sampler ddpm|ddim|dpm++2m|x0] [--steps N]
                            [--no-channels-last] [--compile] [--no-tf32] [--no-cudnn-benchmark]
@@ -409,6 +412,14 @@ def main(argv: list[str] | None = None) -> int:
         from brasyn.gpu_check import main as gpu_check  # it builds on this module's timings
 
         return run_command(lambda: gpu_check(argv[1:]))
+    if argv[:1] == ["loader"]:
+        from brasyn.loader_bench import main as loader_bench  # the training data loader's rate
+
+        return loader_bench(argv[1:])
+    if argv[:1] == ["quantisation"]:
+        from brasyn.loader_bench import main as loader_bench
+
+        return loader_bench(argv[1:], "quantisation")
     return run_command(lambda: _measure(argv))
 
 

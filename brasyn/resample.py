@@ -33,7 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from brasyn.errors import CaseError
-from brasyn.modalities import Modality
+from brasyn.modalities import MODALITIES, Modality
 from brasyn.volumes import AFFINE_TOLERANCE_MM, Volume, affine_from_itk, grid_difference, itk_geometry
 
 __all__ = [
@@ -107,7 +107,10 @@ def plan_grid(volumes: dict[Modality, Volume], case: str, grid_of: Modality | No
             )
     if grid_of is None:
         # the finest voxels keep the most detail; ties go to the first contrast in canonical order
-        reference = min(volumes, key=lambda m: abs(np.linalg.det(volumes[m].affine[:3, :3])))
+        # (in canonical order whatever order the caller gave, so training for any target, which lists the
+        # target last, and inference pick the same grid)
+        canonical = sorted(volumes, key=MODALITIES.index)
+        reference = min(canonical, key=lambda m: abs(np.linalg.det(volumes[m].affine[:3, :3])))
     elif grid_of in volumes:
         reference = grid_of
     else:

@@ -1,6 +1,8 @@
 """``python -m brasyn.train``: train the denoiser for one target contrast and add it to a weights folder.
 
-    python -m brasyn.train --data DIR [--data DIR ...] --target t2f --out WEIGHTS_DIR
+    python -m brasyn.train prepare --data DIR [DIR ...] --cache CACHE_DIR [--workers N]
+    python -m brasyn.train (--cache CACHE_DIR | --data DIR [--data DIR ...]) --target t2f --out WEIGHTS_DIR
+        [--workers N]
         [--config official|small|tiny] [--steps N] [--batch-size B] [--lr 1e-5] [--patch D H W] [--flip]
         [--val DIR] [--val-every N] [--save-every N] [--resume] [--seed S] [--device D]
         [--precision fp32|bf16|auto] [--clip-grad G] [--ema DECAY] [-v]
@@ -8,12 +10,17 @@
 The defaults are the official cWDM recipe (full 224x224x160 volumes, AdamW at lr 1e-5, batch 1, uniform t,
 MSE on the sub-bands). Training state (model, optimiser, step, random generators, EMA) is kept in
 ``WEIGHTS_DIR/training/<target>/state.pt`` every ``--save-every`` steps and on SIGTERM; ``--resume``
-continues from it exactly. ``log.jsonl`` beside it records the loss (and the validation SSIM). The final
+continues from it exactly. ``log.jsonl`` beside it records the loss, the main process's wait for data, the
+examples drawn (and the validation SSIM). The final
 weights are written as ``<target>.pt`` with a manifest entry (config, diffusion settings, sha256, command,
 data, intensity ratios).
 
-Started by ``torchrun``, it trains with DistributedDataParallel (NCCL on GPU, gloo on CPU), each rank on
-its own share of the cases; rank 0 alone writes.
+Training reads the preprocessed case cache (:mod:`brasyn.cache`, made by ``prepare``; ``--data`` prepares
+into ``--cache``, by default ``WEIGHTS_DIR/training/cache``, first) through a data loader with ``--workers``
+processes (:mod:`brasyn.loader`), so memory and start-up do not grow with the number of cases.
+
+Started by ``torchrun``, it trains with DistributedDataParallel (NCCL on GPU, gloo on CPU), each rank
+drawing its own stream from all cases; rank 0 alone prepares and writes.
 
 Exit status: 0 when the checkpoint was written, 2 when training cannot start (bad arguments, no usable
 case, nothing to resume), 130 after Ctrl-C, 143 after SIGTERM (the training state is saved first).
@@ -33,8 +40,10 @@ from typing import Any
 import torch
 
 from brasyn.acceleration import PRECISIONS, resolve_precision
+from brasyn.cache import CacheEntry, load_entries, prepare_cache
 from brasyn.command import parse_arguments, run_command
 from brasyn.errors import BrasynError, CaseError, ExitCode, UsageError
+from brasyn.loader import CacheDataset
 from brasyn.modalities import Modality
 from brasyn.options import (
     add_device_option,
@@ -64,7 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--data", type=Path, action="append", required=True, help="folder of complete cases (repeatable)"
+        "--data",
+        type=Path,
+        action="append",
+        help="folder of complete cases (repeatable), prepared into --cache first",
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        help="the preprocessed case cache (python -m brasyn.train prepare); with --data, where it is "
+        "prepared (default: WEIGHTS_DIR/training/cache)",
+    )
+    p.add_argument(
+        "--workers",
+        type=whole_number(0),
+        default=2,
+        help="data loader processes cutting batches (0: on the main thread); with --data also the cases "
+        "prepared at once",
     )
     p.add_argument(
         "--target",
@@ -137,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_all(cases: list, target: Modality) -> list:
-    """Cases in model space; one that fails its checks is skipped with the reason."""
+    """Cases in model space (the validation cases); one that fails its checks is skipped with the reason."""
     loaded = []
     for case in cases:
         try:
@@ -184,7 +209,19 @@ def _check_before_reading(args: argparse.Namespace, target: Modality) -> Path:
         raise UsageError(
             f"--patch sizes must be positive multiples of {MULTIPLE}, got {' '.join(map(str, args.patch))}"
         )
-    for folder in [*args.data, *([args.val] if args.val else [])]:
+    if not args.data and args.cache is None:
+        raise UsageError(
+            "name the training data: --cache DIR (made by python -m brasyn.train prepare) or --data DIR "
+            "(complete cases, prepared into a cache first)"
+        )
+    if args.cache is not None and not args.data and not args.cache.is_dir():
+        raise UsageError(
+            f"the cache folder {args.cache} does not exist: make it with python -m brasyn.train prepare "
+            f"--data DIR --cache {args.cache}, or give --data DIR to prepare it first"
+        )
+    if args.cache is not None and args.cache.exists() and not args.cache.is_dir():
+        raise UsageError(f"--cache {args.cache} is a file; name a folder for the cache")
+    for folder in [*(args.data or []), *([args.val] if args.val else [])]:
         if not folder.is_dir():
             raise UsageError(f"the data folder {folder} does not exist or is not a folder")
     if args.out.exists() and not args.out.is_dir():
@@ -215,14 +252,28 @@ def _set_aside(state: Path) -> None:
             log.info("kept the previous %s as %s", path.name, path.name + ".bak")
 
 
-def _population(data: TrainingSet, world: int) -> dict[str, dict[Modality, float]]:
-    """Every rank's training cases with their percentiles (each rank loads only its share)."""
-    local = [(c.id, c.percentiles) for c in data.cases]
-    if world == 1:
-        return dict(local)
-    shares: list[Any] = [None] * world
-    torch.distributed.all_gather_object(shares, local)
-    return {case: percentiles for share in shares for case, percentiles in share}
+def _entries(args: argparse.Namespace, rank: int, world: int) -> list[CacheEntry]:
+    """The cache entries to train on; with ``--data`` its cases, prepared first (by rank 0 alone, the
+    others wait), a case that fails its checks skipped with the reason."""
+    if not args.data:
+        entries = load_entries(args.cache)
+        if not entries:
+            raise BrasynError(
+                f"the cache {args.cache} holds no prepared case: python -m brasyn.train prepare --data DIR "
+                f"--cache {args.cache}"
+            )
+        return entries
+    cache = args.cache or args.out / "training" / "cache"
+    cases = find_training_cases(args.data)
+    if rank == 0:
+        # a case that fails is logged with its reason and left out
+        prepare_cache(cases, cache, max(args.workers, 1), progress=not args.no_progress)
+    if world > 1:
+        torch.distributed.barrier()
+    entries = load_entries(cache, {c.id for c in cases})
+    if not entries:
+        raise BrasynError("none of the training cases passed the checks (see the warnings above)")
+    return entries
 
 
 def train(args: argparse.Namespace, command: str) -> ExitCode:
@@ -257,16 +308,14 @@ def train(args: argparse.Namespace, command: str) -> ExitCode:
         if device.type == "cuda":
             torch.cuda.set_device(device)
     try:
-        cases = find_training_cases(args.data)
-        mine = cases[rank::world] or cases
-        log.info("rank %d/%d: %d of %d training case(s) on %s", rank, world, len(mine), len(cases), device)
-        data = TrainingSet(_load_all(mine, target), settings.patch, settings.flip)
-        population = _population(data, world)
+        entries = _entries(args, rank, world)
+        log.info("rank %d/%d: %d training case(s) on %s", rank, world, len(entries), device)
+        data = CacheDataset(entries, target, settings.patch, settings.flip)
         val = None
         if args.val is not None:
             val = TrainingSet(_load_all(find_training_cases([args.val]), target))
         trainer = Trainer(
-            settings, data, args.out, device, val, command, demo=args.demo, population=population
+            settings, data, args.out, device, val, command, demo=args.demo, workers=args.workers
         )
         if args.resume:
             trainer.load_state()
@@ -280,6 +329,10 @@ def train(args: argparse.Namespace, command: str) -> ExitCode:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["prepare"]:
+        from brasyn.cache import main as prepare
+
+        return prepare(argv[1:])
 
     def stop(signum: int, frame: Any) -> None:
         raise Stop()

@@ -9,6 +9,7 @@ import copy
 import json
 import logging
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ from tqdm import tqdm
 
 from brasyn.bands import bands_to_image, image_to_bands
 from brasyn.diffusion import Diffusion, DiffusionConfig
+from brasyn.draws import step_seed
 from brasyn.errors import BrasynError
+from brasyn.loader import ExampleSource, StepBatches, decode, make_loader
 from brasyn.modalities import Modality
 from brasyn.runtime import torchrun_environment
 from brasyn.training_data import TrainingSet, intensity_ratios
@@ -59,6 +62,16 @@ class TrainSettings:
     only samples correctly with the settings it was trained with."""
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux), for the time to the first step; None elsewhere."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Stop(BaseException):
     """SIGTERM: write a last checkpoint and leave."""
 
@@ -69,17 +82,20 @@ class Trainer:
     def __init__(
         self,
         settings: TrainSettings,
-        data: TrainingSet,
+        data: ExampleSource,
         out: Path,
         device: torch.device,
         val: TrainingSet | None = None,
         command: str = "",
         demo: bool = False,
         population: dict[str, dict[Modality, float]] | None = None,
+        workers: int = 0,
     ) -> None:
         self.settings = settings
         self.data = data
-        self.population = population or {c.id: c.percentiles for c in data.cases}
+        self.workers = workers
+        """Data loader worker processes cutting batches (0: on the main thread)."""
+        self.population = population or data.population  # type: ignore[attr-defined]
         """Every training case of the run (all ranks) with its 99.9th percentiles: the manifest lists them
         and the intensity ratios come from them, whatever share this process trained on."""
         self.val = val
@@ -97,6 +113,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr)
         self.generator = torch.Generator().manual_seed(settings.seed * 1000 + self.rank)
         self.step = 0
+        self.batches = StepBatches(data, settings.batch_size, settings.seed, self.rank)
         self.network: nn.Module = self.model
         if self.world > 1:
             self.network = nn.parallel.DistributedDataParallel(
@@ -157,16 +174,13 @@ class Trainer:
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.step = int(state["step"])
-        # every rank continues from rank 0's state, with its own stream
-        if self.rank:
-            self.generator.manual_seed(self.settings.seed * 1000 + self.rank + self.step)
         log.info("resumed at step %d from %s", self.step, self.state_path)
 
     # --- one step ----------------------------------------------------------------------------
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         """The official objective: MSE between predicted and true clean sub-bands at a uniform t."""
-        batch = batch.to(self.device, non_blocking=True)
+        batch = decode(batch.to(self.device, non_blocking=True))
         cond = image_to_bands(batch[:, :3])
         x0 = image_to_bands(batch[:, 3:])
         n = batch.shape[0]
@@ -180,9 +194,13 @@ class Trainer:
         with autocast:
             return self.diffusion.training_loss(self.network, x0, cond, t, noise)
 
-    def train_step(self) -> float:
+    def train_step(self, batch: torch.Tensor | None = None) -> float:
+        """One optimiser step on ``batch``, by default this step's batch cut here."""
         self.network.train()
-        batch = self.data.sample(self.settings.batch_size, self.generator)
+        if batch is None:
+            batch, _ = self.batches[self.step]
+        # t and noise, like the batch, from (seed, rank, step) alone: every rank resumes exactly
+        self.generator.manual_seed(step_seed(self.settings.seed, self.rank, self.step, stream=1))
         loss = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -219,6 +237,14 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------
 
+    def _gather(self, draws: list[str]) -> list[list[str]]:
+        """Every rank's examples of this step (rank by rank), for the log."""
+        if self.world == 1:
+            return [draws]
+        shares: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(shares, draws)
+        return shares
+
     def _log(self, record: dict[str, Any]) -> None:
         if self.rank != 0:
             return
@@ -240,19 +266,33 @@ class Trainer:
             disable=not progress or self.rank != 0,
             mininterval=1.0 if sys.stderr.isatty() else 30.0,
         )
+        loader = make_loader(self.batches, self.step, s.steps, self.workers, self.device.type == "cuda")
         start, done_here = time.perf_counter(), 0
+        batches = iter(loader)
         try:
             while self.step < s.steps:
-                loss = self.train_step()
+                waited = time.perf_counter()
+                batch, draws = next(batches)
+                waited = time.perf_counter() - waited
+                age = process_age() if done_here == 0 else None  # the start-up: till the first batch
+                loss = self.train_step(batch)
                 losses.append(loss)
                 done_here += 1
                 rate = done_here / (time.perf_counter() - start)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.2f}")
-                record: dict[str, Any] = {"step": self.step, "loss": loss, "steps_per_s": rate}
+                record: dict[str, Any] = {
+                    "step": self.step,
+                    "loss": loss,
+                    "steps_per_s": rate,
+                    "data_wait_s": waited,
+                    "draws": self._gather(draws),
+                }
                 if self.val is not None and s.val_every and self.step % s.val_every == 0:
                     record["val_ssim"] = self.validate()
                     log.info("step %d: validation SSIM %.4f", self.step, record["val_ssim"])
+                if done_here == 1:
+                    record["first_step_after_s"] = age
                 self._log(record)
                 if s.save_every and self.step % s.save_every == 0 and self.step < s.steps:
                     self.save_state()
@@ -262,7 +302,16 @@ class Trainer:
             raise
         finally:
             bar.close()
+            del batches  # the loader's workers end here, so their peak memory is counted below
         self.save_state()
+        self._log(
+            {
+                "event": "end",
+                "step": self.step,
+                "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "workers_max_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            }
+        )
         return losses
 
     def export(self) -> None:

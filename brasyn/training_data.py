@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from brasyn.cases import Case, complete_cases, discover
+from brasyn.draws import Draw, draw
 from brasyn.errors import BrasynError
 from brasyn.modalities import Modality, conditions_for
 from brasyn.model_space import to_model_space
@@ -72,8 +73,8 @@ def intensity_ratios(percentiles: list[dict[Modality, float]], target: Modality)
 
 
 class TrainingSet:
-    """Random (conditions, target) examples drawn with an explicit generator, so a resumed run draws
-    exactly what an uninterrupted one would."""
+    """Cases held in memory, drawn like the cache's :class:`brasyn.loader.CacheDataset` (the same
+    :func:`brasyn.draws.draw`), so both give the same batches for the same generator."""
 
     def __init__(
         self, cases: list[TrainingCase], patch: tuple[int, int, int] | None = None, flip: bool = False
@@ -85,41 +86,40 @@ class TrainingSet:
         self.cases = cases
         self.patch = patch
         self.flip = flip
+        self.dtype = torch.float32
+        self.shapes = [tuple(c.stack.shape[1:]) for c in cases]
+        self.brain_slices = [c.brain.sum(axis=(1, 2)) for c in cases]
+
+    @property
+    def population(self) -> dict[str, dict[Modality, float]]:
+        return {c.id: c.percentiles for c in self.cases}
 
     def intensity_ratios(self, target: Modality) -> dict[Modality, float]:
         """Median over cases of p99.9(target) / p99.9(condition), for restoring the scale at inference."""
         return intensity_ratios([c.percentiles for c in self.cases], target)
 
-    def _window(self, case: TrainingCase, generator: torch.Generator) -> tuple[slice, slice, slice]:
-        shape = case.stack.shape[1:]
-        if self.patch is None:
-            return tuple(slice(0, n) for n in shape)  # type: ignore[return-value]
-        size = [min(p, n) for p, n in zip(self.patch, shape, strict=True)]
-        # centre patches on brain voxels: a uniform draw would mostly see background
-        voxels = np.flatnonzero(case.brain)
-        if len(voxels):
-            pick = int(torch.randint(len(voxels), (1,), generator=generator))
-            centre = np.unravel_index(voxels[pick], shape)
-        else:
-            centre = tuple(int(torch.randint(n, (1,), generator=generator)) for n in shape)
-        starts = [min(max(int(c) - s // 2, 0), n - s) for c, s, n in zip(centre, size, shape, strict=True)]
-        return tuple(slice(a, a + s) for a, s in zip(starts, size, strict=True))  # type: ignore[return-value]
+    def draw(self, generator: torch.Generator) -> Draw:
+        brain = lambda case, d: self.cases[case].brain[d]  # noqa: E731
+        return draw(generator, self.shapes, self.brain_slices, brain, self.patch, self.flip)
+
+    def fill(self, example: Draw, out: np.ndarray) -> None:
+        source = self.cases[example.case].stack[(slice(None), *example.window)]
+        out[...] = np.flip(source, [a + 1 for a in example.flips]) if example.flips else source
+
+    def name(self, case: int) -> str:
+        return self.cases[case].id
 
     def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        """(batch, 4, D, H, W) float32: three conditions then the target."""
-        examples = []
-        for _ in range(batch):
-            case = self.cases[int(torch.randint(len(self.cases), (1,), generator=generator))]
-            window = self._window(case, generator)
-            example = torch.from_numpy(np.ascontiguousarray(case.stack[(slice(None), *window)]))
-            if self.flip:
-                axes = [d + 1 for d in range(3) if bool(torch.randint(2, (1,), generator=generator))]
-                if axes:
-                    example = example.flip(axes)
-            examples.append(example)
-        if len({tuple(e.shape) for e in examples}) > 1:
+        """(batch, 4, D, H, W) float32 drawn with ``generator``: three conditions then the target."""
+        draws = [self.draw(generator) for _ in range(batch)]
+        if len({tuple(s.stop - s.start for s in d.window) for d in draws}) > 1:
             raise BrasynError(
                 "the training cases have different model-space sizes, so they cannot share a batch: "
                 "use --patch D H W or --batch-size 1"
             )
+        examples = []
+        for d in draws:
+            out = np.empty((4, *(s.stop - s.start for s in d.window)), dtype=np.float32)
+            self.fill(d, out)
+            examples.append(torch.from_numpy(out))
         return torch.stack(examples)

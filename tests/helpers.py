@@ -151,3 +151,20 @@ class FirstCondition:
 
     def output_settings(self, target, seed):
         return {"method": "first-condition"}
+
+
+def linked_cache(source: Path, dest: Path, count: int) -> Path:
+    """A cache of ``count`` entries made from the prepared entries in ``source``: each array a hard link to
+    one of them (no disk space, no preparing), each JSON a copy naming its own case ``gen-NNNNN``."""
+    import json
+    import os
+
+    metas = sorted(source.glob("*.json"))
+    dest.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        meta = metas[i % len(metas)]
+        record = json.loads(meta.read_text())
+        record["id"] = name = f"gen-{i:05d}"
+        os.link(meta.with_suffix(".npy"), dest / f"{name}.npy")
+        (dest / f"{name}.json").write_text(json.dumps(record))
+    return dest

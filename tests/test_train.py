@@ -247,6 +247,35 @@ def test_two_process_torchrun_on_cpu_writes_one_checkpoint(data, tmp_path):
     shutil.rmtree(out)
 
 
+def test_two_process_torchrun_from_the_cache_draws_per_rank_and_resumes_exactly(data, tmp_path):
+    cache = tmp_path / "cache"
+    assert train_main(["prepare", "--data", str(data), "--cache", str(cache), "--no-progress"]) == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def run(out: Path, steps: int, *extra: str) -> None:
+        args = ["--cache", str(cache), "--target", "t2f", "--out", str(out), "--config", "tiny"]
+        args += ["--steps", str(steps), "--lr", "1e-3", "--device", "cpu", "--no-progress", "--flip"]
+        args += ["--patch", "32", "32", "32", "--workers", "1", "--save-every", "0", *extra]
+        cmd = [*TORCHRUN_TWO, "-m", "brasyn.train", *args]
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run(straight, 6)
+    run(split, 3)
+    run(split, 6, "--resume")
+    a = [r for r in _records(straight) if "loss" in r]
+    b = [r for r in _records(split) if "loss" in r]
+    assert [r["draws"] for r in a] == [r["draws"] for r in b]
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-6, abs=1e-9)
+    assert WeightStore(straight).info("t2f").sha256 == WeightStore(split).info("t2f").sha256
+    # each rank its own stream, each from all cases (not a fixed share)
+    assert all(len(r["draws"]) == 2 and r["draws"][0] != r["draws"][1] for r in a)
+    for rank in (0, 1):
+        assert {d.split("@")[0] for r in a for d in r["draws"][rank]} == {"case0", "case1"}
+    assert all(r["data_wait_s"] >= 0 for r in a)
+
+
 def test_a_case_whose_contrasts_lie_on_different_grids_trains_as_inference_takes_it(tmp_path):
     """Inference resamples contrasts that share a world space but not a 1 mm grid; training, through the
     same transform into model space, must accept that case too (it used to be skipped)."""
@@ -295,7 +324,7 @@ def test_a_rerun_without_resume_refuses_and_changes_nothing_and_restart_keeps_a_
     work = out / "training" / "t2f"
     assert (work / "state.pt.bak").read_bytes() == before["training/t2f/state.pt"]
     assert (work / "log.jsonl.bak").read_bytes() == before["training/t2f/log.jsonl"]
-    assert [r.get("event") for r in _records(out)] == ["start", None]
+    assert [r.get("event") for r in _records(out)] == ["start", None, "end"]
 
 
 def test_a_resumed_run_marks_its_place_in_the_log(data, tmp_path):
@@ -303,7 +332,7 @@ def test_a_resumed_run_marks_its_place_in_the_log(data, tmp_path):
     assert train_main(_args(data, out, 2)) == 0
     assert train_main(_args(data, out, 3, "--resume")) == 0
     events = [(r.get("event"), r["step"]) for r in _records(out)]
-    assert events == [("start", 0), (None, 1), (None, 2), ("resume", 2), (None, 3)]
+    assert events == [("start", 0), (None, 1), (None, 2), ("end", 2), ("resume", 2), (None, 3), ("end", 3)]
 
 
 def test_settings_that_need_no_data_are_refused_before_any_case_is_read(data, tmp_path, monkeypatch, capsys):
