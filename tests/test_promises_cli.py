@@ -5,6 +5,7 @@ method, SIGTERM forwarded to `--devices` workers, and the demo's printed scores.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -107,11 +108,12 @@ PARAMETERS = {
     "method": ("linear", "--method"),
     "precision": ("bf16", "--precision"),
     "grid_of": ("t1ce", "--grid-of"),
+    "map": ("t1c=T1_MPRAGE_post", "--map"),
 }
 
 
 def test_every_mlcube_parameters_key_sets_what_its_flag_sets(tmp_path):
-    from brasyn.options import MLCUBE_PARAMETERS
+    from brasyn.options import MLCUBE_PARAMETERS, contrast_mapping
 
     assert set(PARAMETERS) == set(MLCUBE_PARAMETERS)
     path = tmp_path / "parameters.yaml"
@@ -122,6 +124,9 @@ def test_every_mlcube_parameters_key_sets_what_its_flag_sets(tmp_path):
         build_parser().parse_args([a for value, flag in PARAMETERS.values() for a in (flag, value)])
     )
     defaults = vars(build_parser().parse_args([]))
+    # --map may be given several times (a list), the file's map is one: compare the rules they make
+    for given in (by_file, by_flags, defaults):
+        given["map"] = contrast_mapping(argparse.Namespace(map=given["map"]))
     for key in PARAMETERS:
         assert by_file[key] == by_flags[key] != defaults[key], key
     for key in set(defaults) - set(PARAMETERS) - {"input", "output", "verbose"}:
