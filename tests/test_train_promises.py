@@ -198,3 +198,23 @@ def test_bf16_trains_under_bfloat16_autocast_close_to_fp32(cache, straight, tmp_
     bf16, fp32 = _steps(out)[0]["loss"], _steps(straight)[0]["loss"]
     assert math.isfinite(bf16) and bf16 == pytest.approx(fp32, rel=0.05)
     assert WeightStore(out).info("t2f").provenance["recipe"]["precision"] == "bf16"
+
+
+def test_sigterm_during_the_optimiser_update_still_resumes_exactly(cache, straight, tmp_path, monkeypatch):
+    out = tmp_path / "w"
+    original = Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+
+        def term(optimizer, args, kwargs):  # the weights of step 3 are updated, the step not yet counted
+            if self.step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        self.optimizer.register_step_post_hook(term)
+
+    monkeypatch.setattr(Trainer, "__init__", init)
+    assert train_main(_args(cache, out, STEPS)) == 143
+    monkeypatch.undo()
+    assert train_main(_args(cache, out, STEPS, "--resume")) == 0
+    assert WeightStore(out).info("t2f").sha256 == WeightStore(straight).info("t2f").sha256
