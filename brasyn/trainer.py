@@ -10,8 +10,11 @@ import json
 import logging
 import os
 import resource
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,24 @@ def process_age() -> float | None:
 
 class Stop(BaseException):
     """SIGTERM: write a last checkpoint and leave."""
+
+
+@contextlib.contextmanager
+def deferred_sigterm() -> Iterator[None]:
+    """SIGTERM waits till the block ends: a step's weight update and its count are never split, so the
+    state saved on SIGTERM is one that a resume continues exactly from."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield  # handlers can only be swapped on the main thread, and one set outside Python not at all
+        return
+    pending: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if pending:
+            signal.raise_signal(signal.SIGTERM)
 
 
 class Trainer:
@@ -201,17 +222,18 @@ class Trainer:
             batch, _ = self.batches[self.step]
         # t and noise, like the batch, from (seed, rank, step) alone: every rank resumes exactly
         self.generator.manual_seed(step_seed(self.settings.seed, self.rank, self.step, stream=1))
-        loss = self.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.settings.clip_grad > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad)
-        self.optimizer.step()
-        if self.ema is not None:
-            with torch.no_grad():
-                for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-                    e.lerp_(p, 1.0 - self.settings.ema)
-        self.step += 1
+        with deferred_sigterm():
+            loss = self.loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.settings.clip_grad > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad)
+            self.optimizer.step()
+            if self.ema is not None:
+                with torch.no_grad():
+                    for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                        e.lerp_(p, 1.0 - self.settings.ema)
+            self.step += 1
         return float(loss.detach())
 
     # --- validation --------------------------------------------------------------------------
