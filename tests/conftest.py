@@ -15,6 +15,11 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
+        "--run-slow",
+        action="store_true",
+        help="also run the tests marked slow (20 s or more on a 2-core CPU); .ci/run does",
+    )
+    parser.addoption(
         "--reverse-order",
         action="store_true",
         help="run the tests in reversed file order (with -p no:randomly): a check for order dependence",
@@ -23,6 +28,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--run-slow"):
+        skip = pytest.mark.skip(reason="slow: add --run-slow (.ci/run runs every test)")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
     if config.getoption("--reverse-order"):
         items.reverse()
 

@@ -97,6 +97,7 @@ def test_channels_last_gives_the_contiguous_result():
     torch.testing.assert_close(fast(x, t), reference, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @torch.inference_mode()
 def test_compiled_denoiser_gives_the_eager_result():
     # the smallest U-Net keeps the compilation of a CPU test to tens of seconds

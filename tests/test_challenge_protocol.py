@@ -137,6 +137,7 @@ def real_crops(shared_dir, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_tumour_and_non_tumour_ssims_equal_the_organisers_procedure_on_real_cases(real_crops, tmp_path):
     """Each contrast of two real cases 'predicted' by another real contrast of the case (a hard, honest
     prediction), scored by brasyn and by the organisers' procedure written out independently."""

@@ -106,6 +106,7 @@ def test_dockerfile_bakes_the_weights_folder_its_documented_build_argument_names
     assert "docker build --build-arg WEIGHTS=official-weights" in readme
 
 
+@pytest.mark.slow
 def test_entrypoint_on_a_real_case_as_the_container_runs_it(shared_dir, open_tmp):
     prefix = container_prefix()
     if prefix is None:

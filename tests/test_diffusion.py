@@ -110,6 +110,7 @@ def _record():
     return trace, lambda info: trace.append(info["x"].clone())
 
 
+@pytest.mark.slow
 def test_ddpm_sampler_follows_p_mean_variance_step_by_step(diffusion, small_model):
     cond = _cond()
     shape = (1, 8, 4, 4, 4)
@@ -130,6 +131,7 @@ def test_ddpm_sampler_follows_p_mean_variance_step_by_step(diffusion, small_mode
     torch.testing.assert_close(ours, trace[-1], atol=0, rtol=0)
 
 
+@pytest.mark.slow
 def test_ddim_with_eta_one_is_ancestral_sampling_with_posterior_variance(diffusion, small_model):
     cond = _cond(seed=6)
     shape = (1, 8, 4, 4, 4)
@@ -153,6 +155,7 @@ def test_ddim_with_eta_one_is_ancestral_sampling_with_posterior_variance(diffusi
         assert (a - b).abs().max() <= TOL, f"step {i}"
 
 
+@pytest.mark.slow
 def test_ddim_eta_zero_is_deterministic_and_clipped_on_the_golden_model(diffusion, golden, golden_model):
     cond = golden["conditioning"]["cond"]
     shape = (1, 8, 16, 16, 16)

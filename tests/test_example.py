@@ -1,4 +1,5 @@
 import nibabel as nib
+import pytest
 
 from brasyn.cases import discover
 from brasyn.example import EXAMPLE_CASE, main, write_example
@@ -21,6 +22,7 @@ def test_example_without_real_data_is_a_phantom_case_on_the_brats_grid(tmp_path)
     assert image.get_fdata().any()
 
 
+@pytest.mark.slow
 def test_demo_command_synthesises_the_example_with_the_bundled_weights(tmp_path):
     from brasyn.cli import main as cli_main
 

@@ -22,6 +22,7 @@ def quick(tmp_path_factory) -> dict:
     return report
 
 
+@pytest.mark.slow
 def test_quick_writes_every_part_with_figures_or_a_reason(quick):
     assert quick["quick"] is True and quick["elapsed_s"] <= quick["budget_s"] + 30
     for part in PARTS:
@@ -29,6 +30,7 @@ def test_quick_writes_every_part_with_figures_or_a_reason(quick):
     assert quick["environment"]["torch"] and quick["environment"]["device_name"] == "cpu"
 
 
+@pytest.mark.slow
 def test_quick_checks_the_golden_numbers_on_the_device(quick):
     correct = quick["correctness"]
     assert correct["fp32"]["passed"] and correct["fp32"]["error"] <= 1e-4
@@ -37,6 +39,7 @@ def test_quick_checks_the_golden_numbers_on_the_device(quick):
     assert correct["dpmpp_cpu_vs_device"]["passed"]
 
 
+@pytest.mark.slow
 def test_quick_times_the_denoiser_variants_and_counts_their_flops(quick):
     forward = quick["denoiser"]
     assert forward["tflop_per_forward"] > 0
@@ -46,6 +49,7 @@ def test_quick_times_the_denoiser_variants_and_counts_their_flops(quick):
         assert forward[name]["forward_ms"] is None and forward[name]["skipped"], name
 
 
+@pytest.mark.slow
 def test_quick_runs_a_case_a_batch_and_training_through_the_real_code(quick):
     case = quick["case"]
     for key, steps in (("ddpm", 5), ("dpmpp_2m", 3)):

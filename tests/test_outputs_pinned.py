@@ -136,6 +136,7 @@ def real_without_one(shared_dir: Path, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_the_four_real_cases_are_written_byte_for_byte_as_pinned(real_without_one, tmp_path, method):
     digests = _run(real_without_one, tmp_path / "out", METHODS[method])

@@ -254,6 +254,7 @@ def test_extras_previews_are_written_outside_the_output(tmp_path, tiny_weights):
     assert [p.name for p in output.iterdir()] == ["c1-t2f.nii.gz"]
 
 
+@pytest.mark.slow
 def test_mlcube_and_no_argument_forms_write_identical_files(tmp_path, tiny_weights, monkeypatch):
     # a checkpoint trained on a 25-step chain: the default (full-chain ddpm) sampler stays quick
     weights = tmp_path / "w"

@@ -285,6 +285,7 @@ def test_sigterm_to_a_devices_run_stops_its_workers_keeps_finished_cases_and_exi
 # --- the demo ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_demo_prints_the_scores_of_its_output_against_the_real_flair(shared_dir, tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--method", "linear", "--weights", str(DEFAULT_WEIGHTS)]) == 0

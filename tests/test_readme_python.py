@@ -42,6 +42,7 @@ def test_readme_has_no_python_that_cannot_run():
     assert not any("torch.load(" in b for b in blocks)
 
 
+@pytest.mark.slow
 def test_readme_one_case_example_writes_the_missing_contrast(tmp_path, monkeypatch):
     code = _block("brasyn.infer_single(")
     assert 'sampler="dpm++2m", steps=10, device="auto"' in code

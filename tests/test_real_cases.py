@@ -49,6 +49,7 @@ def weights(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_real_cases_come_back_on_their_own_grid_orientation_and_scale(real_inputs, weights, tmp_path):
     root, withheld = real_inputs
     output = tmp_path / "out"

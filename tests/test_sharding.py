@@ -71,6 +71,7 @@ def test_sharded_runs_write_what_one_run_writes_each_case_once(tmp_path, batch):
     assert main(["--input", str(inputs), "--output", str(tmp_path / "x"), "--shard", "2/2", *fast]) == 2
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_rank_fails(tmp_path, batch):
     import os
     import subprocess

@@ -70,6 +70,7 @@ def _losses(out: Path) -> list[float]:
     return [r["loss"] for r in _records(out) if "loss" in r]
 
 
+@pytest.mark.slow
 def test_loss_falls_and_the_checkpoint_synthesises_a_case(data, tmp_path):
     out = tmp_path / "w"
     assert train_main(_args(data, out, 40)) == 0
@@ -106,6 +107,7 @@ def test_loss_falls_and_the_checkpoint_synthesises_a_case(data, tmp_path):
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["new-t2f.nii.gz"]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_like_an_uninterrupted_run(data, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert train_main(_args(data, straight, 12, "--flip", "--ema", "0.9")) == 0
@@ -224,6 +226,7 @@ def test_sigterm_writes_the_training_state(data, tmp_path):
     assert torch.load(state, weights_only=True)["step"] >= 3
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_on_cpu_writes_one_checkpoint(data, tmp_path):
     out = tmp_path / "w"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -247,6 +250,7 @@ def test_two_process_torchrun_on_cpu_writes_one_checkpoint(data, tmp_path):
     shutil.rmtree(out)
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_from_the_cache_draws_per_rank_and_resumes_exactly(data, tmp_path):
     cache = tmp_path / "cache"
     assert train_main(["prepare", "--data", str(data), "--cache", str(cache), "--no-progress"]) == 0
