@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,16 @@ def open_tmp() -> Path:
     folder.chmod(0o755)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """A run stopped by a signal leaves SIGTERM and SIGINT ignored for the rest of its process (so the
+    stop that has begun ends with its report); in this test process the next test gets them back."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture(autouse=True)

@@ -73,6 +73,8 @@ def test_a_stop_inside_a_write_keeps_finished_cases_and_leaves_nothing_of_the_on
     saved = json.loads(report.read_text())
     assert saved["interrupted"] is True
     assert [(c["case"], c["status"]) for c in saved["cases"]] == [(CASES[0], "written")]
+    # the stop that has begun ends with its report: a repeated signal no longer stops this process
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
 
 
 def test_the_next_run_removes_the_temporary_a_killed_run_left_and_no_one_elses(three_cases, tmp_path):
