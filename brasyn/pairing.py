@@ -134,7 +134,12 @@ def _segmentation(folder: Path, case_id: str) -> Path | None:
     hits = []
     for path in sorted(folder.iterdir(), key=lambda p: p.name):
         split = split_nifti_extension(path.name)
-        if split and path.is_file() and _SEGMENTATION_TOKENS & set(re.split(r"[-_.]", split[0].lower())):
+        if not split or not path.is_file():
+            continue
+        stem = split[0]
+        if stem.casefold().startswith(case_id.casefold()):
+            stem = stem[len(case_id) :]  # a case id such as "no-seg" marks nothing
+        if _SEGMENTATION_TOKENS & set(re.split(r"[-_.]", stem.lower())):
             hits.append(path)
     if len(hits) > 1:
         named = [p for p in hits if p.name.casefold().startswith(case_id.casefold())]

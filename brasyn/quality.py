@@ -57,6 +57,7 @@ from brasyn.options import (
 from brasyn.predictors import DiffusionPredictor
 from brasyn.runtime import select_device
 from brasyn.synthesize import Synthesizer
+from brasyn.validation import withheld_inputs
 from brasyn.volumes import load_volume
 from brasyn.weights import WeightStore
 
@@ -107,16 +108,6 @@ def _predictor(weights: WeightStore, device: torch.device, variant: Variant) -> 
     )
 
 
-def _withheld_inputs(case: Case, target: Modality, root: Path) -> Path:
-    """An input folder holding ``case`` less ``target`` (links to its files), as a user's run gets it."""
-    folder = root / f"{case.id}-without-{target.value}"
-    (folder / case.id).mkdir(parents=True)
-    for modality, path in case.files.items():
-        if modality is not target:
-            (folder / case.id / path.name).symlink_to(path.resolve())
-    return folder
-
-
 def compare_samplers(
     cases: list[Case],
     targets: list[Modality],
@@ -132,7 +123,7 @@ def compare_samplers(
         for case in cases:
             for target in targets:
                 truth = load_volume(case.files[target], case.id)
-                inputs = _withheld_inputs(case, target, Path(tmp))
+                inputs = withheld_inputs([case], target, Path(tmp) / f"{case.id}-without-{target.value}")
                 for number, variant in enumerate(variants):
                     log.info("%s %s: %s", case.id, target, variant.name)
                     predictor = _predictor(weights, device, variant)

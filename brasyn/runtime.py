@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import logging
 import os
@@ -21,6 +22,7 @@ __all__ = [
     "case_seed",
     "peak_memory_mib",
     "reset_peak_memory",
+    "return_freed_memory",
     "select_device",
     "torchrun_environment",
     "writable_cache_environment",
@@ -234,6 +236,26 @@ def peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def return_freed_memory() -> bool:
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim``): on the CPU the allocator
+    otherwise keeps what each training step freed, scattered, and the process's size creeps up from step
+    to step. False where there is no glibc."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 (a libc without it is not glibc)
+        except (OSError, AttributeError):
+            _LIBC = False
+    if not _LIBC:
+        return False
+    _LIBC.malloc_trim(0)
+    return True
+
+
+_LIBC: ctypes.CDLL | bool | None = None
 
 
 def writable_cache_environment() -> dict[str, str]:

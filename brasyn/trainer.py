@@ -19,20 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from brasyn.bands import bands_to_image, image_to_bands
+from brasyn.bands import image_to_bands
 from brasyn.diffusion import Diffusion, DiffusionConfig
 from brasyn.draws import step_seed
 from brasyn.errors import BrasynError
 from brasyn.loader import ExampleSource, StepBatches, decode, make_loader
 from brasyn.modalities import Modality
-from brasyn.runtime import torchrun_environment
-from brasyn.training_data import TrainingSet, intensity_ratios
+from brasyn.runtime import return_freed_memory, torchrun_environment
+from brasyn.training_data import intensity_ratios
 from brasyn.unet import PRESETS, Denoiser
+from brasyn.validation import Validation, ValidationStopped, Validator
 from brasyn.wavelet import dwt3
 from brasyn.weights import save_checkpoint
 
@@ -57,6 +57,9 @@ class TrainSettings:
     ema: float = 0.0
     """EMA decay of the weights (e.g. 0.999); 0 keeps none (the official recipe)."""
     save_every: int = 1000
+    checkpointing: bool = False
+    """Activation checkpointing (:attr:`brasyn.unet.Denoiser.checkpointing`); on the CPU freed memory is
+    also returned to the system after each step. Same numbers, less memory, more time."""
     val_every: int = 0
     val_steps: int = 10
     """DDIM steps of the validation sampler."""
@@ -106,7 +109,7 @@ class Trainer:
         data: ExampleSource,
         out: Path,
         device: torch.device,
-        val: TrainingSet | None = None,
+        validator: Validator | None = None,
         command: str = "",
         demo: bool = False,
         population: dict[str, dict[Modality, float]] | None = None,
@@ -119,7 +122,9 @@ class Trainer:
         self.population = population or data.population  # type: ignore[attr-defined]
         """Every training case of the run (all ranks) with its 99.9th percentiles: the manifest lists them
         and the intensity ratios come from them, whatever share this process trained on."""
-        self.val = val
+        self.validator = validator
+        self.best: dict[str, Any] | None = None
+        """Step and validation score of the best checkpoint kept so far."""
         self.out = out
         self.device = device
         self.command = command
@@ -130,6 +135,7 @@ class Trainer:
         self.diffusion = Diffusion.from_config(settings.diffusion)
         torch.manual_seed(settings.seed)  # parameter init only; every draw in the loop uses self.generator
         self.model = Denoiser.from_config(PRESETS[settings.config]).to(device)
+        self.model.checkpointing = settings.checkpointing
         self.ema = copy.deepcopy(self.model).eval() if settings.ema > 0 else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr)
         self.generator = torch.Generator().manual_seed(settings.seed * 1000 + self.rank)
@@ -195,6 +201,8 @@ class Trainer:
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.step = int(state["step"])
+        if self.validator is not None:
+            self.best = self.validator.best_so_far()
         log.info("resumed at step %d from %s", self.step, self.state_path)
 
     # --- one step ----------------------------------------------------------------------------
@@ -234,28 +242,74 @@ class Trainer:
                     for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
                         e.lerp_(p, 1.0 - self.settings.ema)
             self.step += 1
-        return float(loss.detach())
+        loss_value = float(loss.detach())
+        if self.settings.checkpointing and self.device.type == "cpu":
+            del loss
+            return_freed_memory()
+        return loss_value
 
     # --- validation --------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def validate(self) -> float:
-        """Mean SSIM (model space, [0, 1]) of a fast DDIM synthesis on the validation cases."""
-        from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+    def _provenance(self) -> dict[str, Any]:
+        """What a checkpoint's manifest entry records of this training."""
+        # The recipe goes into the JSON manifest: tuples as lists, the diffusion settings as their dict.
+        recipe = {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in vars(self.settings).items()
+            if k != "target"
+        }
+        recipe["diffusion"] = self.settings.diffusion.to_dict()
+        return {
+            "source": "brasyn.train",
+            "command": self.command,
+            "steps": self.step,
+            "recipe": recipe,
+            "data": {"cases": sorted(self.population), "world_size": self.world},
+            **({"quality": "demo"} if self.demo else {}),
+        }
 
-        assert self.val is not None
-        model = (self.ema or self.model).eval()
-        scores = []
-        for case in self.val.cases:
-            images = torch.from_numpy(case.stack).to(self.device)[None]
-            cond = image_to_bands(images[:, :3])
-            gen = torch.Generator(device=self.device).manual_seed(0)
-            bands = self.diffusion.sample(
-                model, cond, (1, 8, *cond.shape[2:]), "ddim", steps=self.settings.val_steps, generator=gen
+    def _ratios(self) -> dict[Modality, float]:
+        return intensity_ratios(list(self.population.values()), self.settings.target)
+
+    def validation_due(self) -> bool:
+        """After every ``--val-every`` steps, or (``--val-every 0``) after the last one; rank 0 alone."""
+        s = self.settings
+        if self.validator is None or self.rank != 0:
+            return False
+        return self.step % s.val_every == 0 if s.val_every else self.step == s.steps
+
+    def validate(self) -> Validation:
+        """Score the model as it is now (:mod:`brasyn.validation`); keep it as the best when it beats
+        the best so far."""
+        assert self.validator is not None
+        with torch.inference_mode():
+            result = self.validator.validate(
+                (self.ema or self.model).eval(),
+                self.step,
+                self._ratios(),
+                self.settings.diffusion,
+                self._provenance(),
             )
-            pred = bands_to_image(bands).clamp(0, 1)
-            scores.append(float(ssim(pred.float().cpu(), images[:, 3:].float().cpu(), data_range=1.0)))
-        return float(np.mean(scores))
+        if result.score is not None and (self.best is None or result.score > self.best["val_ssim"]):
+            self.validator.keep_best(result)
+            self.best = {"step": self.step, "val_ssim": result.score}
+            log.info(
+                "step %d: validation SSIM %.4f, the best so far: kept in %s",
+                self.step,
+                result.score,
+                self.validator.best_folder,
+            )
+        elif result.score is not None:
+            log.info(
+                "step %d: validation SSIM %.4f (best %.4f at step %d)",
+                self.step,
+                result.score,
+                self.best["val_ssim"] if self.best else float("nan"),
+                self.best["step"] if self.best else -1,
+            )
+        else:
+            log.warning("step %d: no validation case could be scored (see the warnings above)", self.step)
+        return result
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -310,11 +364,16 @@ class Trainer:
                     "data_wait_s": waited,
                     "draws": self._gather(draws),
                 }
-                if self.val is not None and s.val_every and self.step % s.val_every == 0:
-                    record["val_ssim"] = self.validate()
-                    log.info("step %d: validation SSIM %.4f", self.step, record["val_ssim"])
                 if done_here == 1:
                     record["first_step_after_s"] = age
+                if self.validation_due():
+                    try:
+                        result = self.validate()
+                    except ValidationStopped:
+                        self._log(record)
+                        raise Stop() from None
+                    record.update(result.summary())
+                    record["val_best"] = self.best is not None and self.best["step"] == self.step
                 self._log(record)
                 if s.save_every and self.step % s.save_every == 0 and self.step < s.steps:
                     self.save_state()
@@ -332,6 +391,7 @@ class Trainer:
                 "step": self.step,
                 "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "workers_max_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                **({"best": self.best} if self.best is not None else {}),
             }
         )
         return losses
@@ -340,25 +400,11 @@ class Trainer:
         """The trained (EMA when kept) weights into the weights folder, with a manifest entry."""
         if self.rank != 0:
             return
-        # The recipe goes into the JSON manifest: tuples as lists, the diffusion settings as their dict.
-        recipe = {
-            k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in vars(self.settings).items()
-            if k != "target"
-        }
-        recipe["diffusion"] = self.settings.diffusion.to_dict()
         save_checkpoint(
             self.out,
             (self.ema or self.model).eval(),
             self.settings.target,
-            intensity_ratios=intensity_ratios(list(self.population.values()), self.settings.target),
+            intensity_ratios=self._ratios(),
             diffusion=self.settings.diffusion,
-            provenance={
-                "source": "brasyn.train",
-                "command": self.command,
-                "steps": self.step,
-                "recipe": recipe,
-                "data": {"cases": sorted(self.population), "world_size": self.world},
-                **({"quality": "demo"} if self.demo else {}),
-            },
+            provenance=self._provenance(),
         )

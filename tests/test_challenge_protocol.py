@@ -59,6 +59,20 @@ def test_a_truth_folder_holding_only_the_withheld_contrast_and_the_segmentation_
     assert report["protocol"] == "brasyn-2024-2025" and "truth contrast" in report["brain_mask"]
 
 
+def test_a_case_id_holding_the_word_seg_marks_no_image_as_its_segmentation(tmp_path):
+    """The case id is not part of what marks a segmentation: "no-seg-t2f" is an image, and the case's
+    real segmentation is found beside it."""
+    from brasyn.pairing import segmentation_in
+
+    real = phantom(seed=1)
+    for case in ("no-seg", "with-seg"):
+        for m in ("t1n", "t2f"):
+            save_nifti(tmp_path / case / f"{case}-{m}.nii.gz", real)
+    _seg(tmp_path / "with-seg" / "with-seg-seg.nii.gz", real)
+    assert segmentation_in(tmp_path, "no-seg") is None
+    assert segmentation_in(tmp_path, "with-seg") == tmp_path / "with-seg" / "with-seg-seg.nii.gz"
+
+
 def test_a_flat_truth_folder_of_several_cases_scores_each_with_its_own_segmentation(tmp_path):
     truth, pred = tmp_path / "truth", tmp_path / "pred"
     for i, contrast in ((1, "t2f"), (2, "t1n")):

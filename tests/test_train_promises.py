@@ -218,3 +218,27 @@ def test_sigterm_during_the_optimiser_update_still_resumes_exactly(cache, straig
     monkeypatch.undo()
     assert train_main(_args(cache, out, STEPS, "--resume")) == 0
     assert WeightStore(out).info("t2f").sha256 == WeightStore(straight).info("t2f").sha256
+
+
+def test_checkpointing_trains_the_same_numbers_and_auto_turns_it_on_for_whole_volumes_on_the_cpu(
+    cache, straight, tmp_path, monkeypatch
+):
+    on = tmp_path / "on"
+    assert train_main(_args(cache, on, STEPS, "--checkpointing", "on")) == 0
+    assert _losses(on) == pytest.approx(_losses(straight), rel=1e-5)
+    recipe = WeightStore(on).info("t2f").provenance["recipe"]
+    assert recipe["checkpointing"] is True
+    assert WeightStore(straight).info("t2f").provenance["recipe"]["checkpointing"] is False  # auto, patches
+
+    seen = []
+    original = Trainer.train_step
+
+    def train_step(self, batch=None):
+        seen.append(self.model.checkpointing)
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    whole = [a for a in _args(cache, tmp_path / "whole", 1) if a not in ("--patch", "32")]
+    assert train_main(whole) == 0  # auto, whole volumes, CPU
+    assert train_main([*whole, "--restart", "--checkpointing", "off"]) == 0
+    assert seen == [True, False]
