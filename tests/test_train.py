@@ -235,6 +235,7 @@ def test_two_process_torchrun_on_cpu_writes_one_checkpoint(data, tmp_path):
         "-m",
         "brasyn.train",
         *_args(data, out, 4),
+        *("--val", str(data), "--val-every", "2", "--val-steps", "1"),
     ]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -242,6 +243,10 @@ def test_two_process_torchrun_on_cpu_writes_one_checkpoint(data, tmp_path):
     info = WeightStore(out).info("t2f")
     assert info.provenance["data"]["world_size"] == 2
     assert len(_losses(out)) == 4  # rank 0 alone logs
+    # rank 0 validates while the other waits in its next step
+    validated = [r for r in _records(out) if "val_ssim" in r]
+    assert [r["step"] for r in validated] == [2, 4] and all(r["val_ssim"] > 0 for r in validated)
+    assert (out / "training" / "t2f" / "best" / "t2f.pt").is_file()
     # every rank's cases, and the intensity ratios of all of them, as one process computes them
     assert info.provenance["data"]["cases"] == ["case0", "case1"]
     single = tmp_path / "single"
