@@ -57,6 +57,28 @@ def make_case(
     return paths
 
 
+def tiny_training_cache(root: Path, seed_step: int, count: int = 2, shape=(32, 32, 32)) -> Path:
+    """``count`` complete phantom cases (``case0`` ...) under ``root/cases``, prepared into ``root/cache``."""
+    from brasyn.cache import prepare_cache
+    from brasyn.training_data import find_training_cases
+
+    for i in range(count):
+        make_case(root / "cases", f"case{i}", ("t1n", "t1c", "t2w", "t2f"), seed=seed_step * i, shape=shape)
+    folder = root / "cache"
+    assert not prepare_cache(find_training_cases([root / "cases"]), folder, progress=False).errors
+    return folder
+
+
+def tiny_train_args(cache: Path, out: Path, steps: int, lr: str, *extra: str) -> list[str]:
+    """``python -m brasyn.train`` arguments of a tiny t2f run on the CPU from ``cache``, 32³ patches, seed 3."""
+    return [
+        *("--cache", str(cache), "--target", "t2f", "--out", str(out), "--config", "tiny"),
+        *("--steps", str(steps), "--lr", lr, "--device", "cpu", "--no-progress", "--workers", "0"),
+        *("--patch", "32", "32", "32", "--seed", "3"),
+        *extra,
+    ]
+
+
 TORCHRUN_TWO = [
     sys.executable,
     "-m",

@@ -12,12 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from brasyn.cache import prepare_cache
 from brasyn.train import Trainer
 from brasyn.train import main as train_main
-from brasyn.training_data import find_training_cases
 from brasyn.weights import WeightStore
-from tests.helpers import make_case
+from tests.helpers import make_case, tiny_train_args, tiny_training_cache
 
 ALL = ("t1n", "t1c", "t2w", "t2f")
 STEPS = 5
@@ -25,21 +23,11 @@ STEPS = 5
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("promise-data")
-    for i in range(2):
-        make_case(root / "cases", f"case{i}", ALL, seed=7 * i, shape=(32, 32, 32))
-    folder = root / "cache"
-    assert not prepare_cache(find_training_cases([root / "cases"]), folder, progress=False).errors
-    return folder
+    return tiny_training_cache(tmp_path_factory.mktemp("train-data"), seed_step=7)
 
 
 def _args(cache: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return [
-        *("--cache", str(cache), "--target", "t2f", "--out", str(out), "--config", "tiny"),
-        *("--steps", str(steps), "--lr", "1e-3", "--device", "cpu", "--no-progress", "--workers", "0"),
-        *("--patch", "32", "32", "32", "--seed", "3"),
-        *extra,
-    ]
+    return tiny_train_args(cache, out, steps, "1e-3", *extra)
 
 
 def _records(out: Path) -> list[dict]:

@@ -14,16 +14,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brasyn.cache import prepare_cache
 from brasyn.cli import main as brasyn_main
 from brasyn.evaluate import Row
 from brasyn.metrics import score
 from brasyn.synthesize import Synthesizer
 from brasyn.train import main as train_main
-from brasyn.training_data import find_training_cases
 from brasyn.validation import case_score
 from brasyn.weights import WeightStore
-from tests.helpers import make_case, save_nifti
+from tests.helpers import make_case, save_nifti, tiny_train_args, tiny_training_cache
 
 ALL = ("t1n", "t1c", "t2w", "t2f")
 SHAPE = (32, 32, 32)
@@ -31,12 +29,7 @@ SHAPE = (32, 32, 32)
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("val-data")
-    for i in range(2):
-        make_case(root / "cases", f"case{i}", ALL, seed=5 * i, shape=SHAPE)
-    folder = root / "cache"
-    assert not prepare_cache(find_training_cases([root / "cases"]), folder, progress=False).errors
-    return folder
+    return tiny_training_cache(tmp_path_factory.mktemp("train-data"), seed_step=5)
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +46,7 @@ def val(tmp_path_factory) -> Path:
 
 
 def _args(cache: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return [
-        *("--cache", str(cache), "--target", "t2f", "--out", str(out), "--config", "tiny"),
-        *("--steps", str(steps), "--lr", "3e-3", "--device", "cpu", "--no-progress", "--workers", "0"),
-        *("--patch", "32", "32", "32", "--seed", "3", "--val-steps", "2"),
-        *extra,
-    ]
+    return tiny_train_args(cache, out, steps, "3e-3", "--val-steps", "2", *extra)
 
 
 def _records(out: Path) -> list[dict]:
