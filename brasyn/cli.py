@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         type=Path,
         help="weights folder with manifest.json, or with the official cWDM files (t1_gen.pt, t1ce_gen.pt, "
-        "t2_gen.pt, flair_gen.pt); default $BRASYN_WEIGHTS or the bundled weights",
+        "t2_gen.pt, flair_gen.pt), or one checkpoint file in such a folder (its contrast alone); default "
+        "$BRASYN_WEIGHTS or the bundled weights",
     )
     add(
         "--map",

@@ -97,13 +97,41 @@ class WeightStore:
     """The checkpoints of one weights folder; models are loaded on demand and kept."""
 
     def __init__(self, folder: Path | str) -> None:
-        self.folder = Path(folder)
+        """``folder``: a weights folder, its ``manifest.json``, or one checkpoint file in it: then the
+        folder's manifest (or official names) is read for that file's entry, and only that checkpoint is
+        used (a case missing another contrast fails naming the folder to give instead)."""
+        path = Path(folder)
+        named = path if path.is_file() and path.name != MANIFEST_NAME else None
+        self.folder = path.parent if path.is_file() else path
+        self.named = named
+        """The one checkpoint file ``--weights`` named, when it named a file."""
         # a manifest, else the official files the folder holds by name (brasyn.official)
         self._entries = read_entries(self.folder)
+        if named is not None:
+            self._check_named_file(named)
         self._models: dict[tuple[Modality, str], Denoiser] = {}
 
     def __repr__(self) -> str:
         return f"WeightStore({str(self.folder)!r}, targets={[m.value for m in self.targets()]})"
+
+    def _check_named_file(self, file: Path) -> None:
+        listed = {info.file: target for target, info in self._entries.items()}
+        if file.name not in listed:
+            lister = "manifest" if (self.folder / MANIFEST_NAME).is_file() else "official file names"
+            raise WeightsError(
+                f"--weights names the file {file}, which its folder's {lister} does not list (it lists "
+                f"{', '.join(sorted(listed)) or 'nothing'}); give the folder {self.folder}, or add the file "
+                f"with `python -m brasyn.weights import-official --target T {file} --out WEIGHTS_DIR` and "
+                "give WEIGHTS_DIR"
+            )
+        target = listed[file.name]
+        self._entries = {target: self._entries[target]}
+        logger.info(
+            "--weights %s: the %s checkpoint of %s alone (give the folder for the other contrasts)",
+            file,
+            target.value,
+            self.folder,
+        )
 
     def targets(self) -> list[Modality]:
         """Targets with a checkpoint, in the canonical order."""
@@ -117,6 +145,12 @@ class WeightStore:
             raise WeightsError(
                 f"{target!r} is not a contrast; use one of {', '.join(m.value for m in MODALITIES)}."
             ) from None
+        if target not in self._entries and self.named is not None:
+            raise WeightsError(
+                f"--weights names one checkpoint, {self.named} ({self.targets()[0].value}), and this case "
+                f"needs {target.value}: give the weights folder {self.folder} (or one with a {target.value} "
+                "checkpoint) instead of the file"
+            )
         if target not in self._entries:
             present = ", ".join(m.value for m in self.targets()) or "none"
             raise WeightsError(

@@ -18,7 +18,7 @@ from brasyn.errors import WeightsError
 from brasyn.modalities import Modality
 from brasyn.official import OFFICIAL_NAMES, infer_config, official_target
 from brasyn.unet import PRESETS, Denoiser, DenoiserConfig
-from brasyn.weights import WeightStore, _randomise
+from brasyn.weights import WeightStore, _randomise, init_random
 from brasyn.weights import main as weights_main
 from tests.helpers import make_case
 
@@ -187,6 +187,61 @@ def test_the_mlcube_weights_mount_of_official_files_is_used(tmp_path, downloads,
     assert (tmp_path / "out" / "BraTS-GLI-00001-000-t2f.nii.gz").is_file()
 
 
+def test_weights_naming_one_checkpoint_file_uses_that_one_alone(tmp_path, downloads, capsys):
+    """``--weights DOWNLOADS/flair_gen.pt``: that checkpoint synthesises t2f; a case missing another
+    contrast fails naming the folder to give instead (the folder's other files are not used)."""
+    _run_args(tmp_path)
+    make_case(tmp_path / "in", "BraTS-GLI-00002-000", ("t1c", "t2w", "t2f"), seed=2)  # lacks t1n
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    code = brasyn_main([*args, "--weights", str(downloads / "flair_gen.pt"), *_run_args(tmp_path)])
+    assert code == 1
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["BraTS-GLI-00001-000-t2f.nii.gz"]
+    err = capsys.readouterr().err
+    assert f"the t2f checkpoint of {downloads} alone" in err
+    assert (
+        f"--weights names one checkpoint, {downloads / 'flair_gen.pt'} (t2f), and this case needs t1n" in err
+    )
+    # the same weights as the whole folder gives for t2f
+    whole = tmp_path / "whole"
+    assert (
+        brasyn_main(
+            [
+                "--input",
+                str(tmp_path / "in"),
+                "--output",
+                str(whole),
+                "--weights",
+                str(downloads),
+                *_run_args(tmp_path),
+            ]
+        )
+        == 0
+    )
+    one = (tmp_path / "out" / "BraTS-GLI-00001-000-t2f.nii.gz").read_bytes()
+    assert one == (whole / "BraTS-GLI-00001-000-t2f.nii.gz").read_bytes()
+
+
+def test_weights_naming_a_file_its_folder_does_not_list_is_refused(tmp_path, capsys):
+    folder = tmp_path / "w"
+    init_random(folder, "tiny")
+    (folder / "mine.pt").write_bytes((folder / "t2f.pt").read_bytes())
+    with pytest.raises(
+        WeightsError, match=r"names the file .*mine.pt, which its folder's manifest does not list"
+    ):
+        WeightStore(folder / "mine.pt")
+    args = [
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "out"),
+        "--weights",
+        str(folder / "mine.pt"),
+    ]
+    assert brasyn_main([*args, *_run_args(tmp_path)]) == 2
+    assert "import-official --target T" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_import_official_of_a_folder_maps_every_file_by_name(tmp_path, downloads, capsys):
     (downloads / "notes.pt").write_bytes(b"not a checkpoint")
     out = tmp_path / "weights"
@@ -279,11 +334,15 @@ def test_import_official_of_a_folder_refuses_target(tmp_path, downloads, capsys)
         "cannot be confirmed",
         "does not say which contrast the checkpoint synthesises",
         "checkpoint, but --target says",
+        "which its folder's",
+        "--weights names one checkpoint",
     ],
 )
 def test_troubleshooting_covers_each_message_about_official_files(message):
     root = Path(__file__).resolve().parents[1]
-    code = " ".join((root / "brasyn" / name).read_text() for name in ("official.py", "options.py"))
+    code = " ".join(
+        (root / "brasyn" / name).read_text() for name in ("official.py", "options.py", "weights.py")
+    )
     readme = (root / "README.md").read_text()
     troubleshooting = readme[readme.index("## Troubleshooting") : readme.index("## Weights")]
     joined = re.sub(r'"\s*\n\s*f?"', "", code)  # adjacent string literals, as Python joins them
