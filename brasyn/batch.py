@@ -194,10 +194,12 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
         raise
 
 
-def merge_shard_reports(path: Path, codes: Sequence[int]) -> dict[str, Any] | None:
+def merge_shard_reports(path: Path, codes: Sequence[int], keep: bool = True) -> dict[str, Any] | None:
     """After ``--devices``: the reports of the ``len(codes)`` shares (:func:`report_path_for`) merged
     into ``path``: every case in id order, the totals, each share's exit status and report; printed as
-    one summary table. The shares' own files are kept. None (and a warning) where no share wrote one."""
+    one summary table. The shares' own files are kept. None (and a warning) where no share wrote one.
+    ``keep=False`` (no ``--report`` asked for, the reports are scratch): the table alone, nothing
+    written and no file named in the log."""
     count = len(codes)
     shards, parts = [], []
     for index, code in enumerate(codes):
@@ -241,14 +243,15 @@ def merge_shard_reports(path: Path, codes: Sequence[int]) -> dict[str, Any] | No
         print(summary_table(results), flush=True)  # tables go to stdout, as in every command
     counts = merged["summary"]
     log.info(
-        "all %d workers: %d written, %d skipped, %d failed; report %s",
+        "all %d workers: %d written, %d skipped, %d failed%s",
         count,
         counts["written"],
         counts["skipped"],
         counts["failed"],
-        path,
+        f"; report {path}" if keep else "",
     )
-    write_report(path, merged)
+    if keep:
+        write_report(path, merged)
     return merged
 
 

@@ -19,6 +19,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from brasyn.batch import check_folders, merge_shard_reports, run_batch
@@ -53,7 +54,7 @@ from brasyn.options import (
     whole_number,
 )
 from brasyn.predictors import make_predictor
-from brasyn.sharding import run_workers, shard_from_environment
+from brasyn.sharding import is_devices_worker, run_workers, shard_from_environment
 from brasyn.synthesize import Synthesizer
 
 __all__ = ["DEFAULT_WEIGHTS", "build_mlcube_parser", "build_parser", "main", "run"]
@@ -260,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
         extras=args.extras,
         shard=args.shard or shard_from_environment(),
         report=args.report,
-        table=sys.stdout,  # tables on stdout, the log on stderr, in every command
+        # tables on stdout, the log on stderr, in every command; under --devices the parent prints one
+        table=None if is_devices_worker() else sys.stdout,
         context={
             "input": str(args.input),
             "output": str(args.output),
@@ -293,9 +295,22 @@ def _dispatch(argv: list[str]) -> int:
     args = _mlcube_arguments(argv[1:]) if argv[:1] == ["infer"] else parse_arguments(build_parser(), argv)
     if args.devices:
         single_case_files(args)  # refuses --devices with the single-case form
-        report = args.report
-        merge = (lambda codes: merge_shard_reports(report, codes)) if report is not None else None
-        return run_workers(argv, args.devices, shard=args.shard, finished=merge)
+        if args.report is not None:
+            report = args.report
+
+            def merge(codes: list[int]) -> object:
+                return merge_shard_reports(report, codes)
+
+            return run_workers(argv, args.devices, shard=args.shard, finished=merge)
+        # without --report the workers' reports go to a scratch folder, for the one table of all cases
+        with tempfile.TemporaryDirectory(prefix="brasyn-devices-") as scratch:
+            report = Path(scratch) / "report.json"
+            return run_workers(
+                [*argv, "--report", str(report)],
+                args.devices,
+                shard=args.shard,
+                finished=lambda codes: merge_shard_reports(report, codes, keep=False),
+            )
     return run(args)
 
 

@@ -28,7 +28,16 @@ import torch
 from brasyn.errors import ExitCode, UsageError
 from brasyn.runtime import torchrun_environment
 
-__all__ = ["Shard", "parse_shard", "run_workers", "shard_from_environment", "without_option", "worker_count"]
+__all__ = [
+    "WORKER_VARIABLE",
+    "Shard",
+    "is_devices_worker",
+    "parse_shard",
+    "run_workers",
+    "shard_from_environment",
+    "without_option",
+    "worker_count",
+]
 
 log = logging.getLogger("brasyn")
 
@@ -94,6 +103,15 @@ def worker_count(spec: str, gpus: int) -> int:
     return count
 
 
+WORKER_VARIABLE = "BRASYN_DEVICES_WORKER"
+"""Set in the environment of the worker processes that ``--devices`` starts."""
+
+
+def is_devices_worker() -> bool:
+    """Whether this process is one of the workers ``--devices`` started."""
+    return os.environ.get(WORKER_VARIABLE) == "1"
+
+
 def run_workers(
     argv: list[str],
     spec: str,
@@ -118,6 +136,7 @@ def run_workers(
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+        WORKER_VARIABLE: "1",  # the parent prints the one table of all cases
     }
     workers = []
     for i in range(count):

@@ -144,8 +144,16 @@ def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(
     assert merged["settings"]["sampler"] == "ddim" and merged["device"] == "cpu"
     captured = capfd.readouterr()
     assert "all 2 workers: 4 written, 0 skipped, 0 failed" in captured.err
-    table = captured.out[captured.out.rindex("case  ") :]  # the merged table, last on stdout
-    assert all(f"c{i}  " in table for i in range(4))
+    assert captured.out.count("case  ") == 1  # the merged table alone: the workers print none
+    assert all(captured.out.count(f"c{i}  ") == 1 for i in range(4))
+
+    # without --report: the same one table, and no report file is left anywhere
+    args = ["--input", str(inputs), "--output", str(tmp_path / "plain"), "--devices", "2", "--device", "cpu"]
+    assert main([*args, *fast]) == 0
+    captured = capfd.readouterr()
+    assert captured.out.count("case  ") == 1 and all(captured.out.count(f"c{i}  ") == 1 for i in range(4))
+    assert "all 2 workers: 4 written, 0 skipped, 0 failed" in captured.err and "report" not in captured.err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "plain").iterdir()} == single
     assert (
         main(
             [
