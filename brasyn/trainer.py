@@ -8,6 +8,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import os
 import resource
 import signal
@@ -140,6 +141,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr)
         self.generator = torch.Generator().manual_seed(settings.seed * 1000 + self.rank)
         self.step = 0
+        self.last_loss = math.nan
+        """The loss of the last step taken."""
         self.batches = StepBatches(data, settings.batch_size, settings.seed, self.rank)
         self.network: nn.Module = self.model
         if self.world > 1:
@@ -241,12 +244,13 @@ class Trainer:
                 with torch.no_grad():
                     for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
                         e.lerp_(p, 1.0 - self.settings.ema)
+            # with the step count, so that a SIGTERM from here on finds the step's loss for the log
+            self.last_loss = float(loss.detach())
             self.step += 1
-        loss_value = float(loss.detach())
         if self.settings.checkpointing and self.device.type == "cpu":
             del loss
             return_freed_memory()
-        return loss_value
+        return self.last_loss
 
     # --- validation --------------------------------------------------------------------------
 
@@ -344,6 +348,8 @@ class Trainer:
         )
         loader = make_loader(self.batches, self.step, s.steps, self.workers, self.device.type == "cuda")
         start, done_here = time.perf_counter(), 0
+        logged = self.step  # the last step with its line in the log
+        record: dict[str, Any] = {}
         batches = iter(loader)
         try:
             while self.step < s.steps:
@@ -357,7 +363,7 @@ class Trainer:
                 rate = done_here / (time.perf_counter() - start)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.2f}")
-                record: dict[str, Any] = {
+                record = {
                     "step": self.step,
                     "loss": loss,
                     "steps_per_s": rate,
@@ -370,14 +376,18 @@ class Trainer:
                     try:
                         result = self.validate()
                     except ValidationStopped:
-                        self._log(record)
-                        raise Stop() from None
+                        raise Stop() from None  # the step's line is written below, without scores
                     record.update(result.summary())
                     record["val_best"] = self.best is not None and self.best["step"] == self.step
-                self._log(record)
+                with deferred_sigterm():
+                    self._log(record)
+                    logged = self.step
                 if s.save_every and self.step % s.save_every == 0 and self.step < s.steps:
                     self.save_state()
         except Stop:
+            if logged < self.step:  # the step was taken before its line was written
+                taken = {"step": self.step, "loss": self.last_loss}
+                self._log({**(record if record.get("step") == self.step else taken), "stopped": True})
             log.warning("stopped by SIGTERM at step %d: saving the training state", self.step)
             self.save_state()
             raise

@@ -153,6 +153,7 @@ def test_a_stop_during_validation_saves_the_state_and_logs_the_step(cache, val, 
     assert torch.load(state, weights_only=True)["step"] == 2
     steps = [r for r in _records(out) if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2] and "val_ssim" not in steps[-1]
+    assert steps[-1]["stopped"] is True and steps[-1]["draws"]  # the step's own line, without scores
     assert not (out / "training" / "t2f" / "best").exists()
     assert not list((out / "training" / "t2f" / "validation").glob("val-*"))
 
