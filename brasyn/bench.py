@@ -36,7 +36,6 @@ stays float32. ``--compile`` times the ``torch.compile``-d denoiser after its co
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import resource
 import shutil
@@ -56,7 +55,7 @@ from brasyn.acceleration import network_precision, optimise_model
 from brasyn.bands import image_to_bands
 from brasyn.batch import run_batch
 from brasyn.cases import discover
-from brasyn.command import parse_arguments, run_command
+from brasyn.command import parse_arguments, print_json, run_command
 from brasyn.diffusion import Diffusion, Sampling
 from brasyn.errors import BrasynError, ExitCode, UsageError
 from brasyn.modalities import Modality, conditions_for
@@ -399,10 +398,7 @@ def _measure(argv: list[str] | None) -> int:
             "(git clone https://github.com/pfriedri/cwdm; it needs PyWavelets)"
         )
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_json(result, args.json)
     return ExitCode.OK
 
 

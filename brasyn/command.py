@@ -10,15 +10,18 @@ user's mistake.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from brasyn.errors import BrasynError, ExitCode
 from brasyn.logs import configure_logging
 from brasyn.runtime import writable_cache_environment
 
-__all__ = ["parse_arguments", "run_command", "verbosity"]
+__all__ = ["parse_arguments", "print_json", "run_command", "verbosity"]
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +69,12 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
 def verbosity(args: argparse.Namespace) -> int:
     """-1 for ``-q``, else the number of ``-v`` (0 when the parser has neither)."""
     return -1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0) or 0
+
+
+def print_json(result: Any, path: Path | None = None) -> None:
+    """A measuring command's result: as JSON on stdout (its only output there), and into ``path`` (its
+    ``--json FILE``) too when given."""
+    text = json.dumps(result, indent=2)
+    print(text, flush=True)
+    if path is not None:
+        path.write_text(text + "\n")

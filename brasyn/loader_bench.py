@@ -25,7 +25,6 @@ same 96³ crop with the same t and noise, from the exact and from the stored val
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import tempfile
@@ -36,7 +35,7 @@ from typing import Any
 import torch
 
 from brasyn.cache import SCALE, load_entries
-from brasyn.command import parse_arguments, run_command
+from brasyn.command import parse_arguments, print_json, run_command
 from brasyn.errors import ExitCode, UsageError
 from brasyn.loader import CacheDataset, StepBatches, make_loader
 from brasyn.modalities import Modality
@@ -190,10 +189,7 @@ def main(argv: list[str] | None = None, command: str = "loader") -> int:
         else:
             args = parse_arguments(build_parser(), argv)
             result = measure(args)
-        text = json.dumps(result, indent=2)
-        print(text)
-        if args.json:
-            args.json.write_text(text + "\n")
+        print_json(result, args.json)
         return ExitCode.OK
 
     return run_command(body)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import torch
 from brasyn.acceleration import PRECISIONS, SpeedSettings
 from brasyn.batch import run_batch
 from brasyn.cases import Case, complete_cases, discover
-from brasyn.command import parse_arguments, run_command
+from brasyn.command import parse_arguments, print_json, run_command
 from brasyn.diffusion import SAMPLERS, Sampling
 from brasyn.errors import BrasynError, ExitCode
 from brasyn.metrics import score, ssim
@@ -281,12 +280,9 @@ def _compare(argv: list[str] | None) -> int:
         crop = tuple(args.crop) if args.crop else None
         rows = compare_precision(cases, targets, weights, device, args.sampler, args.steps, args.seed, crop)
     result = {"command": args.command, "device": str(device), "weights": str(args.weights), "rows": rows}
-    text = json.dumps(result, indent=2)
-    print(text)
+    print_json(result, args.json)
     if args.command == "samplers":
         sys.stderr.write(_markdown(rows) + "\n")
-    if args.json:
-        args.json.write_text(text + "\n")
     return ExitCode.OK
 
 
