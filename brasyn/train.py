@@ -332,8 +332,17 @@ def train(args: argparse.Namespace, command: str) -> ExitCode:
         data = CacheDataset(entries, target, settings.patch, settings.flip)
         validator = None
         if args.val is not None:
+            val_cases = validation_cases(args.val)
+            shared = sorted({c.id for c in val_cases} & {e.id for e in entries})
+            if shared:
+                log.warning(
+                    "%d validation case(s) are also training cases (%s): their scores flatter the model; "
+                    "keep the --val cases out of the training data",
+                    len(shared),
+                    ", ".join(shared[:5]) + (" ..." if len(shared) > 5 else ""),
+                )
             validator = Validator(
-                validation_cases(args.val),
+                val_cases,
                 target,
                 device,
                 args.out / "training" / target.value,

@@ -172,6 +172,13 @@ def test_a_validation_case_that_fails_counts_zero_and_the_others_are_scored(cach
     assert record["val_ssim"] == pytest.approx(rows["good"]["ssim"] / 2)
 
 
+def test_validation_cases_that_are_also_training_cases_are_named(cache, tmp_path, capsys):
+    out = tmp_path / "w"
+    cases = cache.parent / "cases"  # the very cases the cache was prepared from
+    assert train_main(_args(cache, out, 1, "--val", str(cases))) == 0
+    assert "2 validation case(s) are also training cases (case0, case1)" in capsys.readouterr().err
+
+
 def test_case_score_is_the_mean_of_the_tumour_scores_else_the_whole_volume_ssim():
     both = Row("a", "t2f", "scored", ssim=0.5, ssim_tumor=0.9, ssim_non_tumor=0.7)
     assert case_score(both) == pytest.approx(0.8)
