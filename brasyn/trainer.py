@@ -295,8 +295,9 @@ class Trainer:
                 self._provenance(),
             )
         if result.score is not None and (self.best is None or result.score > self.best["val_ssim"]):
-            self.validator.keep_best(result)
-            self.best = {"step": self.step, "val_ssim": result.score}
+            with deferred_sigterm():  # the folder swap and what the run remembers of it go together
+                self.validator.keep_best(result)
+                self.best = {"step": self.step, "val_ssim": result.score}
             log.info(
                 "step %d: validation SSIM %.4f, the best so far: kept in %s",
                 self.step,

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Mapping
@@ -180,7 +181,7 @@ class Validator:
                 Path(tmp) / "outputs",
             )
             if batch.interrupted:
-                raise ValidationStopped(batch.signal or 15)
+                raise ValidationStopped(batch.signal or signal.SIGTERM)
             outputs = {r.case: r for r in batch.results}
             for case in self.cases:
                 result = outputs.get(case.id)
@@ -202,9 +203,17 @@ class Validator:
         score = sum(scored) / len(scores) if scored else None
         return Validation(step, score, rows, time.perf_counter() - start)
 
+    def _recover(self) -> None:
+        """A process killed between :meth:`keep_best`'s two renames left the previous best as
+        ``best.old`` and no ``best``: that previous best is still the best."""
+        old = self.best_folder.with_name("best.old")
+        if old.is_dir() and not self.best_folder.exists():
+            os.replace(old, self.best_folder)
+
     def best_so_far(self) -> dict[str, Any] | None:
         """``{"step", "val_ssim"}`` of the kept best checkpoint (a resumed run goes on from it); None when
         there is none or its record cannot be read."""
+        self._recover()
         try:
             record = json.loads((self.best_folder / BEST_RECORD).read_text())
             return {"step": int(record["step"]), "val_ssim": float(record["val_ssim"])}
@@ -212,10 +221,12 @@ class Validator:
             return None
 
     def keep_best(self, validation: Validation) -> None:
-        """The candidate checkpoint becomes the best one, with its score beside it; the previous best is
-        replaced whole (one rename), so a stop at any moment leaves one complete best folder."""
+        """The candidate checkpoint becomes the best one, with its score beside it. The previous best is
+        renamed aside first and removed last, so a kill at any moment leaves a complete best folder, or
+        the previous one as ``best.old`` (:meth:`best_so_far` puts it back)."""
         record = {"step": validation.step, "val_ssim": validation.score, "cases": validation.rows}
         (self.candidate_folder / BEST_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        self._recover()
         old = self.best_folder.with_name("best.old")
         shutil.rmtree(old, ignore_errors=True)
         if self.best_folder.exists():

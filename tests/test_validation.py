@@ -179,6 +179,20 @@ def test_validation_cases_that_are_also_training_cases_are_named(cache, tmp_path
     assert "2 validation case(s) are also training cases (case0, case1)" in capsys.readouterr().err
 
 
+def test_a_kill_between_the_renames_of_the_best_folder_keeps_the_previous_best(tmp_path):
+    import torch
+
+    from brasyn.modalities import Modality
+    from brasyn.validation import Validator
+
+    validator = Validator([], Modality.T2F, torch.device("cpu"), tmp_path)
+    old = tmp_path / "best.old"
+    old.mkdir()
+    (old / "validation.json").write_text(json.dumps({"step": 7, "val_ssim": 0.5}))
+    assert validator.best_so_far() == {"step": 7, "val_ssim": 0.5}
+    assert (tmp_path / "best" / "validation.json").is_file() and not old.exists()
+
+
 def test_case_score_is_the_mean_of_the_tumour_scores_else_the_whole_volume_ssim():
     both = Row("a", "t2f", "scored", ssim=0.5, ssim_tumor=0.9, ssim_non_tumor=0.7)
     assert case_score(both) == pytest.approx(0.8)
