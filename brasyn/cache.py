@@ -41,7 +41,7 @@ from brasyn.command import parse_arguments, run_command
 from brasyn.errors import BrasynError, CaseError, ExitCode, UsageError
 from brasyn.modalities import MODALITIES, Modality
 from brasyn.model_space import to_model_space
-from brasyn.options import add_verbosity_option, whole_number
+from brasyn.options import add_map_option, add_verbosity_option, contrast_mapping, whole_number
 from brasyn.training_data import find_training_cases
 from brasyn.volumes import load_volume
 
@@ -276,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cache", type=Path, required=True, help="the cache folder (made if absent)")
     p.add_argument("--workers", type=whole_number(1), default=1, help="cases prepared at once")
+    add_map_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_verbosity_option(p)
     return p
@@ -287,7 +288,8 @@ def run_prepare(args: argparse.Namespace) -> ExitCode:
             raise UsageError(f"the data folder {folder} does not exist or is not a folder")
     if args.cache.exists() and not args.cache.is_dir():
         raise UsageError(f"--cache {args.cache} is a file; name a folder for the cache")
-    result = prepare_cache(find_training_cases(args.data), args.cache, args.workers, not args.no_progress)
+    cases = find_training_cases(args.data, contrast_mapping(args))
+    result = prepare_cache(cases, args.cache, args.workers, not args.no_progress)
     log.info(
         "cache %s: %d case(s) prepared, %d already up to date, %d failed",
         args.cache,

@@ -31,6 +31,7 @@ from brasyn.options import (
     MLCUBE_PARAMETERS,
     NAMINGS,
     add_device_option,
+    add_map_option,
     add_method_option,
     add_sampling_options,
     add_single_case_options,
@@ -41,7 +42,6 @@ from brasyn.options import (
     apply_threads,
     contrast,
     contrast_mapping,
-    map_spec,
     mlcube_weights,
     one_of,
     read_parameters,
@@ -107,14 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "t2_gen.pt, flair_gen.pt), or one checkpoint file in such a folder (its contrast alone); default "
         "$BRASYN_WEIGHTS or the bundled weights",
     )
-    add(
-        "--map",
-        type=map_spec,
-        action="append",
-        metavar="CONTRAST=PATTERN|FILE",
-        help="name a contrast by a file-name pattern, e.g. --map t1c='*MPRAGE_post*' (repeatable; letter "
-        "case ignored; asked before the built-in names), or a YAML file of such lines (t1c: '*MPRAGE_post*')",
-    )
+    add_map_option(parser)
     add_single_case_options(parser)
     add_method_option(parser)
     add_sampling_options(parser)

@@ -43,6 +43,7 @@ __all__ = [
     "mlcube_weights",
     "NAMINGS",
     "add_device_option",
+    "add_map_option",
     "add_method_option",
     "add_sampling_options",
     "add_single_case_options",
@@ -73,6 +74,19 @@ NAMINGS = ("input", "brats2023")
 """Output names like the case's inputs, or always ``<case>-<contrast>.nii.gz``."""
 
 log = logging.getLogger("brasyn.options")
+
+
+def add_map_option(parser: argparse.ArgumentParser) -> None:
+    """``--map CONTRAST=PATTERN|FILE`` (repeatable): contrasts named by file-name patterns
+    (:mod:`brasyn.contrast_map`); :func:`contrast_mapping` combines what was given."""
+    parser.add_argument(
+        "--map",
+        type=map_spec,
+        action="append",
+        metavar="CONTRAST=PATTERN|FILE",
+        help="name a contrast by a file-name pattern, e.g. --map t1c='*MPRAGE_post*' (repeatable; letter "
+        "case ignored; asked before the built-in names), or a YAML file of such lines (t1c: '*MPRAGE_post*')",
+    )
 
 
 def contrast_mapping(args: argparse.Namespace) -> ContrastMap:

@@ -51,8 +51,10 @@ from brasyn.loader import CacheDataset
 from brasyn.modalities import Modality
 from brasyn.options import (
     add_device_option,
+    add_map_option,
     add_verbosity_option,
     contrast,
+    contrast_mapping,
     one_of,
     real_number,
     whole_number,
@@ -122,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="random patches of this size (multiples of 32) instead of whole volumes",
     )
     p.add_argument("--flip", action="store_true", help="random flips along each axis")
+    add_map_option(p)
     p.add_argument(
         "--checkpointing",
         choices=("auto", "on", "off"),
@@ -280,7 +283,7 @@ def _entries(args: argparse.Namespace, rank: int, world: int) -> list[CacheEntry
             )
         return entries
     cache = args.cache or args.out / "training" / "cache"
-    cases = find_training_cases(args.data)
+    cases = find_training_cases(args.data, contrast_mapping(args))
     if rank == 0:
         # a case that fails is logged with its reason and left out
         prepare_cache(cases, cache, max(args.workers, 1), progress=not args.no_progress)
@@ -332,7 +335,7 @@ def train(args: argparse.Namespace, command: str) -> ExitCode:
         data = CacheDataset(entries, target, settings.patch, settings.flip)
         validator = None
         if args.val is not None:
-            val_cases = validation_cases(args.val)
+            val_cases = validation_cases(args.val, contrast_mapping(args))
             shared = sorted({c.id for c in val_cases} & {e.id for e in entries})
             if shared:
                 log.warning(
@@ -349,6 +352,7 @@ def train(args: argparse.Namespace, command: str) -> ExitCode:
                 steps=args.val_steps,
                 seed=args.seed,
                 precision=precision,
+                mapping=contrast_mapping(args),
             )
         trainer = Trainer(
             settings, data, args.out, device, validator, command, demo=args.demo, workers=args.workers

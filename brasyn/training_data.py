@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from brasyn.cases import Case, complete_cases, discover
+from brasyn.contrast_map import ContrastMap
 from brasyn.draws import Draw, draw
 from brasyn.errors import BrasynError
 from brasyn.modalities import Modality, conditions_for
@@ -37,11 +38,12 @@ class TrainingCase:
     """99.9th percentile of each contrast in its own units."""
 
 
-def find_training_cases(folders: list[Path]) -> list[Case]:
-    """Complete cases (all four contrasts) under ``folders``; others are skipped with a warning."""
+def find_training_cases(folders: list[Path], mapping: ContrastMap | None = None) -> list[Case]:
+    """Complete cases (all four contrasts) under ``folders``, their files named as ``--map`` says where it
+    is given; others are skipped with a warning."""
     complete: list[Case] = []
     for folder in folders:
-        cases, rest = complete_cases(discover(folder, target=Modality.T1N), "training")
+        cases, rest = complete_cases(discover(folder, target=Modality.T1N, mapping=mapping), "training")
         for error in rest:
             log.warning("skipping %s: %s", error.case, error.message)
         complete += cases

@@ -32,6 +32,7 @@ from torch import nn
 from brasyn.acceleration import SpeedSettings
 from brasyn.batch import run_batch
 from brasyn.cases import Case, complete_cases, discover
+from brasyn.contrast_map import ContrastMap
 from brasyn.diffusion import DiffusionConfig, Sampling
 from brasyn.errors import BrasynError
 from brasyn.evaluate import Row, score_pair
@@ -69,9 +70,10 @@ def withheld_inputs(cases: list[Case], target: Modality, root: Path) -> Path:
     return root
 
 
-def validation_cases(folder: Path) -> list[Case]:
-    """The complete cases (all four contrasts) of a validation folder; others are skipped with a warning."""
-    cases, rest = complete_cases(discover(folder), "validation")
+def validation_cases(folder: Path, mapping: ContrastMap | None = None) -> list[Case]:
+    """The complete cases (all four contrasts) of a validation folder, their files named as ``--map``
+    says where it is given; others are skipped with a warning."""
+    cases, rest = complete_cases(discover(folder, mapping=mapping), "validation")
     for error in rest:
         log.warning("validation: skipping %s: %s", error.case, error.message)
     if not cases:
@@ -127,8 +129,11 @@ class Validator:
         steps: int = 10,
         seed: int = 0,
         precision: str = "fp32",
+        mapping: ContrastMap | None = None,
     ) -> None:
         self.cases = cases
+        self.mapping = mapping
+        """``--map``: the withheld inputs keep the cases' own file names, which it alone may name."""
         self.target = target
         self.device = device
         self.work = work
@@ -176,7 +181,7 @@ class Validator:
         with tempfile.TemporaryDirectory(prefix="val-", dir=self.work / "validation") as tmp:
             inputs = withheld_inputs(self.cases, self.target, Path(tmp) / "inputs")
             batch = run_batch(
-                discover(inputs, target=self.target),
+                discover(inputs, target=self.target, mapping=self.mapping),
                 Synthesizer(predictor, self.seed, progress=False),
                 Path(tmp) / "outputs",
             )

@@ -193,6 +193,26 @@ def test_a_kill_between_the_renames_of_the_best_folder_keeps_the_previous_best(t
     assert (tmp_path / "best" / "validation.json").is_file() and not old.exists()
 
 
+def test_map_names_the_hospital_files_in_prepare_training_and_validation(tmp_path, capsys):
+    """Files named by the scanner's sequence (``..._T1_MPRAGE_post``) are the t1c only by ``--map``: with
+    it the same cases are prepared, trained on and validated through the batch runner."""
+    for root, ids in ((tmp_path / "train", ("h0", "h1")), (tmp_path / "val", ("h9",))):
+        for i, case in enumerate(ids):
+            paths = make_case(root, case, ALL, seed=11 * i, shape=SHAPE)
+            paths["t1c"].rename(paths["t1c"].with_name(f"{case}_T1_MPRAGE_post.nii.gz"))
+    cache = tmp_path / "cache"
+    prepare = ["prepare", "--data", str(tmp_path / "train"), "--cache", str(cache), "--no-progress"]
+    assert train_main(prepare) == 2  # two t1n-looking files per case, no t1c: nothing to prepare
+    assert "h0" in capsys.readouterr().err
+    rule = ["--map", "t1c=*MPRAGE_post*"]
+    assert train_main([*prepare, *rule]) == 0
+    assert sorted(p.name for p in cache.glob("*.json")) == ["h0.json", "h1.json"]
+    out = tmp_path / "w"
+    assert train_main(_args(cache, out, 1, "--val", str(tmp_path / "val"), *rule)) == 0
+    (record,) = _validations(out)
+    assert [r["case"] for r in record["val_cases"]] == ["h9"] and record["val_cases"][0]["status"] == "scored"
+
+
 def test_case_score_is_the_mean_of_the_tumour_scores_else_the_whole_volume_ssim():
     both = Row("a", "t2f", "scored", ssim=0.5, ssim_tumor=0.9, ssim_non_tumor=0.7)
     assert case_score(both) == pytest.approx(0.8)
