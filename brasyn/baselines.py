@@ -42,11 +42,12 @@ import numpy as np
 from brasyn import __version__
 from brasyn.cases import complete_cases, discover
 from brasyn.command import parse_arguments, run_command
+from brasyn.contrast_map import ContrastMap
 from brasyn.errors import BrasynError, CaseError, ExitCode, WeightsError
 from brasyn.manifest import DEFAULT_INTENSITY_RATIOS, _parse_ratios, _write_atomic
 from brasyn.modalities import MODALITIES, Modality, conditions_for
 from brasyn.model_space import to_model_space
-from brasyn.options import add_verbosity_option
+from brasyn.options import add_map_option, add_verbosity_option, contrast_mapping
 from brasyn.volumes import Volume, load_volume
 
 __all__ = [
@@ -262,10 +263,13 @@ def fit_baselines(
     return Baselines(linear, medians, tuple(ids), dict(provenance or {}), source="the fitted baselines")
 
 
-def _complete_cases(folders: Iterable[Path]) -> Iterator[tuple[str, dict[Modality, Volume]]]:
-    """Every complete case under ``folders``, loaded; others are skipped with a log line."""
+def _complete_cases(
+    folders: Iterable[Path], mapping: ContrastMap | None = None
+) -> Iterator[tuple[str, dict[Modality, Volume]]]:
+    """Every complete case under ``folders`` (files named as ``--map`` says where it is given), loaded;
+    others are skipped with a log line."""
     for folder in folders:
-        found, rest = complete_cases(discover(folder), "fitting")
+        found, rest = complete_cases(discover(folder, mapping=mapping), "fitting")
         for error in rest:
             log.warning("skipped %s: %s", error.case, error.message)
         for case in found:
@@ -286,6 +290,7 @@ def _parser() -> argparse.ArgumentParser:
         "--data", type=Path, action="append", required=True, help="folder of complete cases (repeatable)"
     )
     fit.add_argument("--out", type=Path, required=True, help=f"weights folder to write {BASELINES_NAME} into")
+    add_map_option(fit)
     # SUPPRESS: the sub-command's default must not undo a -v given before "fit"
     add_verbosity_option(fit, default=argparse.SUPPRESS)
     return parser
@@ -302,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": "fit",
             "data": [str(d) for d in args.data],
         }
-        baselines = fit_baselines(_complete_cases(args.data), provenance)
+        baselines = fit_baselines(_complete_cases(args.data, contrast_mapping(args)), provenance)
         path = baselines.save(args.out)
         print(f"{path}  ({len(baselines.training_cases)} cases)")
         for target, fit in baselines.linear.items():

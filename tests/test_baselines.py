@@ -125,6 +125,15 @@ def test_fit_command_without_complete_cases_says_so(tmp_path, capsys):
     assert not (tmp_path / "w" / BASELINES_NAME).exists()
 
 
+def test_fit_command_reads_hospital_names_through_map(tmp_path, capsys):
+    paths = make_case(tmp_path / "data", "h0", ("t1n", "t1c", "t2w", "t2f"), shape=SHAPE)
+    paths["t1c"].rename(paths["t1c"].with_name("h0_T1_MPRAGE_post.nii.gz"))
+    args = ["fit", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "w")]
+    assert main(args) == 2  # read by name, the sequence looks like a second t1n and the case is incomplete
+    assert main([*args, "--map", "t1c=*MPRAGE_post*"]) == 0
+    assert json.loads((tmp_path / "w" / BASELINES_NAME).read_text())["training_cases"] == ["h0"]
+
+
 def test_linear_needs_its_file_and_nearest_falls_back_to_the_default_ratios(tmp_path):
     with pytest.raises(WeightsError, match=r"python -m brasyn\.baselines fit"):
         LinearPredictor.from_folder(tmp_path)
