@@ -14,7 +14,9 @@ Each case goes through the same discovery, checks and transform into model space
 
 Both are written under temporary names and renamed, the JSON last: an entry is used only when its JSON is
 there, so a killed ``prepare`` leaves nothing half-written in use, and a rerun continues with the cases
-not yet done. A case that fails its checks is reported with its reason; the others are still prepared.
+not yet done. A case that fails its checks is reported with its reason; the others are still prepared. A
+full disk stops the preparation with one message (exit 2); a warning comes first when the cases will not fit
+at the BraTS size.
 
 Exit status: 0 when every case is in the cache, 1 when some failed (each named with its reason), 2 when
 nothing can start (no folder, no complete case).
@@ -23,15 +25,17 @@ nothing can start (no folder, no complete case).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -140,12 +144,7 @@ def prepare_case(case: Case, cache: Path) -> str:
     nonzero = np.nonzero(brain.any(axis=(1, 2)))[0], np.nonzero(brain.any(axis=(0, 2)))[0]
     nonzero += (np.nonzero(brain.any(axis=(0, 1)))[0],)
     bbox = [[int(a[0]), int(a[-1]) + 1] if len(a) else [0, 0] for a in nonzero]
-    tmp_array = array.with_name(array.name + TEMPORARY)
-    stored = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=np.uint16, shape=quantised.shape)
-    stored[...] = quantised
-    stored.flush()
-    del stored
-    os.replace(tmp_array, array)
+    _write_atomic(array, lambda handle: np.lib.format.write_array(handle, quantised, allow_pickle=False))
     entry = {
         "format": FORMAT,
         "id": case.id,
@@ -159,10 +158,26 @@ def prepare_case(case: Case, cache: Path) -> str:
         "resampled": record.resampled,
         "sources": sources,
     }
-    tmp_meta = meta.with_name(meta.name + TEMPORARY)
-    tmp_meta.write_text(json.dumps(entry) + "\n")
-    os.replace(tmp_meta, meta)  # last: from now on the entry is used
+    # last: from now on the entry is used
+    _write_atomic(meta, lambda handle: handle.write((json.dumps(entry) + "\n").encode()))
     return case.id
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write`` into a temporary beside ``path``, then rename. Plain writes, not a memory map: a full disk
+    is then an OSError (ENOSPC) here, where writing through a memory map would kill the process."""
+    tmp = path.with_name(path.name + TEMPORARY)
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class DiskFull(BrasynError):
+    """The cache's disk is full: every further case would fail the same way."""
 
 
 Failure = tuple[str, str, tuple[Path, ...]]
@@ -175,7 +190,16 @@ def _prepare_one(case: Case, cache: Path) -> str | Failure:
         return prepare_case(case, cache)
     except CaseError as exc:
         return exc.case, exc.message, exc.files
-    except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(
+                f"the disk of the cache {cache} is full ({exc.strerror}) while preparing {case.id}: free "
+                "space or give --cache a folder on a larger disk (about 64 MB a BraTS-size case), then run "
+                "prepare again: the cases already prepared are kept"
+            ) from None
+        message = f"could not be prepared ({type(exc).__name__}: {exc})"
+        return case.id, message, tuple(case.files.values())
+    except (ValueError, RuntimeError, MemoryError) as exc:
         message = f"could not be prepared ({type(exc).__name__}: {exc})"
         return case.id, message, tuple(case.files.values())
 
@@ -218,6 +242,7 @@ def prepare_cache(
             result.prepared.append(outcome)
         bar.update(1)
 
+    _warn_about_space(cache, len(todo))
     try:
         if workers <= 1 or len(todo) <= 1:
             for case in todo:
@@ -225,11 +250,34 @@ def prepare_cache(
         else:
             with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
                 futures = [pool.submit(_prepare_one, case, cache) for case in todo]
-                for future in as_completed(futures):
-                    collect(future.result())
+                try:
+                    for future in as_completed(futures):
+                        collect(future.result())
+                except DiskFull:
+                    pool.shutdown(cancel_futures=True)  # the cases not begun would fail the same way
+                    raise
     finally:
         bar.close()
     return result
+
+
+TYPICAL_ENTRY_BYTES = 4 * 224 * 224 * 160 * 2 + 128
+"""An entry of a BraTS-size case: four 224x224x160 uint16 volumes and the .npy header (the JSON is small)."""
+
+
+def _warn_about_space(cache: Path, cases: int) -> None:
+    """A warning before a long preparation that will not fit on the cache's disk at the typical size."""
+    need = cases * TYPICAL_ENTRY_BYTES
+    free = shutil.disk_usage(cache).free
+    if cases and need > free:
+        log.warning(
+            "%d case(s) to prepare need about %.1f GB in %s at the BraTS size (64.2 MB each), and its disk "
+            "has %.1f GB free: the preparation will stop when the disk is full",
+            cases,
+            need / 1e9,
+            cache,
+            free / 1e9,
+        )
 
 
 def _entry(meta: Path, record: dict[str, Any]) -> CacheEntry:

@@ -141,6 +141,47 @@ def test_a_corrupt_case_is_named_with_its_file_while_the_rest_are_prepared(tmp_p
     assert [e.id for e in load_entries(cache)] == ["good0"]
 
 
+def test_a_full_disk_stops_prepare_with_one_message_and_a_rerun_continues(tmp_path, capsys, monkeypatch):
+    import errno
+
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    for i in range(3):
+        make_case(data, f"c{i}", ALL, seed=i, shape=(40, 48, 36))
+    original = np.lib.format.write_array
+    calls = []
+
+    def write_array(handle, array, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second case's array: part of it written, then the disk is full
+            handle.write(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(handle, array, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "write_array", write_array)
+    prepare = ["prepare", "--data", str(data), "--cache", str(cache), "--no-progress"]
+    assert train_main(prepare) == 2
+    err = capsys.readouterr().err
+    assert f"the disk of the cache {cache} is full (No space left on device) while preparing c1" in err
+    assert err.count("is full") == 1  # not one error per remaining case
+    assert sorted(p.name for p in cache.iterdir()) == ["c0.json", "c0.npy"]  # nothing partial
+    monkeypatch.undo()
+    assert train_main(prepare) == 0
+    assert [e.id for e in load_entries(cache)] == ["c0", "c1", "c2"]
+    assert "1 already up to date" in capsys.readouterr().err
+
+
+def test_prepare_warns_when_the_cases_will_not_fit_on_the_cache_disk(tmp_path, capsys, monkeypatch):
+    import brasyn.cache
+
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    make_case(data, "c0", ALL, shape=(40, 48, 36))
+    real = shutil.disk_usage
+    monkeypatch.setattr(brasyn.cache.shutil, "disk_usage", lambda path: real(path)._replace(free=10**6))
+    assert train_main(["prepare", "--data", str(data), "--cache", str(cache), "--no-progress"]) == 0
+    assert "1 case(s) to prepare need about 0.1 GB" in capsys.readouterr().err
+    assert [e.id for e in load_entries(cache)] == ["c0"]  # a warning: small cases still fit
+
+
 def test_a_loader_with_workers_gives_the_batches_of_the_main_thread_from_a_thousand_entries(tmp_path):
     data, cache = tmp_path / "data", tmp_path / "cache"
     for i in range(3):
