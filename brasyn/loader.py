@@ -23,7 +23,32 @@ from brasyn.draws import Draw, draw, step_generator
 from brasyn.errors import BrasynError
 from brasyn.modalities import MODALITIES, Modality, conditions_for
 
-__all__ = ["CacheDataset", "ExampleSource", "StepBatches", "StepSampler", "decode", "make_loader"]
+__all__ = [
+    "CacheDataset",
+    "CacheEntryError",
+    "ExampleSource",
+    "StepBatches",
+    "StepSampler",
+    "decode",
+    "make_loader",
+]
+
+
+class CacheEntryError(BrasynError):
+    """A cache entry's array changed or broke after training started (the JSON is checked at start)."""
+
+    ADVICE = (
+        "prepare the cache again (python -m brasyn.train prepare --data DIR --cache CACHE), then train with "
+        "--resume"
+    )
+
+    @classmethod
+    def from_worker(cls, exc: BaseException) -> CacheEntryError:
+        """The error as it reached the main process: a DataLoader worker's exception arrives with the
+        worker's traceback in its text; its last line is the message."""
+        text = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        prefix = f"{cls.__module__}.{cls.__name__}: "
+        return cls(text.split(prefix, 1)[-1].removeprefix(f"{cls.__name__}: "))
 
 
 class ExampleSource(Protocol):
@@ -70,7 +95,17 @@ class CacheDataset:
 
     def _array(self, case: int) -> np.ndarray:
         # opened per draw: a map costs an open and a header read, and no descriptors pile up over many cases
-        return np.load(self.entries[case].array, mmap_mode="r")
+        entry = self.entries[case]
+        try:
+            array = np.load(entry.array, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise CacheEntryError(f"the cache entry {entry.array} cannot be read ({exc})") from None
+        if array.shape != tuple(entry.shape) or array.dtype != np.uint16:
+            raise CacheEntryError(
+                f"the cache entry {entry.array} holds a {array.dtype} array of shape {array.shape}, its JSON "
+                f"says uint16 {tuple(entry.shape)}"
+            )
+        return array
 
     def _brain_slice(self, case: int, d: int) -> np.ndarray:
         # the cache keeps non-zero voxels non-zero, so the brain (any contrast non-zero) is exact

@@ -28,7 +28,7 @@ from brasyn.bands import image_to_bands
 from brasyn.diffusion import Diffusion, DiffusionConfig
 from brasyn.draws import step_seed
 from brasyn.errors import BrasynError
-from brasyn.loader import ExampleSource, StepBatches, decode, make_loader
+from brasyn.loader import CacheEntryError, ExampleSource, StepBatches, decode, make_loader
 from brasyn.modalities import Modality
 from brasyn.runtime import return_freed_memory, torchrun_environment
 from brasyn.training_data import intensity_ratios
@@ -355,7 +355,13 @@ class Trainer:
         try:
             while self.step < s.steps:
                 waited = time.perf_counter()
-                batch, draws = next(batches)
+                try:
+                    batch, draws = next(batches)
+                except CacheEntryError as exc:
+                    problem = CacheEntryError.from_worker(exc)
+                    log.error("%s: saving the training state at step %d", problem, self.step)
+                    self.save_state()
+                    raise BrasynError(f"{problem}; {CacheEntryError.ADVICE}") from None
                 waited = time.perf_counter() - waited
                 age = process_age() if done_here == 0 else None  # the start-up: till the first batch
                 loss = self.train_step(batch)

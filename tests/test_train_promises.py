@@ -233,3 +233,31 @@ def test_checkpointing_trains_the_same_numbers_and_auto_turns_it_on_for_whole_vo
     assert train_main(whole) == 0  # auto, whole volumes, CPU
     assert train_main([*whole, "--restart", "--checkpointing", "off"]) == 0
     assert seen == [True, False]
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_an_entry_broken_during_training_stops_it_with_the_file_and_the_state_saved(
+    cache, tmp_path, monkeypatch, capsys, workers
+):
+    """A cache array truncated after the start (its JSON was read then): one message naming the file and
+    what to do, the state saved at the last step taken, exit 2; no worker traceback in the log."""
+    import shutil
+
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+
+    def truncate() -> None:
+        for array in copy.glob("*.npy"):
+            array.write_bytes(array.read_bytes()[:1000])
+
+    _after_step(monkeypatch, 2, truncate)
+    out = tmp_path / "w"
+    args = [a if a != "0" else workers for a in _args(copy, out, STEPS)]  # --workers 0 -> the parameter
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    message = next(line for line in err.splitlines() if "ERROR" in line and "cannot be read" in line)
+    assert str(copy) in message and ".npy cannot be read" in message
+    assert "Traceback" not in err and "prepare the cache again" in err and "--resume" in err
+    # the state of the last step taken (with workers, batches cut ahead of the truncation still ran)
+    taken = [r["step"] for r in _steps(out)]
+    assert _saved_step(out) == taken[-1] and taken[-1] >= 2 and taken[-1] < STEPS
