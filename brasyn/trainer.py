@@ -400,7 +400,13 @@ class Trainer:
             raise
         finally:
             bar.close()
-            del batches  # the loader's workers end here, so their peak memory is counted below
+            # The loader's workers end here, so their peak memory is counted below, and also when an
+            # error is on its way out: its traceback holds the iterator, whose workers ignore SIGTERM
+            # (see brasyn.loader), so a worker left to the end of the process would block its exit.
+            end_workers = getattr(batches, "_shutdown_workers", None)
+            if end_workers is not None:
+                end_workers()
+            del batches
         self.save_state()
         self._log(
             {

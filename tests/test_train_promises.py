@@ -258,6 +258,10 @@ def test_an_entry_broken_during_training_stops_it_with_the_file_and_the_state_sa
     message = next(line for line in err.splitlines() if "ERROR" in line and "cannot be read" in line)
     assert str(copy) in message and ".npy cannot be read" in message
     assert "Traceback" not in err and "prepare the cache again" in err and "--resume" in err
+    # the loader's workers ignore SIGTERM: one left behind by the error would block this process's exit
+    import multiprocessing
+
+    assert not multiprocessing.active_children()
     # the state of the last step taken (with workers, batches cut ahead of the truncation still ran)
     taken = [r["step"] for r in _steps(out)]
     assert _saved_step(out) == taken[-1] and taken[-1] >= 2 and taken[-1] < STEPS
