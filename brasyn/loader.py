@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ __all__ = [
     "StepBatches",
     "StepSampler",
     "decode",
+    "end_workers",
     "make_loader",
 ]
 
@@ -186,6 +187,15 @@ def _worker_init(worker: int) -> None:
     # a job system's SIGTERM goes to the whole process group: the main process saves the training state
     # and ends the workers; a worker must not die first and turn the stop into a loader error
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def end_workers(batches: Iterator[Any]) -> None:
+    """End the worker processes of a loader's iterator now. Needed where an error is on its way out: its
+    traceback keeps the iterator alive, and its workers, which ignore SIGTERM (:func:`_worker_init`),
+    would otherwise be left to the end of the process and block its exit."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def make_loader(

@@ -37,7 +37,7 @@ import torch
 from brasyn.cache import SCALE, load_entries
 from brasyn.command import parse_arguments, print_json, run_command
 from brasyn.errors import ExitCode, UsageError
-from brasyn.loader import CacheDataset, StepBatches, make_loader
+from brasyn.loader import CacheDataset, StepBatches, end_workers, make_loader
 from brasyn.modalities import Modality
 from brasyn.options import add_verbosity_option, contrast, real_number, whole_number
 from brasyn.preprocess import MULTIPLE
@@ -90,22 +90,25 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     loader = iter(make_loader(batches, 0, total, args.workers, pin_memory=pin))
     waits, shape, first = [], None, 0.0
-    for i in range(total):
-        asked = time.perf_counter()
-        batch, _ = next(loader)
-        got = time.perf_counter()
-        if i == 0:
-            first = got - start
-        if i == args.warmup:
-            timed_from = asked
-        if i >= args.warmup:
-            waits.append(got - asked)
-        shape = tuple(batch.shape)
-        del batch
-        if args.step_ms:
-            time.sleep(args.step_ms / 1e3)
-    seconds = time.perf_counter() - timed_from
-    del loader  # the workers end: their peak memory is then counted
+    try:
+        for i in range(total):
+            asked = time.perf_counter()
+            batch, _ = next(loader)
+            got = time.perf_counter()
+            if i == 0:
+                first = got - start
+            if i == args.warmup:
+                timed_from = asked
+            if i >= args.warmup:
+                waits.append(got - asked)
+            shape = tuple(batch.shape)
+            del batch
+            if args.step_ms:
+                time.sleep(args.step_ms / 1e3)
+        seconds = time.perf_counter() - timed_from
+    finally:
+        end_workers(loader)  # now, also on an error; so their peak memory is counted below
+        del loader
     waits_ms = sorted(w * 1e3 for w in waits)
     return {
         "cache": str(args.cache),

@@ -28,7 +28,7 @@ from brasyn.bands import image_to_bands
 from brasyn.diffusion import Diffusion, DiffusionConfig
 from brasyn.draws import step_seed
 from brasyn.errors import BrasynError
-from brasyn.loader import CacheEntryError, ExampleSource, StepBatches, decode, make_loader
+from brasyn.loader import CacheEntryError, ExampleSource, StepBatches, decode, end_workers, make_loader
 from brasyn.modalities import Modality
 from brasyn.runtime import return_freed_memory, torchrun_environment
 from brasyn.training_data import intensity_ratios
@@ -400,12 +400,7 @@ class Trainer:
             raise
         finally:
             bar.close()
-            # The loader's workers end here, so their peak memory is counted below, and also when an
-            # error is on its way out: its traceback holds the iterator, whose workers ignore SIGTERM
-            # (see brasyn.loader), so a worker left to the end of the process would block its exit.
-            end_workers = getattr(batches, "_shutdown_workers", None)
-            if end_workers is not None:
-                end_workers()
+            end_workers(batches)  # now, also on an error; so their peak memory is counted below
             del batches
         self.save_state()
         self._log(
