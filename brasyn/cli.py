@@ -288,21 +288,15 @@ def _dispatch(argv: list[str]) -> int:
     args = _mlcube_arguments(argv[1:]) if argv[:1] == ["infer"] else parse_arguments(build_parser(), argv)
     if args.devices:
         single_case_files(args)  # refuses --devices with the single-case form
-        if args.report is not None:
-            report = args.report
-
-            def merge(codes: list[int]) -> object:
-                return merge_shard_reports(report, codes)
-
-            return run_workers(argv, args.devices, shard=args.shard, finished=merge)
         # without --report the workers' reports go to a scratch folder, for the one table of all cases
         with tempfile.TemporaryDirectory(prefix="brasyn-devices-") as scratch:
-            report = Path(scratch) / "report.json"
+            keep = args.report is not None
+            report = args.report if keep else Path(scratch) / "report.json"
             return run_workers(
-                [*argv, "--report", str(report)],
+                argv if keep else [*argv, "--report", str(report)],
                 args.devices,
                 shard=args.shard,
-                finished=lambda codes: merge_shard_reports(report, codes, keep=False),
+                finished=lambda codes: merge_shard_reports(report, codes, keep=keep),
             )
     return run(args)
 

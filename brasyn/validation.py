@@ -176,8 +176,7 @@ class Validator:
         predictor = DiffusionPredictor(
             WeightStore(self.candidate_folder), self.device, self.sampling, self.speed
         )
-        rows = []
-        self.work.mkdir(parents=True, exist_ok=True)
+        rows: list[Row] = []
         with tempfile.TemporaryDirectory(prefix="val-", dir=self.work / "validation") as tmp:
             inputs = withheld_inputs(self.cases, self.target, Path(tmp) / "inputs")
             batch = run_batch(
@@ -193,7 +192,7 @@ class Validator:
                 if result is None or result.status != "written" or result.output is None:
                     message = result.message if result is not None else "not synthesised"
                     log.warning("validation: %s could not be synthesised: %s", case.id, message)
-                    rows.append(Row(case.id, self.target.value, "failed", message=message).to_dict())
+                    rows.append(Row(case.id, self.target.value, "failed", message=message))
                     continue
                 pair = Pair(
                     case.id,
@@ -202,11 +201,11 @@ class Validator:
                     case.files[self.target],
                     self.segmentations[case.id],
                 )
-                rows.append(score_pair(pair, self.device).to_dict())
-        scores = [case_score(Row(**row)) for row in rows]
+                rows.append(score_pair(pair, self.device))
+        scores = [case_score(row) for row in rows]
         scored = [s for s in scores if s is not None]
         score = sum(scored) / len(scores) if scored else None
-        return Validation(step, score, rows, time.perf_counter() - start)
+        return Validation(step, score, [row.to_dict() for row in rows], time.perf_counter() - start)
 
     def _recover(self) -> None:
         """A process killed between :meth:`keep_best`'s two renames left the previous best as
