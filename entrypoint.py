@@ -14,7 +14,7 @@ from pathlib import Path
 # run from a checkout or the image without installing the package
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from brasyn.cli import main
+from brasyn.commands.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -6,7 +6,7 @@ files to a file; ``brasyn.load_denoiser(weights_dir, target)`` loads one checkpo
 
 from typing import Any
 
-__version__ = "0.1.0"
+from brasyn.common.version import __version__
 
 __all__ = ["__version__", "infer_single", "load_denoiser"]
 

@@ -1,5 +1,5 @@
 """``python -m brasyn``: the same command line as ``entrypoint.py``."""
 
-from brasyn.cli import main
+from brasyn.commands.cli import main
 
 raise SystemExit(main())

@@ -2,8 +2,8 @@
 
 :func:`infer_single` is the single-case form of the command line (``python -m brasyn --t1n FILE --t1c FILE
 --t2w FILE --out FILE``) as a function, with the keywords of the BraTS orchestrator's ``infer_single``. It
-runs the case through the same :class:`~brasyn.synthesize.Synthesizer` as every batch (load, model space,
-predict, back, atomic write), so its output is byte for byte what the command writes with the same
+runs the case through the same :class:`~brasyn.inference.synthesize.Synthesizer` as every batch (load, model
+space, predict, back, atomic write), so its output is byte for byte what the command writes with the same
 settings. :func:`load_denoiser` gives the network of one target contrast, for work outside the pipeline.
 """
 
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import torch
 
-from brasyn.acceleration import SpeedSettings
-from brasyn.cases import single_case
-from brasyn.diffusion import Sampling
-from brasyn.errors import BrasynError, CaseError, UsageError
-from brasyn.modalities import Modality, modality_from_alias
-from brasyn.predictors import make_predictor
-from brasyn.synthesize import Synthesizer
-from brasyn.unet import Denoiser
-from brasyn.weights import WeightStore
+from brasyn.common.acceleration import SpeedSettings
+from brasyn.common.errors import BrasynError, CaseError, UsageError
+from brasyn.data.cases import single_case
+from brasyn.data.modalities import Modality, modality_from_alias
+from brasyn.inference.predictors import make_predictor
+from brasyn.inference.synthesize import Synthesizer
+from brasyn.model.diffusion import Sampling
+from brasyn.model.unet import Denoiser
+from brasyn.weights.store import WeightStore
 
 __all__ = ["BUNDLED_WEIGHTS", "infer_single", "load_denoiser"]
 
@@ -60,9 +60,9 @@ def infer_single(
     the command's: the official 1000-step sampler; ``sampler="dpm++2m", steps=10`` is quick). With
     ``overwrite=False`` an existing output is kept and :class:`FileExistsError` raised.
 
-    Raises :class:`~brasyn.errors.UsageError` when the call cannot start (not three inputs, a missing
-    file, a bad setting or weights folder) and :class:`~brasyn.errors.CaseError` when the case fails (an
-    unreadable or broken image, contrasts not co-registered, a write that failed), each with a message
+    Raises :class:`~brasyn.common.errors.UsageError` when the call cannot start (not three inputs, a missing
+    file, a bad setting or weights folder) and :class:`~brasyn.common.errors.CaseError` when the case fails
+    (an unreadable or broken image, contrasts not co-registered, a write that failed), each with a message
     that says what to do. Nothing partial is ever left at ``output_file``; the inputs are only read.
     """
     case = single_case({"t1n": t1n, "t1c": t1c, "t2w": t2w, "t2f": t2f}, output_file)
@@ -93,7 +93,7 @@ def load_denoiser(
 ) -> Denoiser:
     """The denoiser that synthesises ``target`` (``t2f``, or an alias such as ``flair``), from the weights
     folder ``weights`` (or its ``manifest.json``), in eval mode on ``device``; its file's sha256 is checked
-    first. Raises :class:`~brasyn.errors.WeightsError` saying what is missing or wrong."""
+    first. Raises :class:`~brasyn.common.errors.WeightsError` saying what is missing or wrong."""
     folder = Path(weights)
     if folder.is_file() and folder.name == "manifest.json":
         folder = folder.parent

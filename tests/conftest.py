@@ -65,7 +65,7 @@ def golden() -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def golden_model(golden: dict[str, Any]) -> torch.nn.Module:
-    from brasyn.unet import Denoiser, DenoiserConfig
+    from brasyn.model.unet import Denoiser, DenoiserConfig
 
     model = Denoiser.from_config(DenoiserConfig.from_dict(golden["config"]))
     model.load_state_dict(golden["state_dict"], strict=True)

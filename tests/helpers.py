@@ -59,8 +59,8 @@ def make_case(
 
 def tiny_training_cache(root: Path, seed_step: int, count: int = 2, shape=(32, 32, 32)) -> Path:
     """``count`` complete phantom cases (``case0`` ...) under ``root/cases``, prepared into ``root/cache``."""
-    from brasyn.cache import prepare_cache
-    from brasyn.training_data import find_training_cases
+    from brasyn.train.cache import prepare_cache
+    from brasyn.train.training_data import find_training_cases
 
     for i in range(count):
         make_case(root / "cases", f"case{i}", ("t1n", "t1c", "t2w", "t2f"), seed=seed_step * i, shape=shape)

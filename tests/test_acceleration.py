@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from brasyn import acceleration
-from brasyn.acceleration import (
+from brasyn.common import acceleration
+from brasyn.common.acceleration import (
     SpeedSettings,
     configure_backends,
     cpu_has_fast_bf16,
@@ -19,8 +19,8 @@ from brasyn.acceleration import (
     optimise_model,
     resolve_precision,
 )
-from brasyn.diffusion import Diffusion
-from brasyn.unet import PRESETS, Denoiser, DenoiserConfig
+from brasyn.model.diffusion import Diffusion
+from brasyn.model.unet import PRESETS, Denoiser, DenoiserConfig
 
 SMALLEST = DenoiserConfig(model_channels=4, channel_mult=(1, 2), num_res_blocks=1, num_groups=2)
 

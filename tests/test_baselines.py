@@ -10,7 +10,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brasyn.baselines import (
+from brasyn.commands.cli import main as brasyn_main
+from brasyn.common.errors import WeightsError
+from brasyn.data.modalities import MODALITIES, Modality, conditions_for
+from brasyn.data.volumes import Volume
+from brasyn.inference.baselines import (
     BASELINES_NAME,
     Baselines,
     LinearFit,
@@ -19,14 +23,10 @@ from brasyn.baselines import (
     predict_linear,
     predict_nearest,
 )
-from brasyn.cli import main as brasyn_main
-from brasyn.errors import WeightsError
-from brasyn.intensity import OUTPUT_THRESHOLD, high_percentile
-from brasyn.modalities import MODALITIES, Modality, conditions_for
-from brasyn.predictors import LinearPredictor, NearestPredictor
-from brasyn.preprocess import normalise
-from brasyn.volumes import Volume
-from brasyn.weights import DEFAULT_INTENSITY_RATIOS, WeightStore, init_random
+from brasyn.inference.predictors import LinearPredictor, NearestPredictor
+from brasyn.transform.intensity import OUTPUT_THRESHOLD, high_percentile
+from brasyn.transform.preprocess import normalise
+from brasyn.weights.store import DEFAULT_INTENSITY_RATIOS, WeightStore, init_random
 from tests.helpers import BRATS_AFFINE, make_case, phantom, save_nifti
 
 T1N, T1C, T2W, T2F = MODALITIES

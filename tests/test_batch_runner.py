@@ -13,13 +13,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brasyn import synthesize as synthesize_module
-from brasyn.batch import run_batch
-from brasyn.cases import discover
-from brasyn.errors import ExitCode
-from brasyn.manifest import DEFAULT_INTENSITY_RATIOS
-from brasyn.synthesize import Synthesizer
-from brasyn.volumes import HOST, TEMP_PREFIX
+from brasyn.common.errors import ExitCode
+from brasyn.data.cases import discover
+from brasyn.data.volumes import HOST, TEMP_PREFIX
+from brasyn.inference import synthesize as synthesize_module
+from brasyn.inference.batch import run_batch
+from brasyn.inference.synthesize import Synthesizer
+from brasyn.weights.manifest import DEFAULT_INTENSITY_RATIOS
 from tests.helpers import FirstCondition, make_case
 
 CASES = ("BraTS-GLI-00001-000", "BraTS-GLI-00002-000", "BraTS-GLI-00003-000")

@@ -3,7 +3,7 @@ import time
 
 import torch
 
-from brasyn import bench
+from brasyn.bench import speed as bench
 
 TINY = ["--config", "tiny", "--shape", "32", "32", "32", "--device", "cpu", "--repeats", "1", "--warmup", "0"]
 
@@ -68,7 +68,7 @@ def test_bench_times_the_fast_samplers(capsys):
 def test_the_end_to_end_case_runs_through_the_batch_runner_and_reports_its_timings(monkeypatch, capsys):
     """The case is timed as users run it: one call of the batch runner, whose own phase timings are
     the ones printed (in milliseconds)."""
-    from brasyn import batch
+    from brasyn.inference import batch
 
     seen = []
     real = batch.run_batch
@@ -87,7 +87,7 @@ def test_the_end_to_end_case_runs_through_the_batch_runner_and_reports_its_timin
 
 
 def test_bench_and_the_main_command_share_the_speed_flags_and_defaults():
-    from brasyn.cli import build_parser
+    from brasyn.commands.cli import build_parser
 
     ours, theirs = bench.build_parser().parse_args([]), build_parser().parse_args([])
     for key in ("precision", "channels_last", "tf32", "cudnn_benchmark", "compile"):

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from brasyn.cache import SCALE, dequantise, load_entries, prepare_cache, quantise
-from brasyn.loader import CacheDataset, StepBatches, decode, make_loader
-from brasyn.modalities import Modality
-from brasyn.train import main as train_main
-from brasyn.training_data import TrainingSet, find_training_cases, load_training_case
+from brasyn.commands.train import main as train_main
+from brasyn.data.modalities import Modality
+from brasyn.train.cache import SCALE, dequantise, load_entries, prepare_cache, quantise
+from brasyn.train.loader import CacheDataset, StepBatches, decode, make_loader
+from brasyn.train.training_data import TrainingSet, find_training_cases, load_training_case
 from tests.helpers import linked_cache, make_case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,12 +171,12 @@ def test_a_full_disk_stops_prepare_with_one_message_and_a_rerun_continues(tmp_pa
 
 
 def test_prepare_warns_when_the_cases_will_not_fit_on_the_cache_disk(tmp_path, capsys, monkeypatch):
-    import brasyn.cache
+    import brasyn.train.cache
 
     data, cache = tmp_path / "data", tmp_path / "cache"
     make_case(data, "c0", ALL, shape=(40, 48, 36))
     real = shutil.disk_usage
-    monkeypatch.setattr(brasyn.cache.shutil, "disk_usage", lambda path: real(path)._replace(free=10**6))
+    monkeypatch.setattr(brasyn.train.cache.shutil, "disk_usage", lambda path: real(path)._replace(free=10**6))
     assert train_main(["prepare", "--data", str(data), "--cache", str(cache), "--no-progress"]) == 0
     assert "1 case(s) to prepare need about 0.1 GB" in capsys.readouterr().err
     assert [e.id for e in load_entries(cache)] == ["c0"]  # a warning: small cases still fit
@@ -203,7 +203,7 @@ def test_a_loader_with_workers_gives_the_batches_of_the_main_thread_from_a_thous
 
 
 def test_the_loader_benchmark_prints_its_rate_and_the_wait_per_step(tmp_path, capsys):
-    from brasyn.bench import main as bench_main
+    from brasyn.bench.speed import main as bench_main
 
     data, cache = tmp_path / "data", tmp_path / "cache"
     make_case(data, "c0", ALL, seed=1, shape=(40, 48, 36))
@@ -222,7 +222,7 @@ def test_the_loader_benchmark_prints_its_rate_and_the_wait_per_step(tmp_path, ca
 
 
 def test_the_quantisation_benchmark_states_the_error_of_the_stored_values(tmp_path, capsys):
-    from brasyn.bench import main as bench_main
+    from brasyn.bench.speed import main as bench_main
 
     make_case(tmp_path / "data", "c0", ALL, seed=2, shape=(40, 48, 36))
     assert (

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from brasyn.cases import Case, discover
-from brasyn.errors import BrasynError, CaseError
-from brasyn.modalities import Modality
+from brasyn.common.errors import BrasynError, CaseError
+from brasyn.data.cases import Case, discover
+from brasyn.data.modalities import Modality
 
 T1N, T1C, T2W, T2F = Modality.T1N, Modality.T1C, Modality.T2W, Modality.T2F
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
@@ -347,7 +347,7 @@ def test_real_cases_with_forced_target_are_named_like_their_inputs(real_root, ta
 
 
 def test_complete_cases_keeps_four_contrast_cases_and_says_what_the_others_lack(tmp_path):
-    from brasyn.cases import complete_cases
+    from brasyn.data.cases import complete_cases
     from tests.helpers import make_case
 
     make_case(tmp_path, "full", ("t1n", "t1c", "t2w", "t2f"))

@@ -15,10 +15,10 @@ import SimpleITK as sitk
 import torch
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
-from brasyn.cli import DEFAULT_WEIGHTS
-from brasyn.cli import main as brasyn_main
-from brasyn.evaluate import main
-from brasyn.modalities import MODALITIES, conditions_for
+from brasyn.commands.cli import DEFAULT_WEIGHTS
+from brasyn.commands.cli import main as brasyn_main
+from brasyn.data.modalities import MODALITIES, conditions_for
+from brasyn.evaluate.score import main
 from tests.helpers import make_case, phantom, save_nifti
 
 CHOICES = ["t1c", "t1n", "t2f", "t2w"]
@@ -62,7 +62,7 @@ def test_a_truth_folder_holding_only_the_withheld_contrast_and_the_segmentation_
 def test_a_case_id_holding_the_word_seg_marks_no_image_as_its_segmentation(tmp_path):
     """The case id is not part of what marks a segmentation: "no-seg-t2f" is an image, and the case's
     real segmentation is found beside it."""
-    from brasyn.pairing import segmentation_in
+    from brasyn.evaluate.pairing import segmentation_in
 
     real = phantom(seed=1)
     for case in ("no-seg", "with-seg"):

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brasyn.cli import main
-from brasyn.options import MLCUBE_PARAMETERS, read_parameters
-from brasyn.weights import init_random
+from brasyn.commands.cli import main
+from brasyn.commands.options import MLCUBE_PARAMETERS, read_parameters
+from brasyn.weights.store import init_random
 from tests.helpers import container_prefix, make_case
 
 ROOT = Path(__file__).resolve().parents[1]

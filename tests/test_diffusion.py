@@ -4,8 +4,8 @@ from dataclasses import fields
 import pytest
 import torch
 
-from brasyn.bands import bands_to_image, clip_bands, image_to_bands
-from brasyn.diffusion import (
+from brasyn.model.bands import bands_to_image, clip_bands, image_to_bands
+from brasyn.model.diffusion import (
     SCHEDULES,
     Diffusion,
     DiffusionConfig,
@@ -14,9 +14,9 @@ from brasyn.diffusion import (
     sample_dpmpp_2m,
     spaced_timesteps,
 )
-from brasyn.unet import Denoiser
-from brasyn.wavelet import dwt3
-from brasyn.weights import _randomise
+from brasyn.model.unet import Denoiser
+from brasyn.model.wavelet import dwt3
+from brasyn.weights.store import _randomise
 
 TOL = 1e-4
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brasyn.evaluate import drop_choices, main, pair_predictions
+from brasyn.evaluate.score import drop_choices, main, pair_predictions
 from tests.helpers import BRATS_AFFINE, make_case, phantom, save_nifti
 
 SHAPE = (24, 24, 20)
@@ -313,7 +313,7 @@ def test_scoring_is_announced_before_the_wait_and_counts_the_cases(tmp_path, cap
 def test_the_demo_announces_its_scoring_before_the_scores(tmp_path, monkeypatch, capsys):
     import shutil
 
-    import brasyn.demo as demo
+    import brasyn.commands.demo as demo
 
     truth = tmp_path / "truth"
     make_case(truth, "BraTS-GLI-00001-000", ALL, shape=SHAPE, seed=1)

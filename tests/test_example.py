@@ -1,8 +1,8 @@
 import nibabel as nib
 import pytest
 
-from brasyn.cases import discover
-from brasyn.example import EXAMPLE_CASE, main, write_example
+from brasyn.commands.example import EXAMPLE_CASE, main, write_example
+from brasyn.data.cases import discover
 
 
 def test_example_from_real_data_withholds_the_flair(shared_dir, tmp_path):
@@ -24,7 +24,7 @@ def test_example_without_real_data_is_a_phantom_case_on_the_brats_grid(tmp_path)
 
 @pytest.mark.slow
 def test_demo_command_synthesises_the_example_with_the_bundled_weights(tmp_path):
-    from brasyn.cli import main as cli_main
+    from brasyn.commands.cli import main as cli_main
 
     out = tmp_path / "demo"
     assert cli_main(["demo", "--out", str(out), "--steps", "1", "--device", "cpu", "--no-progress"]) == 0

@@ -19,9 +19,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import brasyn.volumes
-from brasyn.cli import DEFAULT_WEIGHTS, main
-from brasyn.weights import init_random
+import brasyn.data.volumes
+from brasyn.commands.cli import DEFAULT_WEIGHTS, main
+from brasyn.weights.store import init_random
 from tests.helpers import BRATS_AFFINE, make_case, phantom, save_nifti
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_an_os_error_while_writing_fails_that_case_and_the_batch_goes_on(tmp_pat
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(brasyn.volumes.os, "replace", disk_full)
+    monkeypatch.setattr(brasyn.data.volumes.os, "replace", disk_full)
     code, report = _run(inputs, tmp_path / "out", tmp_path / "report.json")
     assert code == 1
     message = _failed(report, "BraTS-GLI-00002-000")
@@ -98,11 +98,11 @@ def test_an_os_error_while_writing_fails_that_case_and_the_batch_goes_on(tmp_pat
 
 
 def test_the_output_folder_removed_mid_run_fails_the_case_with_a_sentence(tmp_path, good_alone, monkeypatch):
-    import brasyn.synthesize
+    import brasyn.inference.synthesize
 
     inputs = _batch(tmp_path)
     output = tmp_path / "out"
-    real_write = brasyn.synthesize.write_volume
+    real_write = brasyn.inference.synthesize.write_volume
 
     def vanish(data, reference, path, description="", record=None):
         for p in path.parent.iterdir():
@@ -110,7 +110,7 @@ def test_the_output_folder_removed_mid_run_fails_the_case_with_a_sentence(tmp_pa
         path.parent.rmdir()
         return real_write(data, reference, path, description, record)
 
-    monkeypatch.setattr(brasyn.synthesize, "write_volume", vanish)
+    monkeypatch.setattr(brasyn.inference.synthesize, "write_volume", vanish)
     code, report = _run(inputs, output, tmp_path / "report.json")
     assert code == 1
     assert "the output folder disappeared during the run" in _failed(report, GOOD)
@@ -140,7 +140,7 @@ def test_a_live_runs_temporary_survives_another_run_and_a_dead_runs_does_not(tmp
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from brasyn.volumes import temporary_prefix; "
+            "import sys, time; from pathlib import Path; from brasyn.data.volumes import temporary_prefix; "
             f"p = Path({str(output)!r}) / (temporary_prefix() + 'x.tmp'); p.write_bytes(b'partial'); "
             "print(p, flush=True); time.sleep(120)",
         ],
@@ -299,7 +299,7 @@ def test_isolated_negative_values_from_interpolation_stay_allowed(tmp_path):
 
 
 def test_a_nan_affine_is_never_the_same_grid():
-    from brasyn.volumes import Volume, grid_difference
+    from brasyn.data.volumes import Volume, grid_difference
 
     nan = BRATS_AFFINE.copy()
     nan[1, 3] = np.nan
@@ -331,7 +331,7 @@ def test_unreadable_files_and_broken_links_are_named_as_such(tmp_path, good_alon
     real_access = os.access
     # the suite runs as root, which reads everything: the permission check is what a uid 4242 would see
     monkeypatch.setattr(
-        brasyn.volumes.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode)
+        brasyn.data.volumes.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode)
     )
     code, report = _run(inputs, tmp_path / "out", tmp_path / "report.json")
     assert code == 1

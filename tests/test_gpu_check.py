@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from brasyn import bench
-from brasyn.gpu_parts import Budget, Sizes
-from brasyn.gpu_runs import fastest_passing
+from brasyn.bench import speed as bench
+from brasyn.bench.gpu_parts import Budget, Sizes
+from brasyn.bench.gpu_runs import fastest_passing
 
 PARTS = ("environment", "correctness", "denoiser", "case", "batch", "training")
 

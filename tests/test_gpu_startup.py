@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import brasyn.runtime
-from brasyn.cli import main
-from brasyn.runtime import NvmlView, unusable_gpu_problem
-from brasyn.weights import init_random
+import brasyn.common.runtime
+from brasyn.commands.cli import main
+from brasyn.common.runtime import NvmlView, unusable_gpu_problem
+from brasyn.weights.store import init_random
 from tests.helpers import make_case
 
 
@@ -29,7 +29,7 @@ def _run(root, *extra: str) -> int:
 def test_gpus_the_driver_sees_but_torch_cannot_use_stop_the_run(
     case_and_weights, monkeypatch, capsys, device
 ):
-    monkeypatch.setattr(brasyn.runtime, "nvml_view", lambda: NvmlView(2, "535.104.05", (12, 2)))
+    monkeypatch.setattr(brasyn.common.runtime, "nvml_view", lambda: NvmlView(2, "535.104.05", (12, 2)))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     assert _run(case_and_weights, "--device", device) == 2
@@ -41,7 +41,7 @@ def test_gpus_the_driver_sees_but_torch_cannot_use_stop_the_run(
 
 
 def test_an_explicit_cpu_still_runs_where_the_driver_sees_gpus(case_and_weights, monkeypatch):
-    monkeypatch.setattr(brasyn.runtime, "nvml_view", lambda: NvmlView(2, "535.104.05", (12, 2)))
+    monkeypatch.setattr(brasyn.common.runtime, "nvml_view", lambda: NvmlView(2, "535.104.05", (12, 2)))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     assert _run(case_and_weights, "--device", "cpu") == 0
@@ -66,7 +66,7 @@ def _problem(view: NvmlView, cuda: str | None) -> str:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the fall-back happens only without a GPU")
 def test_the_cpu_fallback_warning_states_the_time_per_case(case_and_weights, monkeypatch, capsys):
-    monkeypatch.setattr(brasyn.runtime, "nvml_view", lambda: None)
+    monkeypatch.setattr(brasyn.common.runtime, "nvml_view", lambda: None)
     assert _run(case_and_weights, "--device", "auto") == 0
     err = capsys.readouterr().err
     assert "on this CPU one BraTS-size case with x0, 1 steps takes about" in err

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from brasyn.cases import Case, discover
-from brasyn.cli import main
-from brasyn.contrast_map import ContrastMap, MapError, parse_map
-from brasyn.errors import CaseError
-from brasyn.flat_cases import group_flat
-from brasyn.modalities import Modality
-from brasyn.options import MLCUBE_PARAMETERS, read_parameters
+from brasyn.commands.cli import main
+from brasyn.commands.options import MLCUBE_PARAMETERS, read_parameters
+from brasyn.common.errors import CaseError
+from brasyn.data.cases import Case, discover
+from brasyn.data.contrast_map import ContrastMap, MapError, parse_map
+from brasyn.data.flat_cases import group_flat
+from brasyn.data.modalities import Modality
 
 from .helpers import phantom, save_nifti
 
@@ -311,7 +311,7 @@ def test_one_case_in_a_flat_folder_stays_one_case_and_duplicates_say_what_to_do(
 
 
 def test_drop_of_a_flat_folder_copies_each_case_its_own_files(tmp_path):
-    from brasyn.evaluate import main as evaluate_main
+    from brasyn.evaluate.score import main as evaluate_main
 
     names = [f"{c}-{m}.nii.gz" for c in ("A", "B") for m in ("t1n", "t1c", "t2w", "t2f", "seg")]
     _touch(tmp_path / "truth", *names)

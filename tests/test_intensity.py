@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from brasyn.intensity import OUTPUT_THRESHOLD, estimate_scale, high_percentile, restore_intensity
+from brasyn.transform.intensity import OUTPUT_THRESHOLD, estimate_scale, high_percentile, restore_intensity
 
 
 def test_scale_is_the_median_of_the_three_ratio_estimates():

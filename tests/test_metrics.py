@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
-from brasyn.metrics import mse, percentile_normalise, psnr, score, ssim, ssim_inside, ssim_regions
+from brasyn.evaluate.metrics import mse, percentile_normalise, psnr, score, ssim, ssim_inside, ssim_regions
 from tests.helpers import phantom
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from brasyn.modalities import (
+from brasyn.data.modalities import (
     NAMING_FAMILIES,
     AmbiguousNameError,
     ContrastName,
@@ -254,7 +254,7 @@ def test_output_name_must_be_flat():
 
 
 def test_a_case_id_holding_contrast_or_mask_words_does_not_confuse_the_reading():
-    from brasyn.modalities import parse_contrast_name
+    from brasyn.data.modalities import parse_contrast_name
 
     parsed = parse_contrast_name("needs-t2f-t1c.nii.gz", case_id="needs-t2f")
     assert parsed is not None and parsed.modality is Modality.T1C

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import brasyn.manifest as manifest
-import brasyn.official as official
-from brasyn.cli import main as brasyn_main
-from brasyn.errors import WeightsError
-from brasyn.modalities import Modality
-from brasyn.official import OFFICIAL_NAMES, infer_config, official_target
-from brasyn.unet import PRESETS, Denoiser, DenoiserConfig
-from brasyn.weights import WeightStore, _randomise, init_random
-from brasyn.weights import main as weights_main
+import brasyn.weights.manifest as manifest
+import brasyn.weights.official as official
+from brasyn.commands.cli import main as brasyn_main
+from brasyn.common.errors import WeightsError
+from brasyn.data.modalities import Modality
+from brasyn.model.unet import PRESETS, Denoiser, DenoiserConfig
+from brasyn.weights.official import OFFICIAL_NAMES, infer_config, official_target
+from brasyn.weights.store import WeightStore, _randomise, init_random
+from brasyn.weights.store import main as weights_main
 from tests.helpers import make_case
 
 TINY = PRESETS["tiny"]

@@ -12,11 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from brasyn.acceleration import SpeedSettings
-from brasyn.command import run_command
-from brasyn.errors import ExitCode, UsageError, WeightsError
-from brasyn.logs import configure_logging
-from brasyn.options import (
+from brasyn.commands.command import run_command
+from brasyn.commands.options import (
     MLCUBE_PARAMETERS,
     add_device_option,
     add_speed_options,
@@ -30,8 +27,11 @@ from brasyn.options import (
     speed_settings,
     whole_number,
 )
-from brasyn.runtime import TorchrunEnvironment, torchrun_environment
-from brasyn.sharding import shard_from_environment
+from brasyn.common.acceleration import SpeedSettings
+from brasyn.common.errors import ExitCode, UsageError, WeightsError
+from brasyn.common.logs import configure_logging
+from brasyn.common.runtime import TorchrunEnvironment, torchrun_environment
+from brasyn.inference.sharding import shard_from_environment
 
 
 @pytest.fixture(autouse=True)
@@ -337,7 +337,7 @@ def test_run_command_points_caches_at_a_writable_place_without_a_home(monkeypatc
 
 
 def test_evaluate_takes_v_and_refuses_a_bad_device(tmp_path, capsys, brasyn_logger):
-    from brasyn.evaluate import main
+    from brasyn.evaluate.score import main
 
     (tmp_path / "pred").mkdir()
     (tmp_path / "truth").mkdir()
@@ -353,7 +353,7 @@ def test_evaluate_takes_v_and_refuses_a_bad_device(tmp_path, capsys, brasyn_logg
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_baselines_takes_v_before_or_after_the_subcommand(tmp_path, brasyn_logger, where):
-    from brasyn.baselines import main
+    from brasyn.inference.baselines import main
 
     fit = ["--data", str(tmp_path), "--out", str(tmp_path / "w")]
     argv = ["-v", "fit", *fit] if where == "before" else ["fit", "-v", *fit]
@@ -362,7 +362,7 @@ def test_baselines_takes_v_before_or_after_the_subcommand(tmp_path, brasyn_logge
 
 
 def test_baselines_refuses_a_bad_argument(capsys):
-    from brasyn.baselines import main
+    from brasyn.inference.baselines import main
 
     assert main(["fit", "--bogus"]) == 2
     assert main(["fit"]) == 2
@@ -370,7 +370,7 @@ def test_baselines_refuses_a_bad_argument(capsys):
 
 
 def test_weights_takes_v_and_contrast_aliases_and_refuses_a_bad_target(tmp_path, capsys, brasyn_logger):
-    from brasyn.weights import main
+    from brasyn.weights.store import main
 
     out = tmp_path / "w"
     assert main(["init", "-v", "--config", "tiny", "--out", str(out), "--targets", "flair"]) == 0
@@ -383,7 +383,7 @@ def test_weights_takes_v_and_contrast_aliases_and_refuses_a_bad_target(tmp_path,
 
 
 def test_train_takes_v_and_refuses_bad_numbers_and_precisions(tmp_path, capsys, brasyn_logger):
-    from brasyn.train import main
+    from brasyn.commands.train import main
 
     base = ["--data", str(tmp_path / "missing"), "--target", "flair", "--out", str(tmp_path / "w")]
     assert main([*base, "--device", "cpu", "-v"]) == 2  # parsed and started: the data folder is missing
@@ -395,7 +395,7 @@ def test_train_takes_v_and_refuses_bad_numbers_and_precisions(tmp_path, capsys, 
 
 
 def test_train_refuses_a_malformed_torchrun_environment(tmp_path, monkeypatch, capsys):
-    from brasyn.train import main
+    from brasyn.commands.train import main
 
     configure_logging(0)
     monkeypatch.setenv("RANK", "zero")
@@ -406,7 +406,7 @@ def test_train_refuses_a_malformed_torchrun_environment(tmp_path, monkeypatch, c
 
 
 def test_example_takes_v_and_exits_2_when_it_cannot_write(tmp_path, capsys, brasyn_logger):
-    from brasyn.example import main
+    from brasyn.commands.example import main
 
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
@@ -421,7 +421,7 @@ def test_example_takes_v_and_exits_2_when_it_cannot_write(tmp_path, capsys, bras
 
 
 def test_q_means_warnings_only_and_excludes_v(capsys, brasyn_logger):
-    from brasyn.command import parse_arguments
+    from brasyn.commands.command import parse_arguments
 
     parser = argparse.ArgumentParser()
     add_verbosity_option(parser)
@@ -483,7 +483,7 @@ def test_log_lines_do_not_break_a_progress_bar(capsys, brasyn_logger):
 
 
 def test_a_hotfix_key_is_accepted_and_ignored_with_a_debug_line(tmp_path, caplog):
-    from brasyn.options import MLCUBE_IGNORED
+    from brasyn.commands.options import MLCUBE_IGNORED
 
     path = tmp_path / "parameters.yaml"
     path.write_text("hotfix: {}\nsteps: 20\n")
@@ -499,7 +499,7 @@ def test_a_hotfix_key_is_accepted_and_ignored_with_a_debug_line(tmp_path, caplog
 
 
 def test_demo_help_is_plain_text_and_lists_the_main_options(capsys):
-    from brasyn.cli import main
+    from brasyn.commands.cli import main
 
     assert main(["demo", "--help"]) == 0
     text = capsys.readouterr().out

@@ -4,7 +4,7 @@ Two pins per output. :data:`CONTENT`, the sha256 of the voxels and of the header
 data offset, was measured with brasyn 0.1 before the batch runner, the model-space record and the
 predictors were introduced; any restructuring must leave it unchanged. :data:`PINNED`, the sha256 of the
 whole file, was measured again when each output began to record the settings it was written with (a NIfTI
-header extension and ``descrip``, :mod:`brasyn.provenance`): that changed the file bytes, while
+header extension and ``descrip``, :mod:`brasyn.data.provenance`): that changed the file bytes, while
 :data:`CONTENT` stayed identical, showing voxels and geometry unchanged. The record holds the brasyn
 version, so a new version changes :data:`PINNED` (and only it) again. The real cases lose one contrast each
 as the MedPerf preparation cube draws it (``random.seed(7)``), so all four targets are covered. A changed
@@ -21,10 +21,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brasyn.cases import Case, discover
-from brasyn.cli import main
-from brasyn.evaluate import drop_choices
-from brasyn.example import EXAMPLE_CASE, write_example
+from brasyn.commands.cli import main
+from brasyn.commands.example import EXAMPLE_CASE, write_example
+from brasyn.data.cases import Case, discover
+from brasyn.evaluate.score import drop_choices
 
 LINEAR = ["--method", "linear"]
 DIFFUSION = ["--sampler", "dpm++2m", "--steps", "2"]

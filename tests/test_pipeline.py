@@ -16,9 +16,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brasyn.cli import main
-from brasyn.modalities import conditions_for, modality_from_alias
-from brasyn.weights import WeightStore, init_random
+from brasyn.commands.cli import main
+from brasyn.data.modalities import conditions_for, modality_from_alias
+from brasyn.weights.store import WeightStore, init_random
 from tests.helpers import (
     BRATS_AFFINE,
     CONTAINER_UID,
@@ -513,7 +513,8 @@ def test_fast_samplers_and_bf16_run_through_the_pipeline(tmp_path):
 def test_verbose_gives_the_debug_log_in_the_main_command_too(tmp_path, flag):
     import logging
 
-    from brasyn import bench, quality
+    from brasyn.bench import quality
+    from brasyn.bench import speed as bench
 
     assert main([flag, "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     assert logging.getLogger("brasyn").level == logging.DEBUG

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from brasyn.prefetch import prefetched
+from brasyn.inference.prefetch import prefetched
 
 
 def test_the_next_item_loads_while_the_current_one_is_worked_on():

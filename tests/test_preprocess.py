@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from brasyn.preprocess import (
+from brasyn.transform.preprocess import (
     BRATS_SHAPE,
     normalise,
     plan_geometry,

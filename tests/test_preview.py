@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brasyn.modalities import MODALITIES, Modality
-from brasyn.preview import MIN_LESION_MM3, panels, preview_figure, slice_centre, write_preview
+from brasyn.data.modalities import MODALITIES, Modality
+from brasyn.inference.preview import MIN_LESION_MM3, panels, preview_figure, slice_centre, write_preview
 
 pytest.importorskip("matplotlib")
 
@@ -116,12 +116,14 @@ def test_the_preview_png_is_written_whole_and_readable(tmp_path):
 
 
 def test_extras_without_matplotlib_is_refused_before_the_run(tmp_path, monkeypatch):
-    import brasyn.batch
-    from brasyn.errors import UsageError
+    import brasyn.inference.batch
+    from brasyn.common.errors import UsageError
 
     (tmp_path / "in").mkdir()
-    monkeypatch.setattr(brasyn.batch, "matplotlib_available", lambda: False)
+    monkeypatch.setattr(brasyn.inference.batch, "matplotlib_available", lambda: False)
     with pytest.raises(UsageError, match=r"matplotlib, which is not installed.*pip install matplotlib"):
-        brasyn.batch.check_folders(tmp_path / "in", tmp_path / "out", extras=tmp_path / "previews")
+        brasyn.inference.batch.check_folders(tmp_path / "in", tmp_path / "out", extras=tmp_path / "previews")
     assert not (tmp_path / "previews").exists()
-    brasyn.batch.check_folders(tmp_path / "in", tmp_path / "out2")  # without --extras it is not needed
+    brasyn.inference.batch.check_folders(
+        tmp_path / "in", tmp_path / "out2"
+    )  # without --extras it is not needed

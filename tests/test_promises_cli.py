@@ -20,14 +20,14 @@ import nibabel as nib
 import pytest
 import torch
 
-import brasyn.cli
-import brasyn.runtime
+import brasyn.commands.cli
+import brasyn.common.runtime
 from brasyn import __version__
-from brasyn.cli import DEFAULT_WEIGHTS, _mlcube_arguments, build_parser, main
-from brasyn.example import EXAMPLE_CASE
-from brasyn.metrics import score
-from brasyn.runtime import select_device
-from brasyn.weights import init_random
+from brasyn.commands.cli import DEFAULT_WEIGHTS, _mlcube_arguments, build_parser, main
+from brasyn.commands.example import EXAMPLE_CASE
+from brasyn.common.runtime import select_device
+from brasyn.evaluate.metrics import score
+from brasyn.weights.store import init_random
 from tests.helpers import make_case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ PARAMETERS = {
 
 
 def test_every_mlcube_parameters_key_sets_what_its_flag_sets(tmp_path):
-    from brasyn.options import MLCUBE_PARAMETERS, contrast_mapping
+    from brasyn.commands.options import MLCUBE_PARAMETERS, contrast_mapping
 
     assert set(PARAMETERS) == set(MLCUBE_PARAMETERS)
     path = tmp_path / "parameters.yaml"
@@ -148,7 +148,7 @@ def test_mlcube_parameters_reach_the_run(tmp_path):
 
 def test_weights_mounted_at_slash_weights_are_the_default_and_an_empty_mount_is_not(tmp_path, monkeypatch):
     mounted = tmp_path / "weights"
-    monkeypatch.setattr(brasyn.cli, "MOUNTED_WEIGHTS", mounted)
+    monkeypatch.setattr(brasyn.commands.cli, "MOUNTED_WEIGHTS", mounted)
     monkeypatch.delenv("BRASYN_WEIGHTS", raising=False)
     inputs = _inputs(tmp_path)
     base = ["--input", str(inputs), "--sampler", "x0", "--device", "cpu", "--no-progress"]
@@ -195,7 +195,7 @@ def _fake_gpus(monkeypatch, free_gib: list[float]) -> None:
 def test_device_auto_takes_the_visible_gpu_with_the_most_free_memory(monkeypatch, free_gib, expected):
     _fake_gpus(monkeypatch, free_gib)
     assert select_device("auto") == torch.device("cuda", expected)
-    assert brasyn.runtime.pick_gpu(brasyn.runtime._gpus_by_free_memory()).index == expected
+    assert brasyn.common.runtime.pick_gpu(brasyn.common.runtime._gpus_by_free_memory()).index == expected
 
 
 # --- the report -------------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ STAND_IN = '''"""A stand-in for guided_diffusion/unet.py of a cwdm checkout: UNe
 arguments, accepts only the BraTS settings (REFERENCE.md), and computes the official architecture through
 brasyn's Denoiser, which the golden fixture checks key for key and output for output."""
 import torch
-from brasyn.unet import Denoiser
+from brasyn.model.unet import Denoiser
 
 BRATS = dict(image_size=224, attention_resolutions=(), dims=3, bottleneck_attention=False,
              resample_2d=False, additive_skips=False, resblock_updown=True, use_scale_shift_norm=False)
@@ -333,7 +333,7 @@ class UNetModel(Denoiser):
 def test_bench_official_times_the_official_network_on_the_same_weights_and_input(
     tmp_path, monkeypatch, capsys
 ):
-    import brasyn.bench as bench
+    import brasyn.bench.speed as bench
 
     checkout = tmp_path / "cwdm"
     (checkout / "guided_diffusion").mkdir(parents=True)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import brasyn.volumes
-from brasyn.cli import DEFAULT_WEIGHTS, main
-from brasyn.errors import CaseError
-from brasyn.modalities import Modality
-from brasyn.resample import foreground, plan_grid
-from brasyn.volumes import load_volume, write_volume
+import brasyn.data.volumes
+from brasyn.commands.cli import DEFAULT_WEIGHTS, main
+from brasyn.common.errors import CaseError
+from brasyn.data.modalities import Modality
+from brasyn.data.volumes import load_volume, write_volume
+from brasyn.transform.resample import foreground, plan_grid
 from tests.helpers import BRATS_AFFINE, make_case, phantom, save_nifti
 
 LINEAR = ["--method", "linear", "--weights", str(DEFAULT_WEIGHTS), "--device", "cpu", "--no-progress"]
@@ -51,14 +51,14 @@ def test_an_mhd_output_exists_only_once_its_header_is_renamed_last(tmp_path, mon
             raise KeyboardInterrupt  # the run is stopped between the two renames
         real_replace(src, dst)
 
-    monkeypatch.setattr(brasyn.volumes.os, "replace", stop_after_the_first_rename)
+    monkeypatch.setattr(brasyn.data.volumes.os, "replace", stop_after_the_first_rename)
     with pytest.raises(KeyboardInterrupt):
         write_volume(reference.data, reference, out / "a-t2f.mhd")
     assert renamed == ["a-t2f.zraw", "a-t2f.mhd"]
     # what an interrupted write leaves: at most the pixel file, never a header naming missing pixels
     assert sorted(p.name for p in out.iterdir()) == ["a-t2f.zraw"]
 
-    monkeypatch.setattr(brasyn.volumes.os, "replace", real_replace)
+    monkeypatch.setattr(brasyn.data.volumes.os, "replace", real_replace)
     write_volume(reference.data * 2, reference, out / "a-t2f.mhd")  # the next run overwrites it
     assert sorted(p.name for p in out.iterdir()) == ["a-t2f.mhd", "a-t2f.zraw"]
     assert "ElementDataFile = a-t2f.zraw" in (out / "a-t2f.mhd").read_text()

@@ -8,10 +8,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brasyn import quality
-from brasyn.cli import main as cli_main
-from brasyn.metrics import score
-from brasyn.weights import init_random
+from brasyn.bench import quality
+from brasyn.commands.cli import main as cli_main
+from brasyn.evaluate.metrics import score
+from brasyn.weights.store import init_random
 from tests.helpers import make_case
 
 

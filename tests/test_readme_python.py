@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import brasyn
-from brasyn.errors import BrasynError, CaseError, UsageError
+from brasyn.common.errors import BrasynError, CaseError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = 'sampler="x0", steps=1, device="cpu"'

@@ -9,12 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brasyn.batch import run_batch
-from brasyn.cases import discover
-from brasyn.cli import main
-from brasyn.preprocess import normalise
-from brasyn.synthesize import Synthesizer
-from brasyn.weights import WeightStore, init_random
+from brasyn.commands.cli import main
+from brasyn.data.cases import discover
+from brasyn.inference.batch import run_batch
+from brasyn.inference.synthesize import Synthesizer
+from brasyn.transform.preprocess import normalise
+from brasyn.weights.store import WeightStore, init_random
 from tests.helpers import FirstCondition
 
 # case folder -> (files kept as the three inputs, the withheld file, expected output name)
@@ -82,7 +82,7 @@ def test_geometry_and_intensity_are_undone_exactly_on_real_files(real_inputs, we
     synthesizer = Synthesizer(FirstCondition(lambda t: store.info(t).intensity_ratios), progress=False)
     batch = run_batch(discover(root), synthesizer, output)
     assert batch.counts == {"written": len(CASES), "skipped": 0, "failed": 0}
-    from brasyn.modalities import conditions_for, modality_from_alias, parse_contrast_name
+    from brasyn.data.modalities import conditions_for, modality_from_alias, parse_contrast_name
 
     for case, (_, name) in CASES.items():
         files = {parse_contrast_name(p.name, case).modality: p for p in (root / case).iterdir()}

@@ -16,9 +16,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brasyn.cli import main
-from brasyn.provenance import differences, read_record
-from brasyn.weights import WeightStore, init_random
+from brasyn.commands.cli import main
+from brasyn.data.provenance import differences, read_record
+from brasyn.weights.store import WeightStore, init_random
 from tests.helpers import make_case, phantom, save_nifti
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import brasyn.model_space
+import brasyn.transform.model_space
 from brasyn import __version__
-from brasyn.cli import DEFAULT_WEIGHTS, main
-from brasyn.errors import CaseError
-from brasyn.modalities import Modality
-from brasyn.model_space import from_model_space
-from brasyn.predictors import LinearPredictor
-from brasyn.provenance import short_description
-from brasyn.resample import GridPlan, on_model_grid, plan_grid, to_reference_grid
-from brasyn.synthesize import Synthesizer
-from brasyn.volumes import Volume, load_volume, write_volume
+from brasyn.commands.cli import DEFAULT_WEIGHTS, main
+from brasyn.common.errors import CaseError
+from brasyn.data.modalities import Modality
+from brasyn.data.provenance import short_description
+from brasyn.data.volumes import Volume, load_volume, write_volume
+from brasyn.inference.predictors import LinearPredictor
+from brasyn.inference.synthesize import Synthesizer
+from brasyn.transform.model_space import from_model_space
+from brasyn.transform.resample import GridPlan, on_model_grid, plan_grid, to_reference_grid
 from tests.helpers import BRATS_AFFINE, phantom, save_nifti
 
 SOURCE_CASE = "BraTS-GLI-00001-000"
@@ -225,7 +225,7 @@ def test_a_1mm_nifti_case_takes_the_plain_path_byte_for_byte(hospital, monkeypat
     data = from_model_space(model_space, record, predictor.intensity_ratios(Modality.T2F))
     plain = tmp_path / "plain" / "orig-t2f.nii.gz"
     plain.parent.mkdir()
-    # the settings record the batch adds (brasyn.provenance); the case is not resampled
+    # the settings record the batch adds (brasyn.data.provenance); the case is not resampled
     settings = {
         **synthesizer.output_settings(Modality.T2F),
         "version": __version__,
@@ -238,8 +238,8 @@ def test_a_1mm_nifti_case_takes_the_plain_path_byte_for_byte(hospital, monkeypat
     def refuse(*args, **kwargs):
         raise AssertionError("a 1 mm case must not be resampled")
 
-    monkeypatch.setattr(brasyn.model_space, "to_model_grid", refuse)
-    monkeypatch.setattr(brasyn.model_space, "to_reference_grid", refuse)
+    monkeypatch.setattr(brasyn.transform.model_space, "to_model_grid", refuse)
+    monkeypatch.setattr(brasyn.transform.model_space, "to_reference_grid", refuse)
     only = tmp_path / "in"
     shutil.copytree(inputs, only / "orig")
     assert main(["--input", str(only), "--output", str(tmp_path / "out"), *LINEAR]) == 0

@@ -4,9 +4,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from brasyn.cli import main
-from brasyn.sharding import Shard, parse_shard, shard_from_environment
-from brasyn.weights import init_random
+from brasyn.commands.cli import main
+from brasyn.inference.sharding import Shard, parse_shard, shard_from_environment
+from brasyn.weights.store import init_random
 from tests.helpers import TORCHRUN_TWO, make_case
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report.schema.json").read_text())
@@ -173,7 +173,7 @@ def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(
 
 
 def test_the_merged_report_names_a_worker_that_wrote_none(tmp_path, caplog):
-    from brasyn.batch import merge_shard_reports
+    from brasyn.inference.batch import merge_shard_reports
 
     report = tmp_path / "report.json"
     case = {

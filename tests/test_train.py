@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from brasyn.cli import main as synthesize_main
-from brasyn.diffusion import DiffusionConfig
-from brasyn.errors import BrasynError
-from brasyn.modalities import Modality
-from brasyn.train import Trainer, TrainSettings
-from brasyn.train import main as train_main
-from brasyn.training_data import TrainingSet, find_training_cases, load_training_case
-from brasyn.weights import WeightStore
+from brasyn.commands.cli import main as synthesize_main
+from brasyn.commands.train import Trainer, TrainSettings
+from brasyn.commands.train import main as train_main
+from brasyn.common.errors import BrasynError
+from brasyn.data.modalities import Modality
+from brasyn.model.diffusion import DiffusionConfig
+from brasyn.train.training_data import TrainingSet, find_training_cases, load_training_case
+from brasyn.weights.store import WeightStore
 from tests.helpers import TORCHRUN_TWO, make_case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -345,12 +345,12 @@ def test_a_resumed_run_marks_its_place_in_the_log(data, tmp_path):
 
 
 def test_settings_that_need_no_data_are_refused_before_any_case_is_read(data, tmp_path, monkeypatch, capsys):
-    import brasyn.train
+    import brasyn.commands.train
 
     def never(*args, **kwargs):
         raise AssertionError("data was read before the arguments were checked")
 
-    monkeypatch.setattr(brasyn.train, "find_training_cases", never)
+    monkeypatch.setattr(brasyn.commands.train, "find_training_cases", never)
     args = _args(data, tmp_path / "w", 2)
     patch = args.index("--patch")
     args[patch + 1 : patch + 4] = ["30", "30", "30"]
@@ -363,7 +363,7 @@ def test_settings_that_need_no_data_are_refused_before_any_case_is_read(data, tm
 
 
 def test_the_official_recipe_states_the_published_settings_and_refuses_a_conflict(capsys):
-    from brasyn.train import OFFICIAL_RECIPE, _apply_recipe, build_parser
+    from brasyn.commands.train import OFFICIAL_RECIPE, _apply_recipe, build_parser
 
     parser = build_parser()
     args = parser.parse_args(["--data", "d", "--target", "t2f", "--out", "o", "--recipe", "official"])

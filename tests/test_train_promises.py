@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from brasyn.train import Trainer
-from brasyn.train import main as train_main
-from brasyn.weights import WeightStore
+from brasyn.commands.train import Trainer
+from brasyn.commands.train import main as train_main
+from brasyn.weights.store import WeightStore
 from tests.helpers import make_case, tiny_train_args, tiny_training_cache
 
 ALL = ("t1n", "t1c", "t2w", "t2f")

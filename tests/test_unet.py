@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
-from brasyn.unet import PRESETS, Denoiser, DenoiserConfig, GroupNorm32, timestep_embedding
-from brasyn.weights import _randomise
+from brasyn.model.unet import PRESETS, Denoiser, DenoiserConfig, GroupNorm32, timestep_embedding
+from brasyn.weights.store import _randomise
 
 
 def _key_lines(model: torch.nn.Module) -> list[str]:

@@ -14,13 +14,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brasyn.cli import main as brasyn_main
-from brasyn.evaluate import Row
-from brasyn.metrics import score
-from brasyn.synthesize import Synthesizer
-from brasyn.train import main as train_main
-from brasyn.validation import case_score
-from brasyn.weights import WeightStore
+from brasyn.commands.cli import main as brasyn_main
+from brasyn.commands.train import main as train_main
+from brasyn.evaluate.metrics import score
+from brasyn.evaluate.score import Row
+from brasyn.inference.synthesize import Synthesizer
+from brasyn.train.validation import case_score
+from brasyn.weights.store import WeightStore
 from tests.helpers import make_case, save_nifti, tiny_train_args, tiny_training_cache
 
 ALL = ("t1n", "t1c", "t2w", "t2f")
@@ -182,8 +182,8 @@ def test_validation_cases_that_are_also_training_cases_are_named(cache, tmp_path
 def test_a_kill_between_the_renames_of_the_best_folder_keeps_the_previous_best(tmp_path):
     import torch
 
-    from brasyn.modalities import Modality
-    from brasyn.validation import Validator
+    from brasyn.data.modalities import Modality
+    from brasyn.train.validation import Validator
 
     validator = Validator([], Modality.T2F, torch.device("cpu"), tmp_path)
     old = tmp_path / "best.old"

@@ -4,8 +4,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brasyn.errors import CaseError
-from brasyn.volumes import TEMP_PREFIX, check_same_grid, load_volume, remove_stale_temporaries, write_volume
+from brasyn.common.errors import CaseError
+from brasyn.data.volumes import (
+    TEMP_PREFIX,
+    check_same_grid,
+    load_volume,
+    remove_stale_temporaries,
+    write_volume,
+)
 from tests.helpers import BRATS_AFFINE, phantom, save_nifti
 
 
@@ -121,7 +127,7 @@ def test_only_temporaries_of_dead_runs_are_removed(tmp_path):
     import sys
     import time
 
-    from brasyn.volumes import HOST, STALE_AFTER_S, temporary_prefix
+    from brasyn.data.volumes import HOST, STALE_AFTER_S, temporary_prefix
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -147,7 +153,7 @@ def test_only_temporaries_of_dead_runs_are_removed(tmp_path):
 
 @pytest.mark.parametrize("extension", [".nii.gz", ".nii", ".mha", ".mhd", ".nrrd"])
 def test_the_settings_record_is_written_into_the_output_and_read_back(tmp_path, extension):
-    from brasyn.provenance import read_record
+    from brasyn.data.provenance import read_record
 
     reference = load_volume(save_nifti(tmp_path / "ref.nii.gz", phantom((8, 8, 8))), "c")
     record = {"method": "diffusion", "sampler": "x0", "steps": 1, "eta": 0.0, "weights": "ab" * 32, "seed": 3}
@@ -165,7 +171,7 @@ def test_the_settings_record_is_written_into_the_output_and_read_back(tmp_path, 
 
 
 def test_an_input_that_is_an_output_passes_its_other_extensions_on_but_not_its_record(tmp_path):
-    from brasyn.provenance import read_record
+    from brasyn.data.provenance import read_record
 
     source = save_nifti(tmp_path / "src.nii.gz", phantom((8, 8, 8)))
     image = nib.load(source)

@@ -3,7 +3,7 @@ import pytest
 import pywt
 import torch
 
-from brasyn.wavelet import BAND_NAMES, dwt3, idwt3
+from brasyn.model.wavelet import BAND_NAMES, dwt3, idwt3
 
 SHAPES = [(2, 2, 2), (4, 6, 8), (16, 10, 6), (8, 8, 8), (2, 12, 4)]
 

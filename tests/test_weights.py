@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import brasyn.manifest as manifest
-from brasyn.diffusion import Diffusion, DiffusionConfig
-from brasyn.errors import WeightsError
-from brasyn.modalities import MODALITIES, Modality, conditions_for
-from brasyn.unet import PRESETS, Denoiser, DenoiserConfig
-from brasyn.weights import (
+import brasyn.weights.manifest as manifest
+from brasyn.common.errors import WeightsError
+from brasyn.data.modalities import MODALITIES, Modality, conditions_for
+from brasyn.model.diffusion import Diffusion, DiffusionConfig
+from brasyn.model.unet import PRESETS, Denoiser, DenoiserConfig
+from brasyn.weights.store import (
     DEFAULT_INTENSITY_RATIOS,
     CheckpointInfo,
     WeightStore,
@@ -203,7 +203,7 @@ def test_invalid_diffusion_entry_is_refused_naming_the_entry_and_the_field(tiny_
 
 
 def test_the_diffusion_predictor_samples_with_the_diffusion_settings_of_the_manifest(tmp_path, monkeypatch):
-    from brasyn.predictors import DiffusionPredictor, Sampling
+    from brasyn.inference.predictors import DiffusionPredictor, Sampling
 
     config = DiffusionConfig(steps=50, schedule="cosine", clip=False)
     save_checkpoint(tmp_path, _perturbed_tiny(), "t2f", diffusion=config)
@@ -392,7 +392,7 @@ def test_checkpoint_holding_an_arbitrary_object_is_refused_without_running_it(tm
 
 
 def test_verify_reports_a_checkpoint_that_matches_its_hash_but_is_not_safe(tmp_path, tiny_folder, capsys):
-    from brasyn.weights import main
+    from brasyn.weights.store import main
 
     marker = tmp_path / "code-ran"
     torch.save({"state_dict": _RunsCodeWhenUnpickled(marker)}, tiny_folder / "t1n.pt")
@@ -540,8 +540,8 @@ def test_cli_errors_are_one_message_and_exit_code_2(tmp_path, capsys):
 def test_demo_quality_checkpoints_say_so_when_loaded(tmp_path):
     import logging
 
-    from brasyn.unet import PRESETS, Denoiser
-    from brasyn.weights import WeightStore, save_checkpoint
+    from brasyn.model.unet import PRESETS, Denoiser
+    from brasyn.weights.store import WeightStore, save_checkpoint
 
     save_checkpoint(tmp_path, Denoiser.from_config(PRESETS["tiny"]), "t2f", provenance={"quality": "demo"})
     save_checkpoint(tmp_path, Denoiser.from_config(PRESETS["tiny"]), "t1n")

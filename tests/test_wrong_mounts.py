@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from brasyn.cli import DEFAULT_WEIGHTS, main
+from brasyn.commands.cli import DEFAULT_WEIGHTS, main
 from tests.helpers import make_case, phantom, save_nifti
 
 LINEAR = ["--method", "linear", "--weights", str(DEFAULT_WEIGHTS), "--device", "cpu", "--no-progress"]
@@ -62,7 +62,7 @@ def test_help_names_the_demo_and_the_mlcube_forms(capsys):
 
 
 def test_weights_given_as_the_manifest_file_mean_its_folder(tmp_path):
-    from brasyn.weights import init_random
+    from brasyn.weights.store import init_random
 
     make_case(tmp_path / "in", "BraTS-GLI-00001-000", seed=1)
     init_random(tmp_path / "w", "tiny", targets=["t2f"])
@@ -71,7 +71,7 @@ def test_weights_given_as_the_manifest_file_mean_its_folder(tmp_path):
 
 
 def test_an_output_name_collision_names_the_option_that_avoids_it(tmp_path, capsys):
-    from brasyn.cases import discover
+    from brasyn.data.cases import discover
 
     for case in ("a", "b"):
         make_case(tmp_path / "in", case, pattern="shared_{m}.nii.gz")
@@ -82,7 +82,7 @@ def test_an_output_name_collision_names_the_option_that_avoids_it(tmp_path, caps
 def test_random_weights_are_announced_in_the_log_and_the_report(tmp_path, capsys):
     import json
 
-    from brasyn.weights import init_random
+    from brasyn.weights.store import init_random
 
     make_case(tmp_path / "in", "BraTS-GLI-00001-000", seed=1)
     init_random(tmp_path / "w", "tiny", targets=["t2f"])

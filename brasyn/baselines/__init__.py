@@ -1,0 +1,1 @@
+"""``python -m brasyn.baselines`` (the command lives in :mod:`brasyn.inference.baselines`)."""

@@ -1,0 +1,1 @@
+"""Every command line: parsers, ``main`` functions, the flag kit and its converters, subcommands."""

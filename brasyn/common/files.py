@@ -1,0 +1,77 @@
+"""Writing a file so that a reader sees the old one or the whole new one, never a part; and its sha256.
+
+Every writer of brasyn (outputs, reports, previews, manifests, checkpoints, baselines, cache entries,
+training states) goes through :func:`atomic_write`: a temporary beside the destination (same file system,
+so the rename is atomic), the bytes flushed to disk, the umask's permissions, then one ``os.replace``. A
+failure or a stop at any point removes the temporary and leaves the destination as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["CHUNK", "atomic_write", "permitted_mode", "publish", "sha256_file"]
+
+CHUNK = 1 << 20
+"""Bytes read at a time when hashing."""
+
+
+def permitted_mode() -> int:
+    """``0o666`` less the umask: what ``open()`` would give a new file. mkstemp's 0600 would hide an
+    output, a report or weights from a job system or a container running as another user."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def publish(tmp: Path, path: Path, *, durable: bool = True) -> None:
+    """Give the finished temporary ``tmp`` the umask's permissions and rename it to ``path``; with
+    ``durable``, its bytes reach the disk first (a power cut then leaves the old file or the new one)."""
+    if durable:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.chmod(tmp, permitted_mode())
+    os.replace(tmp, path)
+
+
+def atomic_write(
+    path: Path,
+    write: Callable[[BinaryIO], object],
+    *,
+    prefix: str | None = None,
+    suffix: str = ".tmp",
+    durable: bool = True,
+    checksum: bool = False,
+) -> str | None:
+    """``write`` the contents into a temporary beside ``path`` (named ``prefix``, random letters,
+    ``suffix``: a folder's clean-up of stale temporaries recognises its own), then :func:`publish` it.
+
+    Returns the sha256 of what was written with ``checksum``, else None. ``durable=False`` skips the
+    fsync, for large files that can be rebuilt (the case cache)."""
+    fd, name = tempfile.mkstemp(prefix=prefix or f".{path.name}.", suffix=suffix, dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        digest = sha256_file(tmp) if checksum else None
+        publish(tmp, path, durable=durable)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return digest

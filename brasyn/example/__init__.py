@@ -1,0 +1,1 @@
+"""``python -m brasyn.example`` (the command lives in :mod:`brasyn.commands.example`)."""

@@ -1,0 +1,470 @@
+"""A folder of cases to a folder of outputs: the loop every job runs.
+
+:func:`run_batch` takes the discovered cases (and the per-case errors discovery found), this process's
+share of them (``--shard``, torchrun), and a :class:`~brasyn.inference.synthesize.Synthesizer`; it removes
+what a killed earlier run left behind, reads the next case ahead while the current one is predicted, processes
+each case, stops cleanly on SIGTERM or Ctrl-C (the case in progress is discarded, finished ones are kept),
+logs one line per case and a summary table, and writes the JSON report. The command line, ``brasyn
+demo``, ``python -m brasyn.bench`` and ``python -m brasyn.quality`` all run cases through it, so what
+they time and score is what users run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import tempfile
+import threading
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from brasyn.common.errors import CaseError, ExitCode, UsageError
+from brasyn.common.version import __version__
+from brasyn.data.cases import Case
+from brasyn.data.modalities import Modality
+from brasyn.data.volumes import remove_stale_temporaries
+from brasyn.inference.prefetch import prefetched
+from brasyn.inference.preview import (
+    MATPLOTLIB_MISSING,
+    matplotlib_available,
+    preview_figure,
+    slice_centre,
+    write_preview,
+)
+from brasyn.inference.sharding import Shard
+from brasyn.inference.synthesize import CaseResult, Preview, Synthesizer
+from brasyn.transform.intensity import keep_signal
+from brasyn.transform.model_space import ModelSpace
+from brasyn.transform.preprocess import MODEL_AXES
+
+__all__ = [
+    "BatchResult",
+    "Interrupted",
+    "check_folders",
+    "merge_shard_reports",
+    "preview_settings",
+    "previewer",
+    "report_path_for",
+    "run_batch",
+    "summary_table",
+    "write_report",
+]
+
+log = logging.getLogger("brasyn")
+
+STATUSES = ("written", "skipped", "failed")
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived: the batch ends after discarding the case in progress."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class BatchResult:
+    """What a batch did: one result per case in this share, and whether a signal cut it short."""
+
+    results: list[CaseResult]
+    started: dt.datetime
+    finished: dt.datetime
+    interrupted: bool = False
+    signal: int | None = None
+    """The signal that stopped the batch (SIGTERM or SIGINT), when one did."""
+    shard: Shard | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    """What the caller wants the report to say about the run (input, weights, settings ...)."""
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {s: sum(r.status == s for r in self.results) for s in STATUSES}
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.interrupted:
+            return ExitCode.INTERRUPTED if self.signal == signal.SIGINT else ExitCode.TERMINATED
+        return ExitCode.FAILED_CASES if self.counts["failed"] else ExitCode.OK
+
+    def report(self) -> dict[str, Any]:
+        """The run report (``docs/report.schema.json``)."""
+        return {
+            "brasyn_version": __version__,
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat(),
+            **self.context,
+            "interrupted": self.interrupted,
+            "summary": self.counts,
+            "cases": [r.to_dict() for r in self.results],
+        }
+
+
+class _Stopper:
+    """SIGTERM and SIGINT stop the loop: the first one raises :class:`Interrupted` where the loop is;
+    every later one (a job manager signalling the process group while a wrapper forwards the same
+    signal) is only noted, so the stop that has begun always ends with a report and its exit status,
+    and after a stop both signals stay ignored for the rest of the process. Outside the main thread,
+    where Python cannot install handlers, the caller's handling stays."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.stopping = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if not self.stopping:
+            self.stopping = True
+            raise Interrupted(signum)
+
+    def __enter__(self) -> _Stopper:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def finish(self) -> None:
+        """The loop is over: a signal from now on is noted (it stops nothing that is left)."""
+        self.stopping = True
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            # once a stop has begun the process is on its way out: a repeated signal must not kill it
+            # before it has returned its exit status
+            signal.signal(signum, signal.SIG_IGN if self.signum is not None else previous)
+
+
+def _log_result(result: CaseResult, number: int, total: int) -> None:
+    line = f"[{result.status}] {result.case} (case {number} of {total}): {result.message}"
+    if result.status == "written":
+        line += f" ({result.seconds:.1f} s, {result.device}, peak {result.peak_memory_mib:.0f} MiB)"
+        log.info(line)
+    elif result.status == "skipped":
+        # an output of unknown settings is kept: say so loudly, it may be a preview or another tool's
+        (log.warning if result.note == "kept: settings unknown" else log.info)(line)
+    else:
+        log.error(line)
+
+
+def summary_table(results: Sequence[CaseResult]) -> str:
+    """One row per case: id, status, target, seconds and the message."""
+    rows = [("case", "status", "target", "seconds", "message")]
+    rows += [(r.case, r.status, r.target or "-", f"{r.seconds:.1f}", r.message) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        for row in rows
+    )
+
+
+def report_path_for(path: Path, shard: Shard | None) -> Path:
+    """Each of several shards writes its own report beside the asked-for one."""
+    if shard is None or shard.count == 1:
+        return path
+    return path.with_name(f"{path.stem}.shard-{shard.index}-of-{shard.count}.json")
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write the report atomically (never a half-written JSON for a job manager to read)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".brasyn-report-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(report, handle, indent=2)
+            handle.write("\n")
+        # mkstemp's 0600 would hide the report from a job system running as another user
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def merge_shard_reports(path: Path, codes: Sequence[int], keep: bool = True) -> dict[str, Any] | None:
+    """After ``--devices``: the reports of the ``len(codes)`` shares (:func:`report_path_for`) merged
+    into ``path``: every case in id order, the totals, each share's exit status and report; printed as
+    one summary table. The shares' own files are kept. None (and a warning) where no share wrote one.
+    ``keep=False`` (no ``--report`` asked for, the reports are scratch): the table alone, nothing
+    written and no file named in the log."""
+    count = len(codes)
+    shards, parts = [], []
+    for index, code in enumerate(codes):
+        part_path = report_path_for(path, Shard(index, count))
+        try:
+            part = json.loads(part_path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "worker %d/%d (exit %d) left no readable report %s: %s", index, count, code, part_path, exc
+            )
+            part = None
+        shards.append(
+            {
+                "index": index,
+                "count": count,
+                "exit": int(code),
+                "report": str(part_path) if part is not None else None,
+                "interrupted": bool(part["interrupted"]) if part is not None else None,
+            }
+        )
+        if part is not None:
+            parts.append(part)
+    if not parts:
+        log.warning("no worker wrote a report: nothing to merge into %s", path)
+        return None
+    cases = sorted((c for part in parts for c in part["cases"]), key=lambda c: c["case"])
+    fields = set(CaseResult.__dataclass_fields__)
+    results = [CaseResult(**{k: v for k, v in c.items() if k in fields}) for c in cases]
+    devices = list(dict.fromkeys(part["device"] for part in parts))
+    merged = {
+        **{k: v for k, v in parts[0].items() if k not in ("started", "finished", "cases", "summary")},
+        "started": min(part["started"] for part in parts),
+        "finished": max(part["finished"] for part in parts),
+        "device": ", ".join(devices),
+        "interrupted": any(part["interrupted"] for part in parts),
+        "summary": {s: sum(r.status == s for r in results) for s in STATUSES},
+        "cases": cases,
+        "shards": shards,
+    }
+    if results:
+        print(summary_table(results), flush=True)  # tables go to stdout, as in every command
+    counts = merged["summary"]
+    log.info(
+        "all %d workers: %d written, %d skipped, %d failed%s",
+        count,
+        counts["written"],
+        counts["skipped"],
+        counts["failed"],
+        f"; report {path}" if keep else "",
+    )
+    if keep:
+        write_report(path, merged)
+    return merged
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _writable_folder(folder: Path, name: str, advice: str) -> None:
+    """Create ``folder`` (``name`` says which, in a message) and check this user may write into it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {name}: {exc.strerror or exc}") from exc
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{name} is not writable by this user (uid {os.getuid()}); {advice}")
+
+
+def check_folders(
+    input_root: Path | None, output: Path, report: Path | None = None, extras: Path | None = None
+) -> None:
+    """Refuse, with a sentence, what a batch cannot run with, before any case is touched: a missing
+    input or one that is a file; an output, report or previews inside the input (brasyn never writes
+    there); a report or previews inside the output (which must hold only the synthetic images); an
+    output, report or previews folder that cannot be created or written. Creates the output folder.
+    ``input_root`` is None for the single-case form, whose inputs are files named one by one."""
+    if input_root is not None:
+        if input_root.exists() and not input_root.is_dir():
+            raise UsageError(
+                f"the input {input_root} is a file, not a folder; give the folder that holds the cases"
+            )
+        if not input_root.is_dir():
+            raise UsageError(
+                f"the input folder {input_root} does not exist (mount it, e.g. -v DATA:/input:ro)"
+            )
+        if _inside(output, input_root):
+            raise UsageError(
+                f"the output folder {output} lies inside the input folder {input_root}; "
+                "choose a separate folder (brasyn never writes into its input)"
+            )
+    for name, path in (("report", report), ("extras", extras)):
+        if path is None:
+            continue
+        for folder, role in (
+            (output, "output folder, which must hold only the synthetic images"),
+            (input_root, "input folder, which brasyn never writes into"),
+        ):
+            if folder is not None and _inside(path, folder):
+                raise UsageError(f"--{name} {path} lies inside the {role}; put it elsewhere")
+    if report is not None and report.is_dir():
+        raise UsageError(f"--report {report} is a folder; name a file such as {report / 'report.json'}")
+    _writable_folder(output, f"the output folder {output}", "mount it writable or choose another folder")
+    elsewhere = "make it writable or choose another place"
+    if report is not None:
+        _writable_folder(report.parent, f"the folder {report.parent} for --report {report.name}", elsewhere)
+    if extras is not None:
+        if not matplotlib_available():
+            raise UsageError(MATPLOTLIB_MISSING)
+        _writable_folder(extras, f"the folder {extras} for --extras", elsewhere)
+
+
+def previewer(folder: Path, settings: str = "") -> Preview:
+    """Writes ``folder/<case>-<target>.png`` (:mod:`brasyn.inference.preview`): the three inputs as the model
+    saw them and the synthetic contrast as it is written (thresholded, zero outside the brain), in three
+    planes through the largest abnormality; ``settings`` (how the image was made) goes into the title."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def preview(case: Case, images: np.ndarray, record: ModelSpace, model_space: np.ndarray) -> None:
+        brain = record.model_brain()
+        target = Modality(case.target)
+        volumes = {Modality(m): image for m, image in zip(record.contrasts, images, strict=True)}
+        volumes[target] = keep_signal(model_space, brain)
+        centre, where = slice_centre(volumes[Modality.T2F], brain)
+        title = f"{case.id} \u2014 target {target.value}" + (f" \u2014 {settings}" if settings else "")
+        shape = "x".join(str(s) for s in images.shape[1:])
+        description = f"{title}; model grid {shape}; slices through the {where} at voxel {tuple(centre)}"
+        try:
+            figure = preview_figure(volumes, target, title, centre, MODEL_AXES)
+        except (ValueError, RuntimeError) as exc:  # an extra: the written case stands
+            log.warning("%s: no preview: it could not be drawn (%s)", case.id, exc)
+            return
+        write_preview(folder / f"{case.id}-{target.value}.png", figure, description)
+        log.debug("%s: preview through the %s at voxel %s", case.id, where, tuple(centre))
+
+    return preview
+
+
+def preview_settings(synthesizer: Synthesizer) -> str:
+    """How a synthesizer makes its images, for a preview's title: the method, and for the diffusion
+    model its sampler, steps and run seed."""
+    settings = synthesizer.predictor.settings()
+    text = str(settings.get("method", ""))
+    if "sampler" in settings:
+        steps = 1 if settings["sampler"] == "x0" else settings["steps"]
+        text += f", {settings['sampler']} {steps} step{'s' if steps != 1 else ''}, seed {synthesizer.seed}"
+    return text
+
+
+def _case_id(item: Case | CaseError) -> str:
+    return item.case if isinstance(item, CaseError) else item.id
+
+
+def run_batch(
+    found: Sequence[Case | CaseError],
+    synthesizer: Synthesizer,
+    output: Path,
+    *,
+    overwrite: bool = False,
+    grid_of: Modality | str | None = None,
+    prefetch: bool = True,
+    extras: Path | None = None,
+    shard: Shard | None = None,
+    report: Path | None = None,
+    context: dict[str, Any] | None = None,
+    table: TextIO | None = None,
+    resume_any: bool = False,
+) -> BatchResult:
+    """Process this share of ``found`` into ``output``; see the module text.
+
+    An existing output is kept when its recorded settings are this run's (or unknown, or with
+    ``resume_any``) and synthesised again when they differ; ``overwrite`` replaces every one
+    (:func:`brasyn.data.provenance.decide`). ``table``: where the summary table goes (the main command:
+    stdout, where every command prints its tables; None for commands whose stdout is their own JSON,
+    such as the benchmarks).
+
+    ``extras`` is a folder for a PNG preview per written case (:func:`previewer`). ``report`` is written
+    (per shard, :func:`report_path_for`) with ``context`` merged in, also after a stop signal. Never
+    raises for a problem of one case.
+    """
+    started = dt.datetime.now(dt.timezone.utc)
+    grid_of = Modality(grid_of) if grid_of is not None else None
+    output.mkdir(parents=True, exist_ok=True)
+    if shard is not None:
+        found = shard.select(found, key=_case_id)
+        log.info("shard %s: %d case(s)", shard, len(found))
+    if shard is None or shard.count == 1:
+        # with several shards another process may be writing into the same folder right now
+        remove_stale_temporaries(output)
+    preview = previewer(extras, preview_settings(synthesizer)) if extras is not None else None
+    results: list[CaseResult] = []
+    stream = prefetched(
+        found,
+        load=lambda case: synthesizer.load(case, grid_of),
+        wanted=lambda item: (
+            isinstance(item, Case) and synthesizer.needs_work(item, output, overwrite, grid_of, resume_any)
+        ),
+        enabled=prefetch and len(found) > 1,
+    )
+    stopper = _Stopper()
+    with stopper:
+        try:
+            with closing(stream):
+                for item, loaded in stream:
+                    if isinstance(item, CaseError):
+                        result = CaseResult(
+                            case=item.case,
+                            status="failed",
+                            message=item.message,
+                            files=[str(f) for f in item.files],
+                        )
+                    else:
+                        result = synthesizer.process(
+                            item,
+                            output,
+                            overwrite=overwrite,
+                            preview=preview,
+                            grid_of=grid_of,
+                            loaded=loaded,
+                            resume_any=resume_any,
+                        )
+                    results.append(result)
+                    _log_result(result, len(results), len(found))
+        except Interrupted:
+            pass  # the stopper holds the signal
+        except KeyboardInterrupt:  # SIGINT where no handler of ours could be installed
+            stopper.signum = stopper.signum or signal.SIGINT
+        finally:
+            stopper.finish()
+        interrupted, signum = stopper.signum is not None, stopper.signum
+        if interrupted:
+            log.error("stopped by a signal; the case in progress was discarded, finished cases are kept")
+        batch = _finish(results, started, interrupted, signum, shard, context, report, output, table)
+    return batch
+
+
+def _finish(
+    results: list[CaseResult],
+    started: dt.datetime,
+    interrupted: bool,
+    signum: int | None,
+    shard: Shard | None,
+    context: dict[str, Any] | None,
+    report: Path | None,
+    output: Path,
+    table: TextIO | None,
+) -> BatchResult:
+    """Summary, report and a last clean-up, with further stop signals only noted."""
+    batch = BatchResult(
+        results,
+        started,
+        dt.datetime.now(dt.timezone.utc),
+        interrupted,
+        signum,
+        shard,
+        dict(context or {}),
+    )
+    if results and table is not None:
+        table.write(summary_table(results) + "\n")
+        table.flush()
+    counts = batch.counts
+    log.info("%d written, %d skipped, %d failed", counts["written"], counts["skipped"], counts["failed"])
+    if report is not None:
+        write_report(report_path_for(report, shard), batch.report())
+    if shard is None or shard.count == 1:
+        remove_stale_temporaries(output)  # e.g. the one a write cut short by the stop left
+    return batch

@@ -1,0 +1,223 @@
+"""PNG previews for a person to look at (``--extras``): the four contrasts of a case, the synthetic one
+marked, in three planes through the brain's largest abnormality.
+
+The figure (:func:`preview_figure`) has a title naming the case, the synthesised contrast and how it was
+made; one column per contrast, always t1n, t1c, t2w, t2f whatever the target, the synthetic column titled
+``<contrast> (synthetic)`` in a coloured frame; rows axial, coronal and sagittal in the radiological
+convention (patient right on the image's left, anterior and superior at the top), with the patient
+directions (R/L, A/P, S/I) written at the edges of each panel.
+
+Where the slices cross (:func:`slice_centre`): the centre of mass of the largest connected region of
+abnormally bright FLAIR (t2f) signal inside the brain, where a lesion shows best; "abnormally bright" is
+brighter than the brain's median by three times its median absolute deviation, and the region must be at
+least :data:`MIN_LESION_MM3` (smaller ones are noise). Without such a region: the brain's centre of mass.
+
+matplotlib is imported only when a figure is drawn, so a run without ``--extras`` never pays for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brasyn.data.modalities import MODALITIES, Modality
+
+__all__ = [
+    "MATPLOTLIB_MISSING",
+    "MIN_LESION_MM3",
+    "PLANES",
+    "Panel",
+    "panels",
+    "preview_figure",
+    "slice_centre",
+    "matplotlib_available",
+    "write_preview",
+]
+
+MIN_LESION_MM3 = 500
+"""The smallest bright region taken as the abnormality to centre on (voxels are 1 mm in model space)."""
+BRIGHT_MADS = 3.0
+"""Brighter than the brain's median by this many median absolute deviations counts as abnormal."""
+_BLOCK = 4
+"""Connected regions are found on blocks of this many voxels a side (fast without scipy, fine enough)."""
+SYNTHETIC_COLOUR = "#ff8c00"
+PLANES = ("axial", "coronal", "sagittal")
+MATPLOTLIB_MISSING = (
+    "--extras draws its previews with matplotlib, which is not installed here: "
+    "pip install matplotlib==3.11.2 (see requirements.txt), or leave out --extras"
+)
+_OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
+
+
+def matplotlib_available() -> bool:
+    """Whether previews can be drawn (asked before a run starts; importing matplotlib is left for later)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+# --- where to slice -------------------------------------------------------------------------------
+
+
+def _largest_region(mask: np.ndarray) -> np.ndarray:
+    """The largest 6-connected region of a (small) boolean array, as a mask (empty when there is none)."""
+    seen = np.zeros(mask.shape, dtype=bool)
+    best: list[tuple[int, int, int]] = []
+    steps = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
+    for start in zip(*np.nonzero(mask), strict=True):
+        if seen[start]:
+            continue
+        seen[start] = True
+        region, queue = [start], deque([start])
+        while queue:
+            x, y, z = queue.popleft()
+            for dx, dy, dz in steps:
+                n = (x + dx, y + dy, z + dz)
+                if all(0 <= n[i] < mask.shape[i] for i in range(3)) and mask[n] and not seen[n]:
+                    seen[n] = True
+                    region.append(n)
+                    queue.append(n)
+        if len(region) > len(best):
+            best = region
+    out = np.zeros(mask.shape, dtype=bool)
+    if best:
+        out[tuple(np.array(best).T)] = True
+    return out
+
+
+def _blocks(mask: np.ndarray) -> np.ndarray:
+    """Per block of :data:`_BLOCK` voxels a side: whether a quarter of it or more is set."""
+    padded = np.pad(mask, [(0, -s % _BLOCK) for s in mask.shape])
+    shape = [s // _BLOCK for s in padded.shape]
+    grouped = padded.reshape(shape[0], _BLOCK, shape[1], _BLOCK, shape[2], _BLOCK)
+    return grouped.mean(axis=(1, 3, 5)) >= 0.25
+
+
+def _centre_of_mass(mask: np.ndarray) -> tuple[int, int, int]:
+    return tuple(round(float(c.mean())) for c in np.nonzero(mask))  # type: ignore[return-value]
+
+
+def slice_centre(flair: np.ndarray, brain: np.ndarray) -> tuple[tuple[int, int, int], str]:
+    """The voxel the three slices pass through, and what it is ("lesion" or "brain centre"); see the module
+    text for the rule. ``flair`` and ``brain`` share one 3-D shape."""
+    if not brain.any():
+        return tuple(s // 2 for s in brain.shape), "volume centre"  # type: ignore[return-value]
+    values = flair[brain]
+    median = float(np.median(values))
+    spread = float(np.median(np.abs(values - median)))
+    bright = brain & (flair > median + BRIGHT_MADS * max(spread, 1e-6))
+    region = _largest_region(_blocks(bright))
+    if region.any():
+        cells = region.repeat(_BLOCK, 0).repeat(_BLOCK, 1).repeat(_BLOCK, 2)
+        lesion = bright & cells[: bright.shape[0], : bright.shape[1], : bright.shape[2]]
+        if lesion.sum() >= MIN_LESION_MM3:
+            return _centre_of_mass(lesion), "lesion"
+    return _centre_of_mass(brain), "brain centre"
+
+
+# --- the panels -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One plane of one volume as shown, with the patient direction at each edge."""
+
+    plane: str
+    image: np.ndarray
+    """Rows top to bottom, columns left to right, as drawn."""
+    left: str
+    right: str
+    top: str
+    bottom: str
+
+
+def panels(volume: np.ndarray, centre: Sequence[int], axes: Sequence[str]) -> list[Panel]:
+    """Axial, coronal and sagittal slices of ``volume`` through ``centre``.
+
+    ``axes`` are the nibabel codes of the array's axes (the direction each index increases towards; the
+    model grid is ``("L", "P", "S")``); the edge letters follow from them. Axial and coronal slices put the
+    first axis across, sagittal ones the second; the third axis runs upwards and the second downwards, so
+    on the model grid the views read as radiologists read them (patient right on the left, anterior and
+    superior at the top)."""
+    x, y, z = (int(c) for c in centre)
+    a0, a1, a2 = axes
+
+    def across(code: str) -> tuple[str, str]:
+        return _OPPOSITE[code], code  # the index increases to the right
+
+    return [
+        # rows follow the second axis downwards
+        Panel("axial", volume[:, :, z].T, *across(a0), _OPPOSITE[a1], a1),
+        # rows follow the third axis upwards
+        Panel("coronal", volume[:, y, :].T[::-1], *across(a0), a2, _OPPOSITE[a2]),
+        Panel("sagittal", volume[x, :, :].T[::-1], *across(a1), a2, _OPPOSITE[a2]),
+    ]
+
+
+# --- the figure -----------------------------------------------------------------------------------
+
+
+def _column_title(contrast: Modality, synthetic: Modality) -> str:
+    return f"{contrast.value} (synthetic)" if contrast is synthetic else contrast.value
+
+
+def preview_figure(
+    volumes: Mapping[Modality, np.ndarray],
+    synthetic: Modality,
+    title: str,
+    centre: Sequence[int],
+    axes: Sequence[str] = ("L", "P", "S"),
+) -> Any:
+    """A matplotlib ``Figure`` (no pyplot: nothing global) of the four contrasts (columns t1n, t1c, t2w,
+    t2f) in three planes (rows) through ``centre``, each contrast scaled to its own 99.5th percentile."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10.0, 8.4), dpi=100, facecolor="black")
+    grid = figure.subplots(len(PLANES), len(MODALITIES), squeeze=False)
+    figure.suptitle(title, color="white", fontsize=11)
+    for column, contrast in enumerate(MODALITIES):
+        volume = volumes[contrast]
+        high = float(np.percentile(volume, 99.5)) if np.any(volume) else 1.0
+        for row, panel in enumerate(panels(volume, centre, axes)):
+            ax = grid[row][column]
+            ax.imshow(panel.image, cmap="gray", vmin=0.0, vmax=high or 1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_facecolor("black")
+            if row == 0:
+                colour = SYNTHETIC_COLOUR if contrast is synthetic else "white"
+                ax.set_title(_column_title(contrast, synthetic), color=colour, fontsize=10)
+            if column == 0:
+                ax.set_ylabel(panel.plane, color="white", fontsize=10)
+            for spine in ax.spines.values():
+                spine.set_color(SYNTHETIC_COLOUR if contrast is synthetic else "black")
+                spine.set_linewidth(3.0 if contrast is synthetic else 0.5)
+            letter = {"color": "yellow", "fontsize": 8, "transform": ax.transAxes}
+            ax.text(0.02, 0.5, panel.left, ha="left", va="center", **letter)
+            ax.text(0.98, 0.5, panel.right, ha="right", va="center", **letter)
+            ax.text(0.5, 0.98, panel.top, ha="center", va="top", **letter)
+            ax.text(0.5, 0.02, panel.bottom, ha="center", va="bottom", **letter)
+    figure.subplots_adjust(left=0.04, right=0.99, bottom=0.01, top=0.9, wspace=0.03, hspace=0.05)
+    return figure
+
+
+def write_preview(path: Path, figure: Any, description: str = "") -> None:
+    """Save ``figure`` as a PNG at ``path`` atomically (a reader never sees half a file); ``description``
+    goes into the PNG's text chunks."""
+    fd, tmp = tempfile.mkstemp(prefix=".brasyn-preview-", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        figure.savefig(tmp, format="png", facecolor="black", metadata={"Description": description})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide it from the person it is for
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,290 @@
+"""One case end to end: read the three present contrasts, bring them into model space, let the predictor
+fill in the missing one, bring it back onto the input grid and scale, and write it.
+
+:class:`Synthesizer` holds a :class:`~brasyn.inference.predictors.Predictor` and the run's seed; it does not
+loop over cases (that is :mod:`brasyn.inference.batch`) and does not know which method predicts. Per case:
+
+    volumes.load_volume -> model_space.to_model_space -> predictor.predict
+        -> model_space.from_model_space -> volumes.write_volume
+
+Each phase is timed into :attr:`CaseResult.phases` (seconds): ``load`` (reading the files), ``prepare``
+(resampling where needed, normalisation, window), ``sample`` (the predictor), ``restore`` (geometry,
+intensity, back onto the reference grid) and ``write``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from brasyn.common.errors import CaseError, WeightsError
+from brasyn.common.runtime import case_generator, peak_memory_mib, reset_peak_memory
+from brasyn.common.version import __version__
+from brasyn.data.cases import Case
+from brasyn.data.modalities import Modality, conditions_for
+from brasyn.data.provenance import Decision, decide, short_description
+from brasyn.data.volumes import Volume, load_volume, write_problem, write_volume
+from brasyn.inference.predictors import Predictor, Progress
+from brasyn.transform.model_space import ModelSpace, from_model_space, to_model_space
+
+__all__ = ["PHASES", "CaseResult", "Loaded", "Preview", "Synthesizer"]
+
+log = logging.getLogger("brasyn")
+
+PHASES = ("load", "prepare", "sample", "restore", "write")
+"""The timed phases of one case, in order."""
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case; one row of the run report."""
+
+    case: str
+    status: str
+    """"written", "skipped" or "failed"."""
+    target: str | None = None
+    output: str | None = None
+    seconds: float = 0.0
+    device: str | None = None
+    peak_memory_mib: float | None = None
+    message: str = ""
+    files: list[str] = field(default_factory=list)
+    resampled: bool = False
+    """Whether the inputs were resampled onto a 1 mm model grid (``brasyn.transform.resample``)."""
+    grid_of: str | None = None
+    """The contrast whose grid the output is on, when resampled."""
+    model_shape: list[int] | None = None
+    """The size of the model window the case was predicted in."""
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds spent in each phase reached (:data:`PHASES`); load and prepare may have run ahead, while
+    the previous case was sampled."""
+    note: str | None = None
+    """Why an existing output was kept or replaced (:class:`brasyn.data.provenance.Decision`), else None."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Loaded:
+    """A case read from disk and brought into model space, ready to be predicted."""
+
+    images: np.ndarray
+    """(3, D, H, W) float32 in [0, 1]: the conditions in :func:`conditions_for` order."""
+    record: ModelSpace
+    phases: dict[str, float]
+    """Seconds of ``load`` and ``prepare``."""
+
+
+Preview = Callable[[Case, np.ndarray, ModelSpace, np.ndarray], None]
+"""Called after a write with the case, its model-space conditions, their record and the model-space
+[0, 1] result."""
+
+
+def _progress_bar(total: int, description: str) -> tqdm:
+    return tqdm(
+        total=total,
+        desc=description,
+        file=sys.stderr,
+        leave=False,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,
+    )
+
+
+class Synthesizer:
+    """Synthesises the missing contrast of one case at a time with ``predictor``; each case's random
+    generator follows from ``seed`` and the case id alone (not from the order of the batch)."""
+
+    def __init__(self, predictor: Predictor, seed: int = 42, progress: bool = True) -> None:
+        self.predictor = predictor
+        self.seed = seed
+        self.progress = progress
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    def output_settings(self, target: Modality, grid_of: Modality | None = None) -> dict[str, Any]:
+        """This run's settings for an output of ``target``, as its record holds them
+        (:mod:`brasyn.data.provenance`); WeightsError where ``target`` has no weights."""
+        return {
+            **self.predictor.output_settings(target, self.seed),
+            "grid_of": grid_of.value if grid_of is not None else None,
+        }
+
+    def decision(
+        self,
+        case: Case,
+        output_dir: Path,
+        overwrite: bool = False,
+        grid_of: Modality | None = None,
+        resume_any: bool = False,
+    ) -> Decision:
+        """Whether ``case``'s output is (re)written, given what the output folder holds."""
+        assert case.target is not None and case.output_name is not None
+        output = output_dir / case.output_name
+        try:
+            settings = self.output_settings(case.target, grid_of)
+        except WeightsError:  # no weights for this target: the case fails in process, not here
+            return Decision(True)
+        return decide(output, settings, overwrite=overwrite, resume_any=resume_any)
+
+    def needs_work(
+        self,
+        case: Case,
+        output_dir: Path,
+        overwrite: bool = False,
+        grid_of: Modality | None = None,
+        resume_any: bool = False,
+    ) -> bool:
+        """Whether :meth:`process` would load and synthesise ``case`` (not skip it)."""
+        if case.target is None or case.output_name is None:
+            return False
+        return self.decision(case, output_dir, overwrite, grid_of, resume_any).work
+
+    def load(self, case: Case, grid_of: Modality | None = None) -> Loaded:
+        """Reads ``case``'s conditions and brings them into model space (CPU only, no model): the part of
+        a case that can run while another case is being predicted. Raises CaseError."""
+        if case.target is None:
+            raise CaseError(case.id, case.skip_reason or "nothing to synthesise")
+        start = time.perf_counter()
+        volumes = {m: load_volume(p, case.id) for m, p in case.conditions.items()}
+        read = time.perf_counter()
+        images, record = self.to_model_space(volumes, case.target, case.id, grid_of)
+        return Loaded(images, record, {"load": read - start, "prepare": time.perf_counter() - read})
+
+    def to_model_space(
+        self,
+        volumes: dict[Modality, Volume],
+        target: Modality,
+        case_id: str,
+        grid_of: Modality | None = None,
+    ) -> tuple[np.ndarray, ModelSpace]:
+        """The conditions of ``target`` in model space, with the record that undoes it."""
+        return to_model_space(volumes, conditions_for(target), case_id, grid_of)
+
+    def predict(
+        self, images: np.ndarray, target: Modality, case_id: str, progress: Progress | None = None
+    ) -> np.ndarray:
+        """The (D, H, W) [0, 1] model-space target of one case, with the case's own random draws."""
+        generator = case_generator(self.seed, case_id, self.predictor.device)
+        try:
+            out = self.predictor.predict(torch.from_numpy(images)[None], target, generator, progress)
+        except WeightsError as exc:
+            raise CaseError(case_id, str(exc)) from exc
+        return out[0, 0].float().cpu().numpy()
+
+    def restore(self, model_space: np.ndarray, record: ModelSpace, target: Modality) -> np.ndarray:
+        """A model-space target back on the grid and intensity scale of the inputs."""
+        try:
+            ratios = self.predictor.intensity_ratios(target)
+        except WeightsError as exc:
+            raise CaseError(record.case, str(exc)) from exc
+        return from_model_space(model_space, record, ratios)
+
+    def process(
+        self,
+        case: Case,
+        output_dir: Path,
+        overwrite: bool = False,
+        preview: Preview | None = None,
+        grid_of: Modality | None = None,
+        loaded: Callable[[], Loaded] | None = None,
+        resume_any: bool = False,
+    ) -> CaseResult:
+        """Synthesise and write one case; never raises for a problem of the case itself.
+
+        ``loaded`` returns :meth:`load`'s result for this case (or raises its CaseError) where that was
+        started ahead, while the previous case was predicted. An existing output is kept or replaced as
+        :func:`brasyn.data.provenance.decide` says (``overwrite``, ``resume_any``); a replacement is written
+        whole beside it and renamed over it, so a failed one leaves the old file as it was.
+        """
+        start = time.perf_counter()
+        result = CaseResult(case=case.id, status="failed", device=str(self.device))
+        result.files = [str(p) for p in case.files.values()]
+        if case.target is None or case.output_name is None:
+            result.status, result.message = "skipped", case.skip_reason or "nothing to synthesise"
+            return result
+        result.target = case.target.value
+        output = output_dir / case.output_name
+        result.output = str(output)
+        decision = self.decision(case, output_dir, overwrite, grid_of, resume_any)
+        result.note = decision.note
+        if not decision.work:
+            result.status, result.message = "skipped", decision.message
+            return result
+        if decision.note == "replaced: settings differed":
+            log.warning("%s: %s", case.id, decision.message)
+        reset_peak_memory(self.device)
+        bar = None
+        try:
+            ready = loaded() if loaded is not None else self.load(case, grid_of)
+            result.phases.update(ready.phases)
+            record = ready.record
+            result.model_shape = list(record.model_shape)
+            if record.grid is not None:
+                result.resampled, result.grid_of = True, record.grid.reference.value
+            steps = self.predictor.steps(case.target)
+            if self.progress and steps:
+                bar = _progress_bar(steps, f"{case.id} {case.target}")
+            clock = time.perf_counter()
+            model_space = self.predict(
+                ready.images, case.target, case.id, (lambda info: bar.update(1)) if bar else None
+            )
+            result.phases["sample"] = time.perf_counter() - clock
+            clock = time.perf_counter()
+            data = self.restore(model_space, record, case.target)
+            result.phases["restore"] = time.perf_counter() - clock
+            if not np.any(data):
+                raise CaseError(
+                    case.id,
+                    "the synthetic image is empty (all voxels 0); check the inputs and "
+                    f"{self.predictor.describe()}",
+                    case.files.values(),
+                )
+            clock = time.perf_counter()
+            settings = {
+                **self.output_settings(case.target, grid_of),
+                "version": __version__,
+                "target": case.target.value,
+                "resampled": result.resampled,
+            }
+            try:
+                write_volume(
+                    data, record.reference, output, description=short_description(settings), record=settings
+                )
+            except OSError as exc:  # disk full, folder gone, read-only: this case fails, the batch goes on
+                raise CaseError(case.id, write_problem(exc, output), case.files.values()) from exc
+            result.phases["write"] = time.perf_counter() - clock
+            if preview is not None:
+                try:
+                    preview(case, ready.images, record, model_space)
+                except OSError as exc:  # the preview is an extra: the written case stands
+                    log.warning("%s: no preview: %s", case.id, exc)
+        except CaseError as exc:
+            result.message = exc.message
+            result.files = [str(p) for p in (exc.files or case.files.values())]
+            return result
+        except WeightsError as exc:  # this target's checkpoint: the other cases may still have theirs
+            result.message = str(exc)
+            return result
+        finally:
+            if bar is not None:
+                bar.close()
+            result.seconds = round(time.perf_counter() - start, 3)
+            result.peak_memory_mib = round(peak_memory_mib(self.device), 1)
+            result.phases = {k: round(v, 4) for k, v in result.phases.items()}
+        result.status = "written"
+        result.message = f"{case.target} written to {output.name}"
+        if decision.note == "replaced: settings differed":
+            result.message += " (replaced: its settings differed)"
+        return result

@@ -1,0 +1,147 @@
+"""The samplers: each a short function of ``(denoise, x, tables)`` that can be read against its paper.
+
+``denoise(x_t, t)`` returns the model's (clipped) prediction of the clean sub-bands; ``tables`` is a
+:class:`brasyn.model.diffusion.StepTables` (the schedule, respaced, on the sampling device); ``callback``
+receives ``{"i", "t", "x", "pred_xstart"}`` after every step. Nothing here reads a value back to the
+host, so a GPU runs the loop without a synchronisation per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:  # the schedule's tables; brasyn.model.diffusion imports this module to sample
+    from brasyn.model.diffusion import StepTables
+
+__all__ = ["VARIANCES", "Callback", "Denoise", "sample_ancestral", "sample_ddim", "sample_dpmpp_2m"]
+
+VARIANCES = ("fixed_large", "fixed_small")
+"""The variance of an ancestral step: beta_t (the official choice) or the posterior's beta_tilde_t."""
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``denoise(x_t, t) -> x0``: the model's (clipped) prediction of the clean sub-bands."""
+Callback = Callable[[dict[str, Any]], None]
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+@torch.no_grad()
+def sample_ancestral(
+    denoise: Denoise,
+    x: torch.Tensor,
+    tables: StepTables,
+    variance: str = "fixed_large",
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling, DDPM Algorithm 2 with an x0-predicting model: x_{t-1} ~ N(mu_t, sigma_t^2)."""
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}")
+    std = tables.fixed_large_variance if variance == "fixed_large" else tables.posterior_variance
+    std = std.sqrt()
+    batch = x.shape[0]
+    for i in reversed(range(len(tables))):
+        t = tables.timesteps[i].expand(batch)
+        x0 = denoise(x, t)
+        # 1. posterior mean, DDPM eq. 7, with the predicted x0
+        x_new = tables.posterior_mean_coef1[i] * x0 + tables.posterior_mean_coef2[i] * x
+        # 2. noise on every step but the last
+        if i > 0:
+            x_new = x_new + std[i] * _randn_like(x, generator)
+        x = x_new
+        if callback is not None:
+            callback({"i": len(tables) - 1 - i, "t": t, "x": x, "pred_xstart": x0})
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(
+    denoise: Denoise,
+    x: torch.Tensor,
+    tables: StepTables,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """DDIM sampling, Song et al. (2021) eq. 12; ``eta = 0`` is deterministic, ``eta = 1`` is
+    ancestral sampling with the posterior variance."""
+    ac, ac_prev = tables.alphas_cumprod, tables.alphas_cumprod_prev
+    # eq. 16: sigma_t(eta)
+    sigma = eta * ((1 - ac_prev) / (1 - ac) * (1 - ac / ac_prev)).sqrt()
+    eps_coef = (1 - ac_prev - sigma**2).clamp(min=0).sqrt()
+    batch = x.shape[0]
+    for i in reversed(range(len(tables))):
+        t = tables.timesteps[i].expand(batch)
+        x0 = denoise(x, t)
+        # 1. the noise the model's x0 implies
+        eps = (x - tables.sqrt_alphas_cumprod[i] * x0) / tables.sqrt_one_minus_alphas_cumprod[i]
+        # 2. "predicted x0" + "direction pointing to x_t" (+ random noise), eq. 12
+        x_new = ac_prev[i].sqrt() * x0 + eps_coef[i] * eps
+        if eta > 0 and i > 0:
+            x_new = x_new + sigma[i] * _randn_like(x, generator)
+        x = x_new
+        if callback is not None:
+            callback({"i": len(tables) - 1 - i, "t": t, "x": x, "pred_xstart": x0})
+    return x
+
+
+@dataclass(frozen=True)
+class _SolverSteps:
+    """Per-step coefficients of DPM-Solver++(2M), computed in float64: step ``i`` maps x at index ``i``
+    to x at index ``i - 1`` (to the clean sample at ``i = 0``) as ``a x + b D``."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    half_inverse_ratio: torch.Tensor
+    """1 / (2 r_i), r_i = h_{i+1} / h_i; 0 where the step is first order (the first and the last)."""
+
+    @classmethod
+    def from_tables(cls, tables: StepTables) -> _SolverSteps:
+        ac = tables.alphas_cumprod.to(torch.float64)
+        ac_next = tables.alphas_cumprod_prev.to(torch.float64)
+        alpha_s, sigma_s = ac.sqrt(), (1 - ac).sqrt()
+        alpha_t, sigma_t = ac_next.sqrt(), (1 - ac_next).sqrt()
+        # exp(-h) = (sigma_t / alpha_t) / (sigma_s / alpha_s), h the step in log-SNR lambda = log(alpha/sigma)
+        exp_neg_h = (sigma_t / alpha_t) / (sigma_s / alpha_s)
+        h = -torch.log(exp_neg_h)  # +inf at the last step (to sigma = 0)
+        half_inverse_ratio = torch.zeros_like(h)
+        n = len(ac)
+        for i in range(1, n - 1):  # not the first step (n - 1, no history) nor the last (0, h = inf)
+            half_inverse_ratio[i] = 0.5 * h[i] / h[i + 1]
+        return cls(a=sigma_t / sigma_s, b=alpha_t * (1 - exp_neg_h), half_inverse_ratio=half_inverse_ratio)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> _SolverSteps:
+        return _SolverSteps(
+            *(v.to(device=device, dtype=dtype) for v in (self.a, self.b, self.half_inverse_ratio))
+        )
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(
+    denoise: Denoise,
+    x: torch.Tensor,
+    tables: StepTables,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M), Lu et al. (2022), "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+    Probabilistic Models", Algorithm 2, in the data-prediction form; the model's x0 is clipped to the
+    image range before it enters the update (their thresholding). Deterministic; first order on the first
+    step (no history yet) and on the last (to sigma = 0, where it returns the model's x0, as DDIM does)."""
+    steps = _SolverSteps.from_tables(tables).to(x.device)
+    batch = x.shape[0]
+    previous: torch.Tensor | None = None
+    for i in reversed(range(len(tables))):
+        t = tables.timesteps[i].expand(batch)
+        x0 = denoise(x, t)
+        d = x0 if previous is None else x0 + steps.half_inverse_ratio[i] * (x0 - previous)
+        x = steps.a[i] * x + steps.b[i] * d
+        previous = x0
+        if callback is not None:
+            callback({"i": len(tables) - 1 - i, "t": t, "x": x, "pred_xstart": x0})
+    return x

@@ -1,0 +1,1 @@
+"""Training: the trainer, validation during training, the case cache, its loader and the draws."""

@@ -1,0 +1,1 @@
+"""Model space and its exact inverse: grids and resampling, orientation, normalisation, intensity."""
