@@ -28,7 +28,7 @@ __all__ = ["BUNDLED_WEIGHTS", "infer_single", "load_denoiser"]
 
 log = logging.getLogger("brasyn")
 
-BUNDLED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+BUNDLED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 """The demo weights shipped beside the package (see ``weights/README.md``)."""
 
 

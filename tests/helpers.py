@@ -1,4 +1,4 @@
-"""Synthetic test volumes and folders, made by the tests themselves."""
+"""Synthetic test folders and cases (their volumes: brasyn.data.phantom), made by the tests themselves."""
 
 from __future__ import annotations
 
@@ -10,23 +10,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
-
-
-def phantom(shape=(48, 56, 40), seed=0, scale=1000.0, centre=None, radii=None) -> np.ndarray:
-    """A skull-stripped-looking volume: a noisy ellipsoid 'brain' with a brighter 'lesion', 0 outside."""
-    rng = np.random.default_rng(seed)
-    grid = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
-    centre = centre or [n / 2 for n in shape]
-    radii = radii or [n * 0.35 for n in shape]
-    r2 = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True))
-    brain = r2 < 1
-    lesion = (
-        sum(((g - c - r * 0.3) / (r * 0.2)) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) < 1
-    )
-    data = np.where(brain, scale * (0.4 + 0.2 * rng.random(shape)), 0.0)
-    data[lesion & brain] *= 1.8
-    return data.astype(np.float32)
+from brasyn.data.phantom import BRATS_AFFINE, phantom
 
 
 def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray = BRATS_AFFINE, dtype=None) -> Path:

@@ -10,24 +10,26 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from brasyn.commands.baselines import main
 from brasyn.commands.cli import main as brasyn_main
 from brasyn.common.errors import WeightsError
 from brasyn.data.modalities import MODALITIES, Modality, conditions_for
+from brasyn.data.phantom import BRATS_AFFINE, phantom
 from brasyn.data.volumes import Volume
 from brasyn.inference.baselines import (
     BASELINES_NAME,
     Baselines,
     LinearFit,
     fit_baselines,
-    main,
     predict_linear,
     predict_nearest,
 )
 from brasyn.inference.predictors import LinearPredictor, NearestPredictor
 from brasyn.transform.intensity import OUTPUT_THRESHOLD, high_percentile
 from brasyn.transform.preprocess import normalise
-from brasyn.weights.store import DEFAULT_INTENSITY_RATIOS, WeightStore, init_random
-from tests.helpers import BRATS_AFFINE, make_case, phantom, save_nifti
+from brasyn.weights.manifest import DEFAULT_INTENSITY_RATIOS
+from brasyn.weights.store import WeightStore, init_random
+from tests.helpers import make_case, save_nifti
 
 T1N, T1C, T2W, T2F = MODALITIES
 SHAPE = (32, 32, 24)

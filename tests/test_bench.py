@@ -3,7 +3,8 @@ import time
 
 import torch
 
-from brasyn.bench import speed as bench
+from brasyn.bench import speed
+from brasyn.commands import bench
 
 TINY = ["--config", "tiny", "--shape", "32", "32", "32", "--device", "cpu", "--repeats", "1", "--warmup", "0"]
 
@@ -77,7 +78,7 @@ def test_the_end_to_end_case_runs_through_the_batch_runner_and_reports_its_timin
         seen.append(real(*args, **kwargs))
         return seen[-1]
 
-    monkeypatch.setattr(bench, "run_batch", spy)
+    monkeypatch.setattr(speed, "run_batch", spy)
     assert bench.main([*TINY, "--sampler", "x0"]) == 0
     printed = json.loads(capsys.readouterr().out)
     (result,) = seen[0].results

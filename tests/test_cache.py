@@ -203,7 +203,7 @@ def test_a_loader_with_workers_gives_the_batches_of_the_main_thread_from_a_thous
 
 
 def test_the_loader_benchmark_prints_its_rate_and_the_wait_per_step(tmp_path, capsys):
-    from brasyn.bench.speed import main as bench_main
+    from brasyn.commands.bench import main as bench_main
 
     data, cache = tmp_path / "data", tmp_path / "cache"
     make_case(data, "c0", ALL, seed=1, shape=(40, 48, 36))
@@ -222,7 +222,7 @@ def test_the_loader_benchmark_prints_its_rate_and_the_wait_per_step(tmp_path, ca
 
 
 def test_the_quantisation_benchmark_states_the_error_of_the_stored_values(tmp_path, capsys):
-    from brasyn.bench.speed import main as bench_main
+    from brasyn.commands.bench import main as bench_main
 
     make_case(tmp_path / "data", "c0", ALL, seed=2, shape=(40, 48, 36))
     assert (

@@ -17,9 +17,10 @@ from torchmetrics.image import StructuralSimilarityIndexMeasure
 
 from brasyn.commands.cli import DEFAULT_WEIGHTS
 from brasyn.commands.cli import main as brasyn_main
+from brasyn.commands.evaluate import main
 from brasyn.data.modalities import MODALITIES, conditions_for
-from brasyn.evaluate.score import main
-from tests.helpers import make_case, phantom, save_nifti
+from brasyn.data.phantom import phantom
+from tests.helpers import make_case, save_nifti
 
 CHOICES = ["t1c", "t1n", "t2f", "t2w"]
 LINEAR = ["--method", "linear", "--weights", str(DEFAULT_WEIGHTS), "--device", "cpu", "--no-progress"]

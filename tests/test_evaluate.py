@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brasyn.evaluate.score import drop_choices, main, pair_predictions
-from tests.helpers import BRATS_AFFINE, make_case, phantom, save_nifti
+from brasyn.commands.evaluate import main
+from brasyn.data.phantom import BRATS_AFFINE, phantom
+from brasyn.evaluate.score import drop_choices, pair_predictions
+from tests.helpers import make_case, save_nifti
 
 SHAPE = (24, 24, 20)
 ALL = ("t1n", "t1c", "t2w", "t2f")

@@ -21,8 +21,9 @@ import pytest
 
 import brasyn.data.volumes
 from brasyn.commands.cli import DEFAULT_WEIGHTS, main
+from brasyn.data.phantom import BRATS_AFFINE, phantom
 from brasyn.weights.store import init_random
-from tests.helpers import BRATS_AFFINE, make_case, phantom, save_nifti
+from tests.helpers import make_case, save_nifti
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "report.schema.json").read_text())

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from brasyn.bench import speed as bench
 from brasyn.bench.gpu_parts import Budget, Sizes
 from brasyn.bench.gpu_runs import fastest_passing
+from brasyn.commands import bench
 
 PARTS = ("environment", "correctness", "denoiser", "case", "batch", "training")
 

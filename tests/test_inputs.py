@@ -15,8 +15,9 @@ from brasyn.data.cases import Case, discover
 from brasyn.data.contrast_map import ContrastMap, MapError, parse_map
 from brasyn.data.flat_cases import group_flat
 from brasyn.data.modalities import Modality
+from brasyn.data.phantom import phantom
 
-from .helpers import phantom, save_nifti
+from .helpers import save_nifti
 
 T1N, T1C, T2W, T2F = Modality.T1N, Modality.T1C, Modality.T2W, Modality.T2F
 FAST = ["--device", "cpu", "--no-progress", "--method", "linear"]
@@ -311,7 +312,7 @@ def test_one_case_in_a_flat_folder_stays_one_case_and_duplicates_say_what_to_do(
 
 
 def test_drop_of_a_flat_folder_copies_each_case_its_own_files(tmp_path):
-    from brasyn.evaluate.score import main as evaluate_main
+    from brasyn.commands.evaluate import main as evaluate_main
 
     names = [f"{c}-{m}.nii.gz" for c in ("A", "B") for m in ("t1n", "t1c", "t2w", "t2f", "seg")]
     _touch(tmp_path / "truth", *names)

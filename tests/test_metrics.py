@@ -5,8 +5,8 @@ import pytest
 import torch
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
+from brasyn.data.phantom import phantom
 from brasyn.evaluate.metrics import mse, percentile_normalise, psnr, score, ssim, ssim_inside, ssim_regions
-from tests.helpers import phantom
 
 
 def test_normalisation_clips_each_image_to_its_own_percentiles_and_scales_to_unit_range():

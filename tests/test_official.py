@@ -14,12 +14,12 @@ import torch
 import brasyn.weights.manifest as manifest
 import brasyn.weights.official as official
 from brasyn.commands.cli import main as brasyn_main
+from brasyn.commands.weights import main as weights_main
 from brasyn.common.errors import WeightsError
 from brasyn.data.modalities import Modality
 from brasyn.model.unet import PRESETS, Denoiser, DenoiserConfig
 from brasyn.weights.official import OFFICIAL_NAMES, infer_config, official_target
 from brasyn.weights.store import WeightStore, _randomise, init_random
-from brasyn.weights.store import main as weights_main
 from tests.helpers import make_case
 
 TINY = PRESETS["tiny"]
@@ -341,7 +341,8 @@ def test_import_official_of_a_folder_refuses_target(tmp_path, downloads, capsys)
 def test_troubleshooting_covers_each_message_about_official_files(message):
     root = Path(__file__).resolve().parents[1]
     code = " ".join(
-        (root / "brasyn" / name).read_text() for name in ("official.py", "options.py", "weights.py")
+        (root / "brasyn" / name).read_text()
+        for name in ("weights/official.py", "commands/options.py", "weights/store.py")
     )
     readme = (root / "README.md").read_text()
     troubleshooting = readme[readme.index("## Troubleshooting") : readme.index("## Weights")]

@@ -337,7 +337,7 @@ def test_run_command_points_caches_at_a_writable_place_without_a_home(monkeypatc
 
 
 def test_evaluate_takes_v_and_refuses_a_bad_device(tmp_path, capsys, brasyn_logger):
-    from brasyn.evaluate.score import main
+    from brasyn.commands.evaluate import main
 
     (tmp_path / "pred").mkdir()
     (tmp_path / "truth").mkdir()
@@ -353,7 +353,7 @@ def test_evaluate_takes_v_and_refuses_a_bad_device(tmp_path, capsys, brasyn_logg
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_baselines_takes_v_before_or_after_the_subcommand(tmp_path, brasyn_logger, where):
-    from brasyn.inference.baselines import main
+    from brasyn.commands.baselines import main
 
     fit = ["--data", str(tmp_path), "--out", str(tmp_path / "w")]
     argv = ["-v", "fit", *fit] if where == "before" else ["fit", "-v", *fit]
@@ -362,7 +362,7 @@ def test_baselines_takes_v_before_or_after_the_subcommand(tmp_path, brasyn_logge
 
 
 def test_baselines_refuses_a_bad_argument(capsys):
-    from brasyn.inference.baselines import main
+    from brasyn.commands.baselines import main
 
     assert main(["fit", "--bogus"]) == 2
     assert main(["fit"]) == 2
@@ -370,7 +370,7 @@ def test_baselines_refuses_a_bad_argument(capsys):
 
 
 def test_weights_takes_v_and_contrast_aliases_and_refuses_a_bad_target(tmp_path, capsys, brasyn_logger):
-    from brasyn.weights.store import main
+    from brasyn.commands.weights import main
 
     out = tmp_path / "w"
     assert main(["init", "-v", "--config", "tiny", "--out", str(out), "--targets", "flair"]) == 0
@@ -442,12 +442,12 @@ def test_q_means_warnings_only_and_excludes_v(capsys, brasyn_logger):
 @pytest.mark.parametrize(
     "module",
     [
-        "brasyn.evaluate",
-        "brasyn.baselines",
-        "brasyn.weights",
-        "brasyn.train",
-        "brasyn.bench",
-        "brasyn.quality",
+        "brasyn.commands.evaluate",
+        "brasyn.commands.baselines",
+        "brasyn.commands.weights",
+        "brasyn.commands.train",
+        "brasyn.commands.bench",
+        "brasyn.commands.quality",
     ],
 )
 def test_every_command_takes_q(module, capsys):

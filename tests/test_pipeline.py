@@ -18,16 +18,9 @@ import pytest
 
 from brasyn.commands.cli import main
 from brasyn.data.modalities import conditions_for, modality_from_alias
+from brasyn.data.phantom import BRATS_AFFINE, phantom
 from brasyn.weights.store import WeightStore, init_random
-from tests.helpers import (
-    BRATS_AFFINE,
-    CONTAINER_UID,
-    container_prefix,
-    make_case,
-    phantom,
-    save_nifti,
-    written_by_container_uid,
-)
+from tests.helpers import CONTAINER_UID, container_prefix, make_case, save_nifti, written_by_container_uid
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--sampler", "ddim", "--steps", "2", "--device", "cpu", "--no-progress"]
@@ -513,8 +506,7 @@ def test_fast_samplers_and_bf16_run_through_the_pipeline(tmp_path):
 def test_verbose_gives_the_debug_log_in_the_main_command_too(tmp_path, flag):
     import logging
 
-    from brasyn.bench import quality
-    from brasyn.bench import speed as bench
+    from brasyn.commands import bench, quality
 
     assert main([flag, "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     assert logging.getLogger("brasyn").level == logging.DEBUG

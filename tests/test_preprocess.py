@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from brasyn.data.phantom import BRATS_AFFINE, phantom
 from brasyn.transform.preprocess import (
     BRATS_SHAPE,
     normalise,
@@ -9,7 +10,6 @@ from brasyn.transform.preprocess import (
     restore_geometry,
     to_model,
 )
-from tests.helpers import BRATS_AFFINE, phantom
 
 RAS_AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
 

@@ -333,7 +333,7 @@ class UNetModel(Denoiser):
 def test_bench_official_times_the_official_network_on_the_same_weights_and_input(
     tmp_path, monkeypatch, capsys
 ):
-    import brasyn.bench.speed as bench
+    import brasyn.commands.bench as bench
 
     checkout = tmp_path / "cwdm"
     (checkout / "guided_diffusion").mkdir(parents=True)

@@ -16,9 +16,10 @@ import brasyn.data.volumes
 from brasyn.commands.cli import DEFAULT_WEIGHTS, main
 from brasyn.common.errors import CaseError
 from brasyn.data.modalities import Modality
+from brasyn.data.phantom import BRATS_AFFINE, phantom
 from brasyn.data.volumes import load_volume, write_volume
 from brasyn.transform.resample import foreground, plan_grid
-from tests.helpers import BRATS_AFFINE, make_case, phantom, save_nifti
+from tests.helpers import make_case, save_nifti
 
 LINEAR = ["--method", "linear", "--weights", str(DEFAULT_WEIGHTS), "--device", "cpu", "--no-progress"]
 

@@ -8,7 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brasyn.bench import quality
+from brasyn.bench.quality import parse_variant
+from brasyn.commands import quality
 from brasyn.commands.cli import main as cli_main
 from brasyn.evaluate.metrics import score
 from brasyn.weights.store import init_random
@@ -72,7 +73,7 @@ def test_precision_check_compares_bf16_with_the_seed_to_seed_spread(complete, ca
 
 def test_bad_variants_and_folders_without_complete_cases_exit_2(complete, tmp_path):
     with pytest.raises(ValueError, match="sampler:steps"):
-        quality.parse_variant("ddim")
+        parse_variant("ddim")
     with pytest.raises(ValueError, match="precision"):
-        quality.parse_variant("ddim:5:fp16")
+        parse_variant("ddim:5:fp16")
     assert quality.main(["samplers", "--data", str(tmp_path), "--weights", str(complete / "weights")]) == 2

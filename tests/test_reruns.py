@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from brasyn.commands.cli import main
+from brasyn.data.phantom import phantom
 from brasyn.data.provenance import differences, read_record
 from brasyn.weights.store import WeightStore, init_random
-from tests.helpers import make_case, phantom, save_nifti
+from tests.helpers import make_case, save_nifti
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "report.schema.json").read_text())

@@ -18,13 +18,14 @@ from brasyn import __version__
 from brasyn.commands.cli import DEFAULT_WEIGHTS, main
 from brasyn.common.errors import CaseError
 from brasyn.data.modalities import Modality
+from brasyn.data.phantom import BRATS_AFFINE, phantom
 from brasyn.data.provenance import short_description
 from brasyn.data.volumes import Volume, load_volume, write_volume
 from brasyn.inference.predictors import LinearPredictor
 from brasyn.inference.synthesize import Synthesizer
 from brasyn.transform.model_space import from_model_space
 from brasyn.transform.resample import GridPlan, on_model_grid, plan_grid, to_reference_grid
-from tests.helpers import BRATS_AFFINE, phantom, save_nifti
+from tests.helpers import save_nifti
 
 SOURCE_CASE = "BraTS-GLI-00001-000"
 README_CORRELATIONS = {"orig": 0.41, "thick": 0.53, "shifted": 0.58, "mixed": 0.45}

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from brasyn.common.errors import CaseError
+from brasyn.data.phantom import BRATS_AFFINE, phantom
 from brasyn.data.volumes import (
     TEMP_PREFIX,
     check_same_grid,
@@ -12,7 +13,7 @@ from brasyn.data.volumes import (
     remove_stale_temporaries,
     write_volume,
 )
-from tests.helpers import BRATS_AFFINE, phantom, save_nifti
+from tests.helpers import save_nifti
 
 
 def test_load_reads_float32_with_the_scale_slope_applied(tmp_path):

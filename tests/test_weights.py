@@ -7,20 +7,15 @@ import pytest
 import torch
 
 import brasyn.weights.manifest as manifest
+from brasyn.commands.weights import main
 from brasyn.common.errors import WeightsError
+from brasyn.common.files import sha256_file
 from brasyn.data.modalities import MODALITIES, Modality, conditions_for
 from brasyn.model.diffusion import Diffusion, DiffusionConfig
 from brasyn.model.unet import PRESETS, Denoiser, DenoiserConfig
-from brasyn.weights.store import (
-    DEFAULT_INTENSITY_RATIOS,
-    CheckpointInfo,
-    WeightStore,
-    import_official,
-    init_random,
-    main,
-    save_checkpoint,
-    sha256_file,
-)
+from brasyn.weights.manifest import DEFAULT_INTENSITY_RATIOS, CheckpointInfo
+from brasyn.weights.official import import_official
+from brasyn.weights.store import WeightStore, init_random, save_checkpoint
 
 TINY = PRESETS["tiny"]
 BUNDLED = Path(__file__).resolve().parents[1] / "weights"
@@ -392,7 +387,7 @@ def test_checkpoint_holding_an_arbitrary_object_is_refused_without_running_it(tm
 
 
 def test_verify_reports_a_checkpoint_that_matches_its_hash_but_is_not_safe(tmp_path, tiny_folder, capsys):
-    from brasyn.weights.store import main
+    from brasyn.commands.weights import main
 
     marker = tmp_path / "code-ran"
     torch.save({"state_dict": _RunsCodeWhenUnpickled(marker)}, tiny_folder / "t1n.pt")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from brasyn.commands.cli import DEFAULT_WEIGHTS, main
-from tests.helpers import make_case, phantom, save_nifti
+from brasyn.data.phantom import phantom
+from tests.helpers import make_case, save_nifti
 
 LINEAR = ["--method", "linear", "--weights", str(DEFAULT_WEIGHTS), "--device", "cpu", "--no-progress"]
 

@@ -1,1 +1,1 @@
-"""``python -m brasyn.baselines`` (the command lives in :mod:`brasyn.inference.baselines`)."""
+"""``python -m brasyn.baselines`` (the command lives in :mod:`brasyn.commands.baselines`)."""

@@ -1,5 +1,5 @@
 """``python -m brasyn.baselines``."""
 
-from brasyn.inference.baselines import main
+from brasyn.commands.baselines import main
 
 raise SystemExit(main())

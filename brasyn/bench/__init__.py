@@ -1,1 +1,1 @@
-"""Measurement: speed, the GPU check, the loader and quantisation checks, quality comparisons, timing."""
+"""Measurement: speed, the GPU check, the loader and quantisation checks, quality comparisons."""

@@ -1,5 +1,5 @@
 """``python -m brasyn.bench``."""
 
-from brasyn.bench.speed import main
+from brasyn.commands.bench import main
 
 raise SystemExit(main())

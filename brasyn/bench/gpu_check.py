@@ -26,8 +26,6 @@ about a minute on a CPU; the test suite runs it, so the command cannot rot betwe
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -36,25 +34,11 @@ from typing import Any
 
 import torch
 
-from brasyn.bench.gpu_parts import (
-    DEFAULT_BUDGET_S,
-    QUICK_BUDGET_S,
-    VARIANTS,
-    Budget,
-    Sizes,
-    correctness,
-    denoiser,
-    environment,
-)
+from brasyn.bench.gpu_parts import VARIANTS, Budget, Sizes, correctness, denoiser
 from brasyn.bench.gpu_runs import batch, case, fastest_passing, training
-from brasyn.commands.command import parse_arguments
-from brasyn.commands.options import add_device_option, add_verbosity_option, real_number
-from brasyn.common.errors import ExitCode, UsageError
+from brasyn.common.measure import device_environment
 
 log = logging.getLogger("brasyn.bench")
-
-
-# --- the command -----------------------------------------------------------------------------------
 
 
 def gpu_check(
@@ -74,7 +58,7 @@ def gpu_check(
             report[name] = {"skipped": f"failed: {type(exc).__name__}: {exc}"}
         return report[name]
 
-    part("environment", lambda: environment(device))
+    part("environment", lambda: device_environment(device))
     correct = part("correctness", lambda: correctness(device))
     forward = part("denoiser", lambda: denoiser(device, sizes, budget, official))
     chosen, _ = fastest_passing(correct, forward)
@@ -158,43 +142,3 @@ def markdown(report: dict[str, Any]) -> str:
         f"{_cell(train.get('loader_samples_per_s'), 1)} samples/s {train.get('skipped', '')}",
     ]
     return "\n".join(lines) + "\n"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m brasyn.bench gpu", description="The GPU check: one command, a hard time budget."
-    )
-    parser.add_argument("--out", type=Path, required=True, help="folder for gpu.json and gpu.md")
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny sizes, a minute on a CPU (what the tests run)"
-    )
-    parser.add_argument(
-        "--budget",
-        type=real_number(10, 3600),
-        default=None,
-        help=f"seconds for the measurements (default {DEFAULT_BUDGET_S:.0f}; --quick {QUICK_BUDGET_S:.0f})",
-    )
-    parser.add_argument(
-        "--official", type=Path, metavar="DIR", help="a checkout of pfriedri/cwdm to time side by side"
-    )
-    add_device_option(parser, default="cuda" if torch.cuda.is_available() else "cpu")
-    add_verbosity_option(parser)
-    return parser
-
-
-def main(argv: list[str] | None) -> int:
-    """The ``gpu`` mode of ``python -m brasyn.bench`` (called inside its :func:`run_command`)."""
-    args = parse_arguments(build_parser(), argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is visible (is --gpus passed?)")
-    if device.type == "cpu" and not args.quick:
-        log.warning("no GPU: the full-size check on a CPU skips most parts for the budget; try --quick")
-    budget = args.budget or (QUICK_BUDGET_S if args.quick else DEFAULT_BUDGET_S)
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = gpu_check(device, args.quick, budget, args.official)
-    (args.out / "gpu.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (args.out / "gpu.md").write_text(markdown(report))
-    print(markdown(report))
-    log.info("wrote %s and %s", args.out / "gpu.json", args.out / "gpu.md")
-    return ExitCode.OK

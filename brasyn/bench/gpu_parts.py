@@ -1,29 +1,34 @@
-"""The parts of the GPU check (:mod:`brasyn.bench.gpu_check`) that look at the device itself: its
-environment, the golden numbers on it, and the denoiser forward in each speed variant; with the sizes,
-the time budget and the timing helpers every part shares."""
+"""The parts of the GPU check (:mod:`brasyn.bench.gpu_check`) that look at the device itself: the golden
+numbers on it and the denoiser forward in each speed variant; with the sizes, the time budget and the
+backend switch every part shares."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from brasyn.bench.speed import _environment, _nvml, official_model
-from brasyn.common.acceleration import SpeedSettings, configure_backends, network_precision, optimise_model
-from brasyn.common.version import __version__
+from brasyn.bench.speed import official_model
+from brasyn.common.acceleration import (
+    Precision,
+    SpeedSettings,
+    configure_backends,
+    network_precision,
+    optimise_model,
+)
+from brasyn.common.measure import elapsed_ms, peak_memory_and_nvml, reset_peak_memory, time_ms
 from brasyn.model.diffusion import Diffusion
 from brasyn.model.unet import PRESETS, Denoiser, DenoiserConfig
 
 log = logging.getLogger("brasyn.bench")
 
-FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "cwdm_reference_small.pt"
+FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "cwdm_reference_small.pt"
 """The official code's golden numbers (shipped with the tests)."""
 TOLERANCES = {"fp32": 1e-4, "tf32": 1e-2, "bf16": 5e-2}
 """Largest error against the golden numbers: absolute for fp32 (the tests' bound), relative to the
@@ -74,34 +79,6 @@ class Budget:
         return None
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory(device: torch.device) -> dict[str, Any]:
-    if device.type != "cuda":
-        return {"peak_torch_mib": None, **_nvml(device)}
-    return {"peak_torch_mib": torch.cuda.max_memory_allocated(device) / 2**20, **_nvml(device)}
-
-
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    """Median milliseconds of ``fn`` over ``repeats`` runs, synchronised."""
-    runs = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        runs.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(runs)
-
-
 @contextlib.contextmanager
 def backends(device: torch.device, tf32: bool) -> Iterator[None]:
     """TF32 on or off for the block, the run's defaults afterwards."""
@@ -110,23 +87,6 @@ def backends(device: torch.device, tf32: bool) -> Iterator[None]:
         yield
     finally:
         configure_backends(device, SpeedSettings())
-
-
-# --- 1. environment --------------------------------------------------------------------------------
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"brasyn": __version__, **_environment(device), **_nvml(device)}
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        props = torch.cuda.get_device_properties(device)
-        info.update(
-            free_mib=free / 2**20,
-            total_mib=total / 2**20,
-            capability=f"{props.major}.{props.minor}",
-            bf16=torch.cuda.is_bf16_supported(including_emulation=False),
-        )
-    return info
 
 
 # --- 2. correctness --------------------------------------------------------------------------------
@@ -250,7 +210,7 @@ def denoiser(
     }
     previous_ms = None
     for name, variant in VARIANTS.items():
-        if variant["tf32"] and variant["precision"] != "bf16" and device.type != "cuda":
+        if variant["tf32"] and variant["precision"] != Precision.BF16 and device.type != "cuda":
             result[name] = {"forward_ms": None, "skipped": "TF32 exists on CUDA only"}
             continue
         if variant["compile"] and device.type != "cuda":
@@ -293,13 +253,10 @@ def _time_variant(
         torch.inference_mode(),
         network_precision(device, speed.precision),
     ):
-        reset_peak(device)
-        start = time.perf_counter()
-        model(x, t)  # warm-up (and the compilation)
-        sync(device)
-        first_ms = (time.perf_counter() - start) * 1e3
-        ms = timed(lambda: model(x, t), device, repeats)
-        peak = peak_memory(device)
+        reset_peak_memory(device)
+        first_ms = elapsed_ms(lambda: model(x, t), device)  # warm-up (and the compilation)
+        ms = time_ms(lambda: model(x, t), device, repeats)["median"]
+        peak = peak_memory_and_nvml(device)
     return {"forward_ms": ms, "first_forward_ms": first_ms, "tflops": flops / (ms / 1e3) / 1e12, **peak}
 
 
@@ -325,7 +282,7 @@ def _official_side_by_side(
     with backends(device, False), torch.inference_mode():
         ours_out = base(inputs, t).float()
         theirs_out = theirs(inputs, t).float()
-        ms = timed(lambda: theirs(inputs, t), device, sizes.repeats)
+        ms = time_ms(lambda: theirs(inputs, t), device, sizes.repeats)["median"]
     return {
         "forward_ms": ms,
         "precision": "fp32, TF32 off",

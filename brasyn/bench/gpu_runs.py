@@ -3,7 +3,6 @@ through the batch runner, and training steps, in the fastest variant that passed
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
@@ -13,16 +12,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from brasyn.bench.gpu_parts import VARIANTS, Budget, Sizes, backends, peak_memory, reset_peak, sync
-from brasyn.bench.speed import _nvml, _synthetic_case, time_case
-from brasyn.common.acceleration import SpeedSettings
+from brasyn.bench.gpu_parts import VARIANTS, Budget, Sizes, backends
+from brasyn.bench.speed import BenchSettings, synthetic_case, time_case
+from brasyn.common.acceleration import Precision, SpeedSettings
+from brasyn.common.measure import elapsed_ms, nvml_memory, peak_memory_and_nvml, reset_peak_memory
 from brasyn.data.cases import discover
 from brasyn.data.modalities import Modality
 from brasyn.inference.batch import run_batch
 from brasyn.inference.predictors import DiffusionPredictor
 from brasyn.inference.synthesize import PHASES, Synthesizer
 from brasyn.model.diffusion import Sampling
-from brasyn.train.trainer import Trainer, TrainSettings
+from brasyn.train.settings import TrainSettings
+from brasyn.train.trainer import Trainer
 from brasyn.train.training_data import TrainingCase, TrainingSet
 from brasyn.weights.store import WeightStore, init_random
 
@@ -41,24 +42,22 @@ def fastest_passing(correct: dict[str, Any], forward: dict[str, Any]) -> tuple[s
     }
     best, best_ms = "fp32", float("inf")
     for name, variant in VARIANTS.items():
-        kind = "bf16" if variant["precision"] == "bf16" else ("tf32" if variant["tf32"] else "fp32")
+        kind = "bf16" if variant["precision"] == Precision.BF16 else ("tf32" if variant["tf32"] else "fp32")
         ms = (forward.get(name) or {}).get("forward_ms")
         if passed[kind] and ms is not None and ms < best_ms:
             best, best_ms = name, ms
     return best, VARIANTS[best]
 
 
-def _case_args(config: str, sampler: str, steps: int, variant: dict[str, Any]) -> argparse.Namespace:
-    return argparse.Namespace(
-        config=config,
-        sampler=sampler,
-        steps=steps,
+def _case_settings(config: str, sampler: str, steps: int, variant: dict[str, Any]) -> BenchSettings:
+    speed = SpeedSettings(
         precision=variant["precision"],
         channels_last=variant["channels_last"],
         tf32=variant["tf32"],
         cudnn_benchmark=True,
         compile=variant["compile"],
     )
+    return BenchSettings(config=config, sampler=sampler, steps=steps, speed=speed)
 
 
 def case(
@@ -77,14 +76,14 @@ def case(
             result[key] = {"skipped": reason}
             continue
         with backends(device, variant["tf32"]):
-            timing = time_case(_case_args(sizes.config, sampler, steps, variant), device, sizes.case)
+            timing = time_case(_case_settings(sizes.config, sampler, steps, variant), device, sizes.case)
         result[key] = {
             "steps": timing["steps"],
             "seconds": timing["case_seconds"],
             "phases_s": {k: v / 1e3 for k, v in timing["phases_ms"].items()},
             "sample_ms_per_step": timing["sample_ms_per_step"],
             "peak_memory_mib": timing["peak_memory_mib"],
-            **_nvml(device),
+            **nvml_memory(device),
         }
         log.info("one case, %d %s steps: %.1f s", timing["steps"], sampler, timing["case_seconds"])
     return result
@@ -104,7 +103,7 @@ def batch(
     with tempfile.TemporaryDirectory(prefix="brasyn-gpu-batch-") as tmp:
         root = Path(tmp)
         for i in range(sizes.batch_cases):
-            _synthetic_case(root / "input", f"BraTS-BENCH-{i:05d}-000", sizes.case)
+            synthetic_case(root / "input", f"BraTS-BENCH-{i:05d}-000", sizes.case)
         init_random(root / "weights", sizes.config, targets=[target])
         speed = SpeedSettings(
             precision=variant["precision"], channels_last=variant["channels_last"], compile=variant["compile"]
@@ -139,7 +138,8 @@ def batch(
 
 def training(device: torch.device, sizes: Sizes, budget: Budget, forward_ms: float | None) -> dict[str, Any]:
     """Train steps per second at full resolution (bf16 where the device runs it) and the loader's rate."""
-    precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    precision = Precision.BF16 if bf16 else Precision.FP32
     # forward + backward is about three forwards; plus the first step's set-up
     estimate = (forward_ms or 1000.0) / 1e3 * 3 * (sizes.train_steps + 1) + 20.0
     reason = budget.refuse(estimate, f"{sizes.train_steps} training steps")
@@ -156,14 +156,14 @@ def training(device: torch.device, sizes: Sizes, budget: Budget, forward_ms: flo
     with tempfile.TemporaryDirectory(prefix="brasyn-gpu-train-") as tmp:
         trainer = Trainer(settings, data, Path(tmp), device)
         trainer.train_step()  # the first step allocates and tunes
-        reset_peak(device)
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(sizes.train_steps):
-            trainer.train_step()
-        sync(device)
-        seconds = time.perf_counter() - start
-        peak = peak_memory(device)
+        reset_peak_memory(device)
+
+        def steps() -> None:
+            for _ in range(sizes.train_steps):
+                trainer.train_step()
+
+        seconds = elapsed_ms(steps, device) / 1e3
+        peak = peak_memory_and_nvml(device)
     gen = torch.Generator().manual_seed(0)
     loads = max(sizes.train_steps, 5)
     start = time.perf_counter()

@@ -24,71 +24,64 @@ same 96³ crop with the same t and noise, from the exact and from the stored val
 
 from __future__ import annotations
 
-import argparse
 import resource
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from brasyn.commands.command import parse_arguments, print_json, run_command
-from brasyn.commands.options import add_verbosity_option, contrast, real_number, whole_number
-from brasyn.common.errors import ExitCode, UsageError
+from brasyn.common.errors import UsageError
+from brasyn.common.measure import peak_rss_mib
 from brasyn.data.modalities import Modality
 from brasyn.train.cache import SCALE, load_entries
 from brasyn.train.loader import CacheDataset, StepBatches, end_workers, make_loader
 from brasyn.transform.preprocess import MULTIPLE
 
-__all__ = ["main", "measure", "quantisation"]
+__all__ = ["LoaderBenchSettings", "measure", "quantisation"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m brasyn.bench loader",
-        description="Samples per second of the training data loader and the main process's wait per step.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--cache", type=Path, required=True, help="a prepared cache (python -m brasyn.train prepare)"
-    )
-    p.add_argument("--workers", type=whole_number(0), default=2, help="loader processes (0: main thread)")
-    p.add_argument(
-        "--patch", type=int, nargs=3, metavar=("D", "H", "W"), help="patch size (default: whole volumes)"
-    )
-    p.add_argument("--batch-size", type=whole_number(1), default=1, help="examples per batch")
-    p.add_argument("--target", type=contrast, default="t2f", help="the contrast placed last")
-    p.add_argument("--steps", type=whole_number(1), default=40, help="timed batches")
-    p.add_argument("--warmup", type=whole_number(0), default=4, help="batches before timing")
-    p.add_argument("--step-ms", type=real_number(0), default=0.0, help="simulated training step per batch")
-    p.add_argument("--flip", action="store_true", help="random flips, as training with --flip")
-    p.add_argument("--seed", type=whole_number(), default=0, help="seed of the draws")
-    p.add_argument("--json", type=Path, help="also write the JSON to this file")
-    add_verbosity_option(p)
-    return p
+@dataclass(frozen=True)
+class LoaderBenchSettings:
+    """What the loader bench reads and how it draws: the flags of ``python -m brasyn.bench loader``."""
+
+    cache: Path
+    """A prepared case cache (:mod:`brasyn.train.cache`)."""
+    workers: int = 2
+    """Loader processes (0: the main thread)."""
+    patch: tuple[int, int, int] | None = None
+    """Patch size; None: whole volumes."""
+    batch_size: int = 1
+    target: str = "t2f"
+    """The contrast placed last."""
+    steps: int = 40
+    """Timed batches."""
+    warmup: int = 4
+    """Batches before timing."""
+    step_ms: float = 0.0
+    """A simulated training step per batch, in milliseconds."""
+    flip: bool = False
+    seed: int = 0
 
 
-def _rss_mib(who: int) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024.0  # kB on Linux
-
-
-def measure(args: argparse.Namespace) -> dict[str, Any]:
-    if args.patch is not None and any(p <= 0 or p % MULTIPLE for p in args.patch):
+def measure(settings: LoaderBenchSettings) -> dict[str, Any]:
+    """The loader's rate and the main process's wait per batch (each figure: the module's text)."""
+    if settings.patch is not None and any(p <= 0 or p % MULTIPLE for p in settings.patch):
         raise UsageError(f"--patch sizes must be positive multiples of {MULTIPLE}")
-    if not args.cache.is_dir():
-        raise UsageError(f"the cache folder {args.cache} does not exist: python -m brasyn.train prepare")
-    entries = load_entries(args.cache)
+    if not settings.cache.is_dir():
+        raise UsageError(f"the cache folder {settings.cache} does not exist: python -m brasyn.train prepare")
+    entries = load_entries(settings.cache)
     if not entries:
-        raise UsageError(f"the cache {args.cache} holds no prepared case: python -m brasyn.train prepare")
-    patch = tuple(args.patch) if args.patch else None
-    data = CacheDataset(entries, Modality(args.target), patch, args.flip)
-    batches = StepBatches(data, args.batch_size, args.seed)
-    total = args.warmup + args.steps
+        raise UsageError(f"the cache {settings.cache} holds no prepared case: python -m brasyn.train prepare")
+    data = CacheDataset(entries, Modality(settings.target), settings.patch, settings.flip)
+    batches = StepBatches(data, settings.batch_size, settings.seed)
+    total = settings.warmup + settings.steps
     pin = torch.cuda.is_available()
     start = time.perf_counter()
-    loader = iter(make_loader(batches, 0, total, args.workers, pin_memory=pin))
+    loader = iter(make_loader(batches, 0, total, settings.workers, pin_memory=pin))
     waits, shape, first = [], None, 0.0
     try:
         for i in range(total):
@@ -97,28 +90,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             got = time.perf_counter()
             if i == 0:
                 first = got - start
-            if i == args.warmup:
+            if i == settings.warmup:
                 timed_from = asked
-            if i >= args.warmup:
+            if i >= settings.warmup:
                 waits.append(got - asked)
             shape = tuple(batch.shape)
             del batch
-            if args.step_ms:
-                time.sleep(args.step_ms / 1e3)
+            if settings.step_ms:
+                time.sleep(settings.step_ms / 1e3)
         seconds = time.perf_counter() - timed_from
     finally:
         end_workers(loader)  # now, also on an error; so their peak memory is counted below
         del loader
     waits_ms = sorted(w * 1e3 for w in waits)
     return {
-        "cache": str(args.cache),
+        "cache": str(settings.cache),
         "entries": len(entries),
-        "workers": args.workers,
+        "workers": settings.workers,
         "batch_shape": list(shape or ()),
         "pin_memory": pin,
-        "step_ms": args.step_ms,
-        "steps": args.steps,
-        "samples_per_s": args.steps * args.batch_size / seconds,
+        "step_ms": settings.step_ms,
+        "steps": settings.steps,
+        "samples_per_s": settings.steps * settings.batch_size / seconds,
         "wait_ms": {
             "mean": statistics.fmean(waits_ms),
             "median": statistics.median(waits_ms),
@@ -126,8 +119,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         },
         "first_batch_s": first,
         "peak_rss_mib": {
-            "main": _rss_mib(resource.RUSAGE_SELF),
-            "workers": _rss_mib(resource.RUSAGE_CHILDREN),
+            "main": peak_rss_mib(resource.RUSAGE_SELF),
+            "workers": peak_rss_mib(resource.RUSAGE_CHILDREN),
         },
     }
 
@@ -138,7 +131,8 @@ def quantisation(data: Path) -> dict[str, Any]:
     from brasyn.data.modalities import MODALITIES
     from brasyn.data.volumes import load_volume
     from brasyn.train.cache import dequantise, quantise
-    from brasyn.train.trainer import Trainer, TrainSettings
+    from brasyn.train.settings import TrainSettings
+    from brasyn.train.trainer import Trainer
     from brasyn.train.training_data import TrainingCase, TrainingSet, find_training_cases
     from brasyn.transform.model_space import from_model_space, to_model_space
 
@@ -176,23 +170,3 @@ def quantisation(data: Path) -> dict[str, Any]:
             "loss_relative_difference": abs(losses[0] - losses[1]) / losses[0],
         }
     return {"data": str(data), "scale": SCALE, "cases": out}
-
-
-def main(argv: list[str] | None = None, command: str = "loader") -> int:
-    def body() -> ExitCode:
-        if command == "quantisation":
-            parser = argparse.ArgumentParser(prog="python -m brasyn.bench quantisation")
-            parser.add_argument("--data", type=Path, required=True, help="a folder of complete cases")
-            parser.add_argument("--json", type=Path, help="also write the JSON to this file")
-            add_verbosity_option(parser)
-            args = parse_arguments(parser, argv)
-            if not args.data.is_dir():
-                raise UsageError(f"the data folder {args.data} does not exist or is not a folder")
-            result = quantisation(args.data)
-        else:
-            args = parse_arguments(build_parser(), argv)
-            result = measure(args)
-        print_json(result, args.json)
-        return ExitCode.OK
-
-    return run_command(body)

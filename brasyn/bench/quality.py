@@ -1,11 +1,6 @@
 """Does a faster setting change the images? Two measurements on complete cases (all four contrasts),
-each contrast in turn (or ``--target``) withheld and synthesised from the other three, printed as JSON:
-
-    python -m brasyn.quality samplers --data DIR [--weights DIR] [--target t2f] [--case ID ...]
-                                      [--variant ddpm:1000 --variant ddim:50 ...] [--device D] [--json FILE]
-    python -m brasyn.quality precision --data DIR [--weights DIR] [--target t2f] [--case ID ...]
-                                      [--sampler ddpm] [--steps 1000] [--crop D H W] [--seed 42]
-                                      [--device D] [--json FILE]
+each contrast in turn (or ``--target``) withheld and synthesised from the other three
+(``python -m brasyn.quality``, :mod:`brasyn.commands.quality`):
 
 ``samplers``: each ``sampler:steps[:precision]`` variant synthesises the withheld contrast through the
 batch runner that every run uses (:func:`brasyn.inference.batch.run_batch`: an input folder without the
@@ -24,10 +19,8 @@ comparison itself is of the predictor's model-space output, where a crop is poss
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,19 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from brasyn.commands.command import parse_arguments, print_json, run_command
-from brasyn.commands.options import (
-    add_device_option,
-    add_sampling_options,
-    add_threads_option,
-    add_verbosity_option,
-    apply_threads,
-    contrast,
-    whole_number,
-)
 from brasyn.common.acceleration import PRECISIONS, SpeedSettings
-from brasyn.common.errors import BrasynError, ExitCode
-from brasyn.common.runtime import select_device
+from brasyn.common.errors import BrasynError
 from brasyn.data.cases import Case, complete_cases, discover
 from brasyn.data.modalities import Modality
 from brasyn.data.volumes import load_volume
@@ -56,11 +38,20 @@ from brasyn.evaluate.metrics import score, ssim
 from brasyn.inference.batch import run_batch
 from brasyn.inference.predictors import DiffusionPredictor
 from brasyn.inference.synthesize import Synthesizer
-from brasyn.model.diffusion import SAMPLERS, Sampling
+from brasyn.model.diffusion import Sampling
+from brasyn.model.samplers import SAMPLERS
 from brasyn.train.validation import withheld_inputs
 from brasyn.weights.store import WeightStore
 
-__all__ = ["Variant", "complete_cases_in", "compare_precision", "compare_samplers", "main", "parse_variant"]
+__all__ = [
+    "DEFAULT_VARIANTS",
+    "Variant",
+    "complete_cases_in",
+    "compare_precision",
+    "compare_samplers",
+    "markdown_table",
+    "parse_variant",
+]
 
 log = logging.getLogger("brasyn.quality")
 
@@ -82,7 +73,9 @@ def parse_variant(text: str) -> Variant:
     """``sampler:steps[:precision]``, e.g. ``ddim:50`` or ``dpm++2m:20:bf16``."""
     parts = text.split(":")
     if len(parts) not in (2, 3) or parts[0] not in SAMPLERS or not parts[1].isdigit():
-        raise ValueError(f"variant {text!r}: expected sampler:steps[:precision] with a sampler of {SAMPLERS}")
+        raise ValueError(
+            f"variant {text!r}: expected sampler:steps[:precision] with a sampler of {tuple(SAMPLERS)}"
+        )
     precision = parts[2] if len(parts) == 3 else "fp32"
     if precision not in PRECISIONS:
         raise ValueError(f"variant {text!r}: precision must be one of {', '.join(PRECISIONS)}")
@@ -226,7 +219,8 @@ def _precision_row(
     }
 
 
-def _markdown(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The sampler table's rows as a Markdown table."""
     lines = [
         "| case | target | variant | steps | s | SSIM | PSNR | SSIM brain | PSNR brain |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -238,57 +232,3 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
             f"{r.get('psnr_brain', float('nan')):.2f} |"
         )
     return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m brasyn.quality", description=__doc__.split("\n\n")[0])
-    add_verbosity_option(parser)
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("samplers", "precision"):
-        p = commands.add_parser(name)
-        p.add_argument("--data", type=Path, required=True, help="folder of complete case folders")
-        p.add_argument("--weights", type=Path, default=Path(__file__).resolve().parent.parent / "weights")
-        p.add_argument("--target", type=contrast, action="append", help="only this contrast (repeatable)")
-        p.add_argument("--case", action="append", help="only this case id (repeatable)")
-        p.add_argument("--seed", type=whole_number(0), default=42)
-        add_device_option(p)
-        add_threads_option(p)
-        p.add_argument("--json", type=Path, help="also write the JSON here")
-        add_verbosity_option(p, default=argparse.SUPPRESS)
-    samplers = commands.choices["samplers"]
-    samplers.add_argument(
-        "--variant", action="append", help=f"sampler:steps[:precision] (default {DEFAULT_VARIANTS})"
-    )
-    precision = commands.choices["precision"]
-    add_sampling_options(precision, eta=False)
-    precision.add_argument("--crop", type=whole_number(32), nargs=3, metavar=("D", "H", "W"))
-    return parser
-
-
-def _compare(argv: list[str] | None) -> int:
-    args = parse_arguments(build_parser(), argv)
-    apply_threads(args.threads)
-    cases = complete_cases_in(args.data, args.case)
-    targets = [Modality(t) for t in args.target] if args.target else list(Modality)
-    weights = WeightStore(args.weights)
-    device = select_device(args.device)
-    SpeedSettings().configure_backends(device)  # process-wide, once: TF32 and autotuning as a run has them
-    if args.command == "samplers":
-        variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
-        rows = compare_samplers(cases, targets, weights, device, variants, args.seed)
-    else:
-        crop = tuple(args.crop) if args.crop else None
-        rows = compare_precision(cases, targets, weights, device, args.sampler, args.steps, args.seed, crop)
-    result = {"command": args.command, "device": str(device), "weights": str(args.weights), "rows": rows}
-    print_json(result, args.json)
-    if args.command == "samplers":
-        sys.stderr.write(_markdown(rows) + "\n")
-    return ExitCode.OK
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_command(lambda: _compare(argv), usage_errors=(BrasynError, ValueError))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -61,7 +61,7 @@ __all__ = ["DEFAULT_WEIGHTS", "build_mlcube_parser", "build_parser", "main", "ru
 
 log = logging.getLogger("brasyn")
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 """The weights folder shipped beside the package (baked into the container image)."""
 MOUNTED_WEIGHTS = Path("/weights")
 """Where a container user mounts other weights (``-v DIR:/weights``)."""

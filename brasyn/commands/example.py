@@ -22,12 +22,13 @@ import shutil
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from brasyn.commands.command import parse_arguments, run_command
 from brasyn.commands.options import add_verbosity_option
 from brasyn.common.errors import BrasynError, ExitCode
+from brasyn.data.phantom import Lesion, Rings, phantom, write_phantom_case
+from brasyn.transform.preprocess import BRATS_SHAPE
 
 __all__ = ["EXAMPLE_CASE", "main", "write_example"]
 
@@ -35,21 +36,22 @@ log = logging.getLogger("brasyn.example")
 
 EXAMPLE_CASE = "BraTS-GLI-00001-000"
 WITHHELD = "t2f"
-DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
+DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 
 
 def _phantom(seed: int, scale: float) -> np.ndarray:
     """A 240x240x155 head-sized ellipsoid with tissue-like texture and a bright lesion, 0 outside."""
-    rng = np.random.default_rng(seed)
-    grid = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in (240, 240, 155)], indexing="ij", sparse=True)
-    r2 = ((grid[0] - 120) / 70) ** 2 + ((grid[1] - 125) / 85) ** 2 + ((grid[2] - 75) / 60) ** 2
-    lesion = ((grid[0] - 145) / 15) ** 2 + ((grid[1] - 110) / 15) ** 2 + ((grid[2] - 85) / 12) ** 2 < 1
-    brain = r2 < 1
-    tissue = 0.6 + 0.25 * np.cos(6 * np.sqrt(r2)) + 0.05 * rng.standard_normal((240, 240, 155))
-    data = np.where(brain, tissue, 0.0)
-    data[lesion & brain] *= 1.6
-    return (data * scale).astype(np.float32)
+    return phantom(
+        BRATS_SHAPE,
+        seed=seed,
+        scale=scale,
+        centre=(120, 125, 75),
+        radii=(70, 85, 60),
+        texture=Rings(),
+        lesion=Lesion(offset=(25, -15, 10), radii=(15, 15, 12), gain=1.6),
+        coordinates="voxels_float32",
+        scale_last=True,
+    )
 
 
 def write_example(out: Path, source: Path | None = None) -> str:
@@ -68,10 +70,8 @@ def write_example(out: Path, source: Path | None = None) -> str:
         return "real"
     log.warning("no real case at %s: writing a synthetic phantom instead (not a brain)", case_dir)
     for i, m in enumerate(("t1n", "t1c", "t2w", "t2f")):
-        image = nib.Nifti1Image(_phantom(i, 500.0 * (i + 1)), BRATS_AFFINE)
-        image.header.set_qform(BRATS_AFFINE, code=1)
-        image.header.set_sform(BRATS_AFFINE, code=1)
-        nib.save(image, str((truth if m == WITHHELD else inputs) / f"{EXAMPLE_CASE}-{m}.nii.gz"))
+        folder = out / ("truth" if m == WITHHELD else "input")
+        write_phantom_case(folder, EXAMPLE_CASE, {m: _phantom(i, 500.0 * (i + 1))})
     return "phantom"
 
 

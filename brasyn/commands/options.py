@@ -33,11 +33,12 @@ from brasyn.common.acceleration import PRECISIONS, SpeedSettings
 from brasyn.common.errors import UsageError
 from brasyn.common.version import __version__
 from brasyn.data.contrast_map import ContrastMap
-from brasyn.model.diffusion import SAMPLERS, Sampling
+from brasyn.inference.predictors import METHODS
+from brasyn.model.diffusion import Sampling
+from brasyn.model.samplers import SAMPLERS
 from brasyn.weights.official import OFFICIAL_NAMES, official_target
 
 __all__ = [
-    "METHODS",
     "MLCUBE_IGNORED",
     "MLCUBE_PARAMETERS",
     "mlcube_weights",
@@ -68,8 +69,6 @@ __all__ = [
     "whole_number",
 ]
 
-METHODS = ("diffusion", "linear", "nearest")
-"""How the missing contrast is made: the cWDM model, or one of the baselines (brasyn.inference.predictors)."""
 NAMINGS = ("input", "brats2023")
 """Output names like the case's inputs, or always ``<case>-<contrast>.nii.gz``."""
 

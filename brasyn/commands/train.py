@@ -61,7 +61,8 @@ from brasyn.data.modalities import Modality
 from brasyn.model.unet import PRESETS
 from brasyn.train.cache import CacheEntry, load_entries, prepare_cache
 from brasyn.train.loader import CacheDataset
-from brasyn.train.trainer import Stop, Trainer, TrainSettings
+from brasyn.train.settings import TrainSettings
+from brasyn.train.trainer import Stop, Trainer
 from brasyn.train.training_data import find_training_cases
 from brasyn.train.validation import Validator, validation_cases
 from brasyn.transform.preprocess import MULTIPLE
@@ -387,7 +388,7 @@ def _train(argv: list[str]) -> int:
 
 
 def _prepare(argv: list[str]) -> int:
-    from brasyn.train.cache import main as prepare
+    from brasyn.commands.prepare import main as prepare
 
     return prepare(argv)
 

@@ -22,6 +22,7 @@ beyond its stated tolerance (tests/test_acceleration.py):
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +32,9 @@ from torch import nn
 
 __all__ = [
     "PRECISIONS",
+    "Precision",
     "SpeedSettings",
+    "as_precision",
     "configure_backends",
     "cudnn_bf16_conv3d_problem",
     "network_precision",
@@ -41,7 +44,25 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "auto")
+
+class Precision(str, enum.Enum):
+    """A network precision (see the module text). Its value is the word on command lines and in reports
+    and output records; ``str``, formatting and JSON give that word."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    AUTO = "auto"
+    """Resolved per device by :func:`resolve_precision` before a network runs."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+PRECISIONS = tuple(p.value for p in Precision)
+"""The words a command line or a parameters file accepts for a precision, in the order they are listed."""
 
 # cuDNN 9.10 to 9.14 run bfloat16/float16 Conv3d up to 4x slower than float32 (pytorch/pytorch#166122)
 # and 9.10.2 gives wrong bf16 Conv3d results for large volumes (pytorch/pytorch#163539); 9.15 fixed both.
@@ -52,8 +73,8 @@ _SLOW_BF16_CONV3D = (91000, 91500)
 class SpeedSettings:
     """The speed switches of a run; the defaults are the fast path that keeps the reference's results."""
 
-    precision: str = "fp32"
-    """"fp32", "bf16" or "auto" (see the module text)."""
+    precision: Precision = Precision.FP32
+    """fp32, bf16 or auto (see the module text); given as its word, kept as a :class:`Precision`."""
     channels_last: bool = True
     """Run the denoiser in channels_last_3d."""
     tf32: bool = True
@@ -64,8 +85,7 @@ class SpeedSettings:
     """Compile the denoiser with torch.compile (static shapes)."""
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        object.__setattr__(self, "precision", as_precision(self.precision))
 
     def configure_backends(self, device: torch.device) -> None:
         """Set this run's process-wide backend switches for ``device`` (:func:`configure_backends`); a
@@ -89,28 +109,36 @@ def cudnn_bf16_conv3d_problem(device: torch.device) -> str | None:
     )
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
+def as_precision(word: str) -> Precision:
+    """The :class:`Precision` named ``word``; a ValueError naming the choices for any other."""
+    if isinstance(word, Precision):
+        return word
+    if word not in PRECISIONS:
+        raise ValueError(f"unknown precision {word!r}; choose one of {', '.join(PRECISIONS)}")
+    return Precision(word)
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
     """The precision a run uses: ``auto`` becomes ``bf16`` or ``fp32`` for this device; an explicit
     ``bf16`` the device cannot run is refused with a ValueError."""
-    if requested not in PRECISIONS:
-        raise ValueError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    requested = as_precision(requested)
     if device.type == "cuda":
         supported = torch.cuda.is_bf16_supported(including_emulation=False)
         problem = cudnn_bf16_conv3d_problem(device)
-        if requested == "auto":
+        if requested is Precision.AUTO:
             if supported and problem is None:
-                return "bf16"
+                return Precision.BF16
             if problem is not None:
                 log.warning("float32 instead of bfloat16: %s", problem)
-            return "fp32"
-        if requested == "bf16":
+            return Precision.FP32
+        if requested is Precision.BF16:
             if not supported:
                 raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16")
             if problem is not None:
                 log.warning("%s", problem)
         return requested
-    if requested == "auto":
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    if requested is Precision.AUTO:
+        return Precision.BF16 if cpu_has_fast_bf16() else Precision.FP32
     return requested
 
 
@@ -147,10 +175,11 @@ def optimise_model(model: nn.Module, device: torch.device, settings: SpeedSettin
 @contextlib.contextmanager
 def network_precision(device: torch.device, precision: str) -> Iterator[None]:
     """``bf16``: autocast with bfloat16 for the network; ``fp32``: nothing changes."""
-    if precision == "fp32":
+    if precision == Precision.FP32:
         yield
         return
-    if precision != "bf16":
-        raise ValueError(f"precision must be resolved to 'fp32' or 'bf16', got {precision!r}")
+    if precision != Precision.BF16:
+        word = precision.value if isinstance(precision, Precision) else precision
+        raise ValueError(f"precision must be resolved to 'fp32' or 'bf16', got {word!r}")
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
         yield

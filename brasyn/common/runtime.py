@@ -1,4 +1,4 @@
-"""Where and how the maths runs: device choice, torchrun's process layout, per-case seeds, peak memory."""
+"""Where and how the maths runs: device choice, torchrun's process layout, per-case seeds, the heap."""
 
 from __future__ import annotations
 
@@ -7,21 +7,19 @@ import ctypes
 import hashlib
 import logging
 import os
-import resource
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
 from brasyn.common.errors import UsageError
+from brasyn.common.measure import nvml_device
 
 __all__ = [
     "GpuInfo",
     "TorchrunEnvironment",
     "case_generator",
     "case_seed",
-    "peak_memory_mib",
-    "reset_peak_memory",
     "return_freed_memory",
     "select_device",
     "torchrun_environment",
@@ -48,8 +46,7 @@ def _gpus_by_free_memory() -> list[GpuInfo]:
         infos = []
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
-            uuid = str(props.uuid)
-            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+            handle = nvml_device(pynvml, str(props.uuid))
             free = int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
             infos.append(GpuInfo(index, props.name, free))
         return infos
@@ -224,18 +221,6 @@ def case_seed(seed: int, case_id: str) -> int:
 
 def case_generator(seed: int, case_id: str, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(case_seed(seed, case_id))
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    """Peak GPU memory allocated on ``device`` since the last reset, or the process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def return_freed_memory() -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from brasyn.common.errors import BrasynError, CaseError, UsageError
 from brasyn.data.contrast_map import ContrastMap
-from brasyn.data.flat_cases import ONE_FOLDER_PER_CASE, group_flat
+from brasyn.data.flat_cases import ONE_FOLDER_PER_CASE, flat_groups
 from brasyn.data.modalities import (
     MODALITIES,
     NAMING_SCHEMES,
@@ -23,16 +23,16 @@ from brasyn.data.modalities import (
     ContrastName,
     Modality,
     conditions_for,
-    is_annotation_name,
     modality_from_alias,
     output_file_name,
     parse_contrast_name,
     split_image_extension,
 )
+from brasyn.data.names import Recognition, recognise
 
 __all__ = ["Case", "complete_cases", "describe_no_cases", "discover", "refuse_no_cases", "single_case"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("brasyn.cases")
 
 _NEEDS_THREE = "each case needs three of " + ", ".join(m.value for m in MODALITIES)
 
@@ -110,7 +110,9 @@ def discover(
 
     visible = [p for p in entries if not p.name.startswith(".")]
     folders = [p for p in visible if p.is_dir()]
-    images = [p for p in visible if p.is_file() and _looks_like_contrast(p.name, mapping)]
+    files = [p for p in visible if p.is_file()]
+    seen = recognise([p.name for p in files], mapping)
+    images = [p for p in files if p.name not in seen.ignored]
     if images and folders:
         raise BrasynError(
             f"the input folder {root} holds both contrast images ({_names(images)}) and sub-folders "
@@ -118,7 +120,7 @@ def discover(
             "or give one case folder as the input"
         )
     if images:
-        results = _read_flat(root, [p for p in visible if p.is_file()], images, wanted, naming, mapping)
+        results = _read_flat(root, files, seen, wanted, naming, mapping)
         return _refuse_collisions(results)
     results = []
     for folder in folders:
@@ -135,28 +137,18 @@ def discover(
 def _read_flat(
     root: Path,
     files: list[Path],
-    images: list[Path],
+    seen: Recognition,
     wanted: Modality | None,
     naming: str,
     mapping: ContrastMap,
 ) -> list[Case | CaseError]:
-    """The case or cases of a root that directly holds images: one case (named after the root) unless the
-    images name several case ids and some contrast occurs more than once, then one case per id."""
-    prefixes: dict[str, str] = {}
-    counts: dict[Modality, int] = {}
-    for path in images:
-        parsed = None if mapping.matches(path.name) else _parsed(path.name)
-        if parsed is not None:
-            prefixes[path.name] = parsed.prefix
-            counts[parsed.modality] = counts.get(parsed.modality, 0) + 1
-        for modality in {m for m, _ in mapping.matches(path.name)}:
-            counts[modality] = counts.get(modality, 0) + 1
-    several = len({p for p in prefixes.values() if p}) > 1 and any(n > 1 for n in counts.values())
-    if not several:
+    """The case or cases of a root that directly holds images (``files``, read as ``seen``): one case, named
+    after the root, unless :func:`~brasyn.data.flat_cases.flat_groups` finds several side by side."""
+    groups = flat_groups([p.name for p in files], seen)
+    if groups is None:
         hint = f"; if the folder holds several cases, {ONE_FOLDER_PER_CASE}"
         return [_read_case(root.resolve().name or "case", root, files, wanted, naming, mapping, hint)]
     by_name = {p.name: p for p in files}
-    groups = group_flat(by_name, prefixes, [p.name for p in images])
     logger.info(
         "%s holds several cases side by side: %d case(s) by the start of the names", root, len(groups)
     )
@@ -241,32 +233,8 @@ def refuse_no_cases(found: list[Case | CaseError], root: Path) -> None:
         raise UsageError(describe_no_cases(root))
 
 
-def _mappable(name: str) -> bool:
-    """Whether ``--map`` patterns apply to ``name``: an image that is not a segmentation or mask."""
-    return split_image_extension(name) is not None and not is_annotation_name(name)
-
-
-def _looks_like_contrast(name: str, mapping: ContrastMap | None = None) -> bool:
-    """True for a name that a ``--map`` pattern names, that parses as a contrast, or that would be
-    reported as ambiguous."""
-    if mapping and _mappable(name) and mapping.matches(name):
-        return True
-    try:
-        return parse_contrast_name(name) is not None
-    except AmbiguousNameError:
-        return True
-
-
 def _names(paths: list[Path]) -> str:
     return ", ".join(p.name for p in paths)
-
-
-def _ignore_reason(name: str) -> str:
-    if split_image_extension(name) is None:
-        return "not an image (.nii, .nii.gz, .mha, .mhd or .nrrd)"
-    if is_annotation_name(name):
-        return "a segmentation or mask"
-    return "no contrast name (t1n, t1c, t2w, t2f or an alias) in it"
 
 
 def _read_folder(
@@ -277,19 +245,6 @@ def _read_folder(
     except OSError as error:
         return CaseError(case_id, f"cannot read the case folder {folder}: {error.strerror or error}")
     return _read_case(case_id, folder, entries, wanted, naming, mapping)
-
-
-def _mapped_name(name: str, modality: Modality) -> ContrastName:
-    """A file ``--map`` names: its own reading where that agrees, else a name that shares no pattern with
-    the others, so that the output is named after the case (``<case>-<contrast>``), not after a guess."""
-    try:
-        parsed = parse_contrast_name(name)
-    except AmbiguousNameError:
-        parsed = None
-    if parsed is not None and parsed.modality is modality:
-        return parsed
-    stem, extension = split_image_extension(name) or (name, "")
-    return ContrastName(modality, "", "", stem, "", extension)
 
 
 def _read_case(
@@ -303,79 +258,42 @@ def _read_case(
 ) -> Case | CaseError:
     """One case from its files (``entries``: its folder's, or its group's in a flat folder); ``hint`` ends
     the messages of files that do not make one case (what to do if they are several)."""
-    found: dict[Modality, list[tuple[Path, ContrastName]]] = {}
-    ambiguous: list[tuple[Path, AmbiguousNameError]] = []
-    ignored: list[Path] = []
-    rules: dict[Path, str] = {}  # file -> the --map rules that named it, for messages
-    conflicts: list[str] = []
-    for path in entries:
-        if path.name.startswith("."):
-            continue
-        if path.is_dir():
+    visible = [p for p in entries if not p.name.startswith(".")]
+    by_name = {p.name: p for p in visible if not p.is_dir()}
+    seen = recognise(by_name, mapping, case_id)
+    for path in visible:
+        if path.name not in by_name:
             logger.debug("%s: ignored the sub-folder %s", case_id, path.name)
-            continue
-        mapped = mapping.matches(path.name) if mapping and _mappable(path.name) else []
-        if len({m for m, _ in mapped}) > 1:
-            conflicts.append(f"{path.name} matches {ContrastMap(tuple(mapped)).describe()}")
-            continue
-        if mapped:
-            rules[path] = ContrastMap(tuple(mapped)).describe()
-            found.setdefault(mapped[0][0], []).append((path, _mapped_name(path.name, mapped[0][0])))
-            continue
-        try:
-            parsed = parse_contrast_name(path.name, case_id)
-        except AmbiguousNameError as error:
-            ambiguous.append((path, error))
-            continue
-        if parsed is None:
-            logger.debug("%s: ignored %s: %s", case_id, path.name, _ignore_reason(path.name))
-            ignored.append(path)
-        else:
-            found.setdefault(parsed.modality, []).append((path, parsed))
-
-    if conflicts:
-        return CaseError(
-            case_id,
-            f"--map patterns of different contrasts match the same file ({'; '.join(conflicts)}); make the "
-            "patterns narrower so that each file matches the patterns of one contrast",
-            [p for p in entries if any(c.startswith(p.name + " ") for c in conflicts)],
-        )
-    if ambiguous:
-        details = "; ".join(f"{p.name} names {' and '.join(e.tokens)}" for p, e in ambiguous)
-        return CaseError(
-            case_id,
-            f"cannot tell which contrast a file holds ({details}); rename it so that its name holds "
-            "exactly one of t1n, t1c, t2w, t2f (or an alias such as t1, t1ce, t2, flair)",
-            [p for p, _ in ambiguous],
-        )
-    duplicated = {m: hits for m, hits in found.items() if len(hits) > 1}
-    if duplicated:
-        details = "; ".join(
-            f"{m.value}: {', '.join(_shown(p, rules) for p, _ in duplicated[m])}"
-            for m in MODALITIES
-            if m in duplicated
-        )
-        advice = "rename or remove one of them"
-        if any(p in rules for hits in duplicated.values() for p, _ in hits):
-            advice += ", or make the --map pattern match one file per case"
-        return CaseError(
-            case_id,
-            f"more than one file for the same contrast ({details}); {advice}{hint}",
-            [p for hits in duplicated.values() for p, _ in hits],
-        )
-    if len(found) < 3:
-        have = ", ".join(f"{m.value} ({found[m][0][0].name})" for m in MODALITIES if m in found) or "none"
-        message = f"found {len(found)} contrast(s): {have}; {_NEEDS_THREE}"
-        if ignored:
+        elif path.name in seen.ignored:
+            logger.debug("%s: ignored %s: %s", case_id, path.name, seen.ignored[path.name])
+    problem = seen.problem(hint)
+    if problem is not None:
+        return CaseError(case_id, problem.message, [by_name[n] for n in problem.names])
+    if len(seen.found) < 3:
+        have = ", ".join(f"{m.value} ({name})" for m, name in seen.contrasts.items()) or "none"
+        message = f"found {len(seen.found)} contrast(s): {have}; {_NEEDS_THREE}"
+        if seen.ignored:
             message += (
-                f" (not recognised as contrasts: {_names(ignored)}; rename them if they are, or name their "
-                "contrast with --map CONTRAST=PATTERN)"
+                f" (not recognised as contrasts: {', '.join(seen.ignored)}; rename them if they are, or name "
+                "their contrast with --map CONTRAST=PATTERN)"
             )
-        return CaseError(case_id, message + hint, [hits[0][0] for hits in found.values()] + ignored)
+        shown = [hits[0][0] for hits in seen.found.values()] + list(seen.ignored)
+        return CaseError(case_id, message + hint, [by_name[n] for n in shown])
+    files = {m: by_name[name] for m, name in seen.contrasts.items()}
+    return _with_target(case_id, folder, files, seen.contrast_names, wanted, naming)
 
-    files = {m: found[m][0][0] for m in MODALITIES if m in found}
-    names = [found[m][0][1] for m in MODALITIES if m in found]
-    missing = next((m for m in MODALITIES if m not in found), None)
+
+def _with_target(
+    case_id: str,
+    folder: Path,
+    files: dict[Modality, Path],
+    names: list[ContrastName],
+    wanted: Modality | None,
+    naming: str,
+) -> Case | CaseError:
+    """The case of three or four recognised contrasts, with the contrast to synthesise and its file name:
+    the missing one, or ``wanted`` where all four are present."""
+    missing = next((m for m in MODALITIES if m not in files), None)
     if missing is None and wanted is None:
         return _skipped(
             case_id, folder, files, "all four contrasts present; use --target to synthesise one anyway"
@@ -397,10 +315,6 @@ def _read_case(
             _names(list(files.values())),
         )
     return Case(case_id, folder, files, target, output_file_name(case_id, target, names, naming))
-
-
-def _shown(path: Path, rules: dict[Path, str]) -> str:
-    return f"{path.name} (--map {rules[path]})" if path in rules else path.name
 
 
 def _skipped(case_id: str, folder: Path, files: dict[Modality, Path], reason: str) -> Case:

@@ -2,9 +2,9 @@
 words brasyn cannot know (``T1_MPRAGE_post``, BIDS ``ce-gadolinium_T1w``).
 
 A :class:`ContrastMap` holds glob patterns per contrast, matched case-insensitively against a file's base
-name. Discovery (:mod:`brasyn.data.cases`) asks it first and falls back on the built-in name recognition
-(:mod:`brasyn.data.modalities`) for files no pattern matches. This module knows names and patterns only; the
-one piece of I/O is reading a mapping file, which a command line names.
+name. The reading of file names (:func:`brasyn.data.names.recognise`) asks it first and falls back on the
+built-in names (:mod:`brasyn.data.modalities`) for files no pattern matches. This module knows names and
+patterns only; the one piece of I/O is reading a mapping file, which a command line names.
 """
 
 from __future__ import annotations

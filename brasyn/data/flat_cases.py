@@ -6,7 +6,9 @@ The case ids are the prefixes the built-in name recognition reads before the con
 case whose id, followed by a separator, its name starts with. A file that starts with no id, or with two
 (``sub-01_T1w`` and ``sub-01_ce-gadolinium_T1w`` make the ids ``sub-01`` and ``sub-01_ce-gadolinium``),
 cannot be placed without a guess: it, and every case it might belong to, gets a problem that says to put
-one sub-folder per case. Names only, no files: the caller reads the groups as cases.
+one sub-folder per case. A folder is split only where one case cannot hold its images: they name several
+case ids and some contrast occurs more than once. Names only, no files: the caller reads the groups as
+cases.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["FlatGroup", "group_flat", "ONE_FOLDER_PER_CASE"]
+from brasyn.data.modalities import Modality
+from brasyn.data.names import Recognition
+
+__all__ = ["FlatGroup", "flat_groups", "group_flat", "ONE_FOLDER_PER_CASE"]
 
 ONE_FOLDER_PER_CASE = "put one sub-folder per case (named after the case) under the input folder"
 
@@ -69,3 +74,24 @@ def group_flat(
                 )
             )
     return sorted([*groups.values(), *strays], key=lambda g: g.case_id)
+
+
+def flat_groups(names: list[str], seen: Recognition) -> list[FlatGroup] | None:
+    """The cases of a flat folder holding ``names`` (read, without a case id, as ``seen``), or None when
+    its images make one case: they name fewer than two case ids, or no contrast occurs twice.
+
+    The case ids come from the built-in names only: a file named by ``--map`` gives none, though it counts
+    (for each contrast whose patterns match it) towards a contrast occurring twice."""
+    prefixes = {
+        name: contrast.prefix
+        for hits in seen.found.values()
+        for name, contrast in hits
+        if name not in seen.mapped
+    }
+    counts: dict[Modality, int] = {m: len(hits) for m, hits in seen.found.items()}
+    for rules in seen.conflicts.values():
+        for modality in {m for m, _ in rules.rules}:
+            counts[modality] = counts.get(modality, 0) + 1
+    if len({p for p in prefixes.values() if p}) < 2 or all(n < 2 for n in counts.values()):
+        return None
+    return group_flat(names, prefixes, [n for n in names if n not in seen.ignored])

@@ -1,8 +1,9 @@
 """The four MR contrasts brasyn works with, the fixed order the model sees them in, and their file names.
 
-File-name recognition lives here, beside the enum, because every job (inference, training, evaluation)
-has to agree on what ``_t1ce`` or ``Flair`` means; the module stays pure (no file I/O, no torch) so that
-the rules can be tested on bare strings.
+The rules for reading one file name live here, beside the enum, because every job (inference, training,
+evaluation) has to agree on what ``_t1ce`` or ``Flair`` means; reading a whole set of files, ``--map``
+patterns included, is :func:`brasyn.data.names.recognise`. The module stays pure (no file I/O, no torch)
+so that the rules can be tested on bare strings.
 """
 
 from __future__ import annotations

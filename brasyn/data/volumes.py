@@ -27,6 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from brasyn.common.errors import CaseError
+from brasyn.common.files import atomic_write, publish
 
 __all__ = [
     "ITK_EXTENSIONS",
@@ -337,17 +338,7 @@ def write_volume(
     if path.name.endswith(".gz"):
         # mtime 0: the same image always gives the same bytes
         payload = gzip.compress(payload, compresslevel=1, mtime=0)
-    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(), suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: handle.write(payload), prefix=temporary_prefix())
 
 
 def _is_record(extension: nib.nifti1.Nifti1Extension) -> bool:
@@ -386,24 +377,12 @@ def _write_itk(data: np.ndarray, affine: np.ndarray, path: Path, record: dict | 
             tmp.write_text(
                 header.replace(f"ElementDataFile = {pixels.name}", f"ElementDataFile = {final_pixels.name}")
             )
-            _sync(pixels)
-            os.chmod(pixels, 0o644)
-            os.replace(pixels, final_pixels)
-        _sync(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+            publish(pixels, final_pixels)
+        publish(tmp, path)
     except BaseException:
         for leftover in (tmp, *companions):
             leftover.unlink(missing_ok=True)
         raise
-
-
-def _sync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def temporary_prefix() -> str:

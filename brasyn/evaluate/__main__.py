@@ -1,5 +1,5 @@
 """``python -m brasyn.evaluate``."""
 
-from brasyn.evaluate.score import main
+from brasyn.commands.evaluate import main
 
 raise SystemExit(main())

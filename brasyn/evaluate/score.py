@@ -1,37 +1,29 @@
 """Scoring synthetic contrasts against the real ones, and preparing the inputs for such a test.
 
-    python -m brasyn.evaluate drop --input TRUTH --output DIR [--seed 7] [--record FILE]
-    python -m brasyn.evaluate --pred DIR --truth TRUTH [--seg DIR] [--dropped FILE] [--json FILE] [--csv FILE]
-    python -m brasyn.evaluate segment --completed DIR --truth TRUTH (--segmenter CMD | --pred-seg DIR)
-                                    [--device auto|cpu|cuda[:N]] [-v]
+:func:`drop` makes a test set the way the MedPerf preparation cube of the challenge does:
+``random.seed(seed)`` once, then for every case folder in sorted order
+``random.choice(["t1c", "t1n", "t2f", "t2w"])`` is the contrast left out; the other three files are copied
+into ``OUTPUT/<case>/`` under their own names, and the mapping case -> dropped contrast is written as JSON
+outside ``OUTPUT``, where no container will see it.
 
-``drop`` makes a test set the way the MedPerf preparation cube of the challenge does: ``random.seed(seed)``
-once, then for every case folder in sorted order ``random.choice(["t1c", "t1n", "t2f", "t2w"])`` is the
-contrast left out; the other three files are copied into ``OUTPUT/<case>/`` under their own names, and the
-mapping case -> dropped contrast is written as JSON outside ``OUTPUT`` (default: ``<OUTPUT>_dropped.json``
-beside it), where no container will see it.
-
-``score`` pairs every prediction (flat files such as ``BraTS-GLI-00001-000-t2f.nii.gz``,
+:func:`score` pairs every prediction (flat files such as ``BraTS-GLI-00001-000-t2f.nii.gz``,
 ``TCGA-DU-7294_fla_bet.nii.gz`` or ``preprocessed_case-t1n.nii.gz``, or ``<case>/<file>`` sub-folders) with
 the truth case and contrast it names, whatever naming scheme the truth folder uses, and computes the
 challenge's scores (:mod:`brasyn.evaluate.metrics`): SSIM, MSE and PSNR on percentile-normalised images, and
-SSIM inside / outside the tumour where the truth case holds a segmentation (``*seg*.nii.gz``). With
-``--dropped``, a dropped contrast without a prediction counts as a failed case.
+SSIM inside / outside the tumour where the truth case holds a segmentation (``*seg*.nii.gz``). With a
+dropped-contrast record, a dropped contrast without a prediction counts as a failed case.
 
-Exit status: 0 when everything could be done, 1 when any case could not be dropped or evaluated (the
-others still are; the log says which and why), 2 when the run cannot start, 130 after Ctrl-C.
+The command line is :mod:`brasyn.commands.evaluate`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import math
 import random
 import shutil
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
@@ -43,8 +35,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from brasyn.commands.command import parse_arguments, run_command
-from brasyn.commands.options import add_device_option, add_verbosity_option, one_of, whole_number
 from brasyn.common.errors import CaseError, ExitCode, UsageError
 from brasyn.common.runtime import select_device
 from brasyn.common.version import __version__
@@ -61,12 +51,16 @@ from brasyn.evaluate.pairing import Pair, pair_predictions
 __all__ = [
     "DROP_CHOICES",
     "DEFAULT_DROP_SEED",
+    "PROTOCOLS",
     "Pair",
     "Row",
+    "ScoreRequest",
+    "drop",
     "drop_choices",
+    "is_inside",
     "pair_predictions",
+    "score",
     "score_pair",
-    "main",
 ]
 
 log = logging.getLogger("brasyn.evaluate")
@@ -292,7 +286,9 @@ def _table(rows: list[Row], summary: dict[str, Any]) -> str:
     )
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def is_inside(path: Path, folder: Path) -> bool:
+    """``path`` is ``folder`` or lies under it, links resolved: where a report or a record would be seen
+    by whoever reads the folder."""
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
 
@@ -312,21 +308,44 @@ def _scoring_bar(total: int) -> tqdm:
     return tqdm(total=total, desc="scoring", unit="case", disable=None if total > 1 else True, leave=False)
 
 
-def score(args: argparse.Namespace) -> ExitCode:
-    for name, folder in (("predictions", args.predictions), ("truth", args.truth)):
+@dataclass(frozen=True)
+class ScoreRequest:
+    """What to score and where the results go."""
+
+    predictions: Path
+    """Folder of synthetic images."""
+    truth: Path
+    """The real images: a folder per case, or one flat folder of ``<case>-<contrast>.nii.gz``."""
+    seg: Path | None = None
+    """Folder of tumour segmentations, asked before those beside the truth."""
+    dropped: Path | None = None
+    """Record written by :func:`drop`: a dropped contrast without a prediction then fails."""
+    json_report: Path | None = None
+    """Where the scores go as JSON (outside the predictions folder)."""
+    csv_report: Path | None = None
+    """Where the per-case rows go as CSV (outside the predictions folder)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+
+
+def score(request: ScoreRequest) -> ExitCode:
+    """Score every prediction, print the table and write the reports asked for; FAILED_CASES when any
+    case could not be scored (the others still are)."""
+    for name, folder in (("predictions", request.predictions), ("truth", request.truth)):
         if not folder.is_dir():
             raise UsageError(f"the {name} folder {folder} does not exist or is not a folder")
-    for name in ("json", "csv"):
-        path = getattr(args, name)
-        if path is not None and _inside(path, args.predictions):
+    for name, path in (("json", request.json_report), ("csv", request.csv_report)):
+        if path is not None and is_inside(path, request.predictions):
             raise UsageError(f"--{name} {path} lies inside the predictions folder; put it elsewhere")
-    if args.seg is not None and not args.seg.is_dir():
-        raise UsageError(f"the segmentation folder {args.seg} does not exist or is not a folder")
-    dropped = _read_dropped(args.dropped) if args.dropped else None
-    device = _score_device(args.device)
-    pairs, errors = pair_predictions(args.predictions, args.truth)
-    if args.seg is not None:
-        pairs = [replace(p, segmentation=_segmentation_in(args.seg, p.case) or p.segmentation) for p in pairs]
+    if request.seg is not None and not request.seg.is_dir():
+        raise UsageError(f"the segmentation folder {request.seg} does not exist or is not a folder")
+    dropped = _read_dropped(request.dropped) if request.dropped else None
+    device = _score_device(request.device)
+    pairs, errors = pair_predictions(request.predictions, request.truth)
+    if request.seg is not None:
+        pairs = [
+            replace(p, segmentation=_segmentation_in(request.seg, p.case) or p.segmentation) for p in pairs
+        ]
     rows = [Row(e.case, None, "failed", message=e.message) for e in errors]
     if dropped is not None:
         have = {(p.case, p.contrast) for p in pairs} | {(e.case, None) for e in errors}
@@ -371,11 +390,11 @@ def score(args: argparse.Namespace) -> ExitCode:
     rows.sort(key=lambda r: (r.case, r.target or ""))
     summary = _summary(rows)
     print(_table(rows, summary))
-    if args.json is not None:
+    if request.json_report is not None:
         report = {
             "brasyn_version": __version__,
-            "predictions": str(args.predictions),
-            "truth": str(args.truth),
+            "predictions": str(request.predictions),
+            "truth": str(request.truth),
             "device": str(device),
             "protocol": PROTOCOL,
             "metric": "torchmetrics StructuralSimilarityIndexMeasure (defaults) on each image clipped to its "
@@ -387,112 +406,13 @@ def score(args: argparse.Namespace) -> ExitCode:
             "summary": summary,
             "cases": [r.to_dict() for r in rows],
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if args.csv is not None:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as handle:
+        request.json_report.parent.mkdir(parents=True, exist_ok=True)
+        request.json_report.write_text(json.dumps(report, indent=2) + "\n")
+    if request.csv_report is not None:
+        request.csv_report.parent.mkdir(parents=True, exist_ok=True)
+        with open(request.csv_report, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0].to_dict()) if rows else ["case"])
             writer.writeheader()
             for row in rows:
                 writer.writerow(row.to_dict())
     return ExitCode.FAILED_CASES if summary["failed"] else ExitCode.OK
-
-
-# --- command line ----------------------------------------------------------------------------------
-
-
-def _drop_command(args: argparse.Namespace) -> ExitCode:
-    if not args.input.is_dir():
-        raise UsageError(f"the input folder {args.input} does not exist or is not a folder")
-    if _inside(args.output, args.input) or _inside(args.input, args.output):
-        raise UsageError(f"the output folder {args.output} and the input folder {args.input} must not nest")
-    record = args.record or args.output.parent / f"{args.output.name}_dropped.json"
-    if _inside(record, args.output):
-        raise UsageError(
-            f"the record {record} lies inside the output folder, where the container would see the answer; "
-            "put it elsewhere"
-        )
-    if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
-        raise UsageError(f"the output folder {args.output} is not empty; give a new or empty folder")
-    args.output.mkdir(parents=True, exist_ok=True)
-    return drop(args.input, args.output, args.seed, record, args.protocol)
-
-
-def _score_parser() -> argparse.ArgumentParser:
-    s = argparse.ArgumentParser(
-        prog="python -m brasyn.evaluate",
-        description="Score synthetic contrasts against the real images ('drop' makes a test set).",
-        epilog="python -m brasyn.evaluate drop --input DIR --output DIR [--seed 7] [--record FILE]",
-    )
-    s.add_argument(
-        "--pred",
-        "--predictions",
-        dest="predictions",
-        type=Path,
-        required=True,
-        help="folder of synthetic images",
-    )
-    s.add_argument(
-        "--truth",
-        type=Path,
-        required=True,
-        help="the real images: a folder per case with any of its contrasts (+ <case>-seg.nii.gz), or one "
-        "flat folder of <case>-<contrast>.nii.gz (+ <case>-seg.nii.gz)",
-    )
-    s.add_argument(
-        "--seg", type=Path, help="folder of tumour segmentations (<case>*seg*.nii.gz or <case>/...)"
-    )
-    s.add_argument("--dropped", type=Path, help="record written by drop: a missing prediction then fails")
-    s.add_argument("--json", type=Path, help="write the scores here as JSON (outside the predictions folder)")
-    s.add_argument(
-        "--csv", type=Path, help="write the per-case rows here as CSV (outside the predictions folder)"
-    )
-    add_device_option(s)
-    add_verbosity_option(s)
-    return s
-
-
-def _drop_parser() -> argparse.ArgumentParser:
-    d = argparse.ArgumentParser(
-        prog="python -m brasyn.evaluate drop",
-        description="Copy complete cases less one random contrast each, as the MedPerf preparation does.",
-    )
-    d.add_argument("--input", type=Path, required=True, help="folder of complete cases")
-    d.add_argument("--output", type=Path, required=True, help="new folder for the three-contrast cases")
-    d.add_argument(
-        "--seed", type=whole_number(), default=DEFAULT_DROP_SEED, help="default 7, as the MedPerf cube"
-    )
-    d.add_argument(
-        "--protocol",
-        type=one_of(*PROTOCOLS),
-        default="medperf",
-        help="medperf: the MedPerf preparation cube's draw with --seed (default); brasyn: the organisers' "
-        "pseudo-validation draw (numpy seed 123456, every other file of the case copied)",
-    )
-    d.add_argument(
-        "--record", type=Path, help="JSON case -> dropped contrast (default: <OUTPUT>_dropped.json)"
-    )
-    add_verbosity_option(d)
-    return d
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m brasyn.evaluate [score] ...`` or ``... drop ...``; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv[:1] in (["drop"], ["score"], ["segment"]) else "score"
-    rest = argv[1:] if argv[:1] in (["drop"], ["score"], ["segment"]) else argv
-
-    def body() -> ExitCode:
-        if command == "segment":
-            from brasyn.evaluate.segscore import main as segment  # the downstream score, its own module
-
-            return segment(rest)
-        args = parse_arguments((_drop_parser() if command == "drop" else _score_parser()), rest)
-        return _drop_command(args) if command == "drop" else score(args)
-
-    return run_command(body)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

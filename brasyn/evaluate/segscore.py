@@ -1,4 +1,5 @@
-"""``python -m brasyn.evaluate segment``: the downstream score the challenge also ranks by.
+"""The downstream score the challenge also ranks by (``python -m brasyn.evaluate segment``,
+:mod:`brasyn.commands.segment`).
 
 The cases completed with the synthetic contrast are segmented by a segmenter the user names (a command
 template with ``{input}`` (the case folder), ``{output}`` (the label file to write) and ``{case}``: the
@@ -11,7 +12,6 @@ region, and the lesion-wise counts and scores.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import json
@@ -23,16 +23,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brasyn.commands.options import add_verbosity_option, one_of, whole_number
 from brasyn.common.errors import CaseError, ExitCode, UsageError
 from brasyn.common.version import __version__
 from brasyn.data.cases import Case, complete_cases, discover
 from brasyn.evaluate.pairing import segmentation_in
 
-__all__ = ["COHORTS", "HOW_TO_INSTALL", "load_scorer", "main", "segment_command"]
+__all__ = ["COHORTS", "HOW_TO_INSTALL", "SegmentRequest", "load_scorer", "segment_and_score"]
 
 log = logging.getLogger("brasyn.evaluate")
 
@@ -42,6 +42,28 @@ HOW_TO_INSTALL = "pip install 'brasyn[eval]' (it brings brats-evaluation, the Br
 SHOWN = ("et", "tc", "wt")
 """The regions of the printed table (every region is in the JSON)."""
 Scorer = Callable[[Path, Path, str], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """The completed cases, the truth, where the labels come from and where the results go."""
+
+    completed: Path
+    """Folder of case folders holding all four contrasts."""
+    truth: Path
+    """The truth, with ``<case>-seg.nii.gz`` per case."""
+    segmenter: str | None = None
+    """Command template run per case, with ``{input}``, ``{output}`` and ``{case}``."""
+    pred_seg: Path | None = None
+    """Segmentations made elsewhere (``<case>*.nii.gz`` per case), instead of ``segmenter``."""
+    cohort: str = "gli"
+    """Label scheme of brats-evaluation."""
+    timeout: float = 3600
+    """Seconds per case for the segmenter."""
+    keep: Path | None = None
+    """Where the segmenter's outputs are kept (else a temporary folder)."""
+    json_report: Path | None = None
+    csv_report: Path | None = None
 
 
 def load_scorer(cohort: str) -> Scorer:
@@ -119,32 +141,36 @@ def _given_segmentation(folder: Path, case: str) -> Path | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def segment_command(args: argparse.Namespace) -> ExitCode:
+def segment_and_score(request: SegmentRequest) -> ExitCode:
     """Segment (or take) each completed case's labels and score them against the truth."""
-    for name, folder in (("completed", args.completed), ("truth", args.truth), ("pred-seg", args.pred_seg)):
+    for name, folder in (
+        ("completed", request.completed),
+        ("truth", request.truth),
+        ("pred-seg", request.pred_seg),
+    ):
         if folder is not None and not folder.is_dir():
             raise UsageError(f"--{name} {folder} does not exist or is not a folder")
-    if (args.segmenter is None) == (args.pred_seg is None):
+    if (request.segmenter is None) == (request.pred_seg is None):
         raise UsageError("give either --segmenter 'COMMAND {input} {output}' or --pred-seg DIR")
-    scorer = load_scorer(args.cohort)
-    cases, rest = complete_cases(discover(args.completed), "segmentation")
+    scorer = load_scorer(request.cohort)
+    cases, rest = complete_cases(discover(request.completed), "segmentation")
     rows: list[dict[str, Any]] = [{"case": e.case, "status": "failed", "message": e.message} for e in rest]
     with tempfile.TemporaryDirectory(prefix="brasyn-segment-") as tmp:
-        work = Path(args.keep) if args.keep else Path(tmp)
+        work = Path(request.keep) if request.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for case in cases:
             start = time.perf_counter()
             row: dict[str, Any] = {"case": case.id, "status": "failed", "message": ""}
-            reference = segmentation_in(args.truth, case.id)
+            reference = segmentation_in(request.truth, case.id)
             if reference is None:
-                row["message"] = f"no truth segmentation for {case.id} in {args.truth}"
-            elif args.pred_seg is not None:
-                prediction = _given_segmentation(args.pred_seg, case.id)
-                row["message"] = "" if prediction else f"no single <case>*.nii.gz in {args.pred_seg}"
+                row["message"] = f"no truth segmentation for {case.id} in {request.truth}"
+            elif request.pred_seg is not None:
+                prediction = _given_segmentation(request.pred_seg, case.id)
+                row["message"] = "" if prediction else f"no single <case>*.nii.gz in {request.pred_seg}"
             else:
                 prediction = work / f"{case.id}-seg.nii.gz"
                 log.info("segmenting %s", case.id)
-                row["message"] = _run_segmenter(args.segmenter, case, prediction, args.timeout) or ""
+                row["message"] = _run_segmenter(request.segmenter, case, prediction, request.timeout) or ""
             if reference is not None and not row["message"]:
                 try:
                     row["regions"] = _regions(scorer(prediction, reference, case.id))
@@ -153,10 +179,10 @@ def segment_command(args: argparse.Namespace) -> ExitCode:
                     row["message"] = f"cannot score {case.id}: {exc}"
             row["seconds"] = round(time.perf_counter() - start, 2)
             rows.append(row)
-    return _report(rows, args)
+    return _report(rows, request)
 
 
-def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> ExitCode:
+def _report(rows: list[dict[str, Any]], request: SegmentRequest) -> ExitCode:
     rows.sort(key=lambda r: r["case"])
     scored = [r for r in rows if r["status"] == "scored"]
     summary: dict[str, Any] = {"scored": len(scored), "failed": len(rows) - len(scored)}
@@ -182,21 +208,21 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> ExitCode:
     for r in rows:
         if r["status"] == "failed":
             log.error("[failed] %s: %s", r["case"], r["message"])
-    if args.json is not None:
+    if request.json_report is not None:
         report = {
             "brasyn_version": __version__,
-            "completed": str(args.completed),
-            "truth": str(args.truth),
-            "cohort": args.cohort,
+            "completed": str(request.completed),
+            "truth": str(request.truth),
+            "cohort": request.cohort,
             "metric": "brats-evaluation (panoptica): per region Dice and HD95 of the whole region, "
             "lesion-wise counts and scores",
             "summary": summary,
             "cases": rows,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if args.csv is not None:
-        with open(args.csv, "w", newline="") as handle:
+        request.json_report.parent.mkdir(parents=True, exist_ok=True)
+        request.json_report.write_text(json.dumps(report, indent=2) + "\n")
+    if request.csv_report is not None:
+        with open(request.csv_report, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["case", "status", *(f"{r}_{k}" for r in SHOWN for k in ("dice", "hd95"))])
             for r in rows:
@@ -208,34 +234,3 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> ExitCode:
                     ]
                 )
     return ExitCode.FAILED_CASES if summary["failed"] else ExitCode.OK
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m brasyn.evaluate segment",
-        description="Segment the cases completed with the synthetic contrast and score the labels.",
-    )
-    p.add_argument(
-        "--completed", type=Path, required=True, help="folder of case folders holding all four contrasts"
-    )
-    p.add_argument("--truth", type=Path, required=True, help="the truth, with <case>-seg.nii.gz per case")
-    p.add_argument(
-        "--segmenter",
-        help="command run per case, with {input} (the case folder), {output} (the label file to write) and "
-        "{case}, e.g. 'nnUNetv2_predict ... -i {input} -o {output}'",
-    )
-    p.add_argument("--pred-seg", type=Path, help="segmentations made elsewhere: <case>*.nii.gz per case")
-    p.add_argument("--cohort", type=one_of(*COHORTS), default="gli", help="label scheme (default gli)")
-    p.add_argument("--timeout", type=whole_number(1), default=3600, help="seconds per case for the segmenter")
-    p.add_argument("--keep", type=Path, help="keep the segmenter's outputs in this folder")
-    p.add_argument("--json", type=Path, help="write every figure here")
-    p.add_argument("--csv", type=Path, help="write the table here")
-    add_verbosity_option(p)
-    return p
-
-
-def main(argv: list[str]) -> ExitCode:
-    """The ``segment`` command of ``python -m brasyn.evaluate`` (inside its run_command)."""
-    from brasyn.commands.command import parse_arguments
-
-    return segment_command(parse_arguments(build_parser(), argv))

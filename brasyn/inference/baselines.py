@@ -10,9 +10,9 @@ only the model-space prediction differs. Neither needs a GPU or a checkpoint.
   four numbers are least-squares fits over the brain voxels (any contrast non-zero) of complete cases,
   each brought into model space as training brings it (cases on differing grids included).
 
-``python -m brasyn.baselines fit --data DIR [--data DIR ...] --out WEIGHTS [-v]`` writes ``baselines.json``
-into a weights folder, beside (and independent of) ``manifest.json`` (exit status 0, or 2 when nothing
-could be fitted or written)::
+``python -m brasyn.baselines fit --data DIR [--data DIR ...] --out WEIGHTS [-v]``
+(:mod:`brasyn.commands.baselines`) writes ``baselines.json`` into a weights folder, beside (and independent
+of) ``manifest.json``::
 
     {"format_version": 1,
      "linear": {"t1n": {"weights": {"t1c": 0.4, "t2w": 0.1, "t2f": 0.3}, "bias": 0.02, "voxels": 9}, ...},
@@ -22,33 +22,28 @@ could be fitted or written)::
 
 The intensity ratios (per target and condition: median over the training cases of
 p99.9(target) / p99.9(condition)) restore the input scale exactly as a checkpoint's ratios do. Without a
-``baselines.json``, ``nearest`` uses the default ratios of :mod:`brasyn.weights.store`.
+``baselines.json``, ``nearest`` uses the default ratios of :mod:`brasyn.weights.manifest`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from brasyn.commands.command import parse_arguments, run_command
-from brasyn.commands.options import add_map_option, add_verbosity_option, contrast_mapping
-from brasyn.common.errors import BrasynError, CaseError, ExitCode, WeightsError
-from brasyn.common.version import __version__
-from brasyn.data.cases import complete_cases, discover
-from brasyn.data.contrast_map import ContrastMap
+from brasyn.common.errors import CaseError, WeightsError
+from brasyn.common.files import atomic_write
 from brasyn.data.modalities import MODALITIES, Modality, conditions_for
-from brasyn.data.volumes import Volume, load_volume
+from brasyn.data.volumes import Volume
+from brasyn.transform.intensity import median_ratios
 from brasyn.transform.model_space import to_model_space
-from brasyn.weights.manifest import DEFAULT_INTENSITY_RATIOS, _parse_ratios, _write_atomic
+from brasyn.weights.manifest import DEFAULT_INTENSITY_RATIOS, parse_ratios
 
 __all__ = [
     "BASELINES_NAME",
@@ -58,7 +53,6 @@ __all__ = [
     "predict_linear",
     "predict_nearest",
     "fit_baselines",
-    "main",
 ]
 
 log = logging.getLogger("brasyn.baselines")
@@ -172,7 +166,7 @@ class Baselines:
             if not all(np.isfinite([*weights.values(), fit.bias])):
                 raise ValueError(f"linear[{key!r}] holds a value that is not finite")
             linear[target] = fit
-        ratios = {t: _parse_ratios(t, ratio_entries.get(t.value)) for t in MODALITIES}
+        ratios = {t: parse_ratios(t, ratio_entries.get(t.value)) for t in MODALITIES}
         return cls(
             linear=linear,
             intensity_ratios=ratios,
@@ -187,7 +181,7 @@ class Baselines:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / BASELINES_NAME
         text = json.dumps(self.to_dict(), indent=2) + "\n"
-        _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
         return path
 
     @classmethod
@@ -225,9 +219,7 @@ def fit_baselines(
     gram = {t: np.zeros((4, 4)) for t in MODALITIES}
     moment = {t: np.zeros(4) for t in MODALITIES}
     voxels = dict.fromkeys(MODALITIES, 0)
-    ratios: dict[Modality, dict[Modality, list[float]]] = {
-        t: {c: [] for c in conditions_for(t)} for t in MODALITIES
-    }
+    percentiles = []
     ids = []
     for case_id, volumes in cases:
         try:
@@ -236,7 +228,6 @@ def fit_baselines(
             log.warning("skipped %s: %s", e.case, e.message)
             continue
         brain = record.model_brain()
-        percentile = record.percentiles
         for target in MODALITIES:
             design = np.ones((int(brain.sum()), 4))
             for column, condition in enumerate(conditions_for(target)):
@@ -244,9 +235,7 @@ def fit_baselines(
             gram[target] += design.T @ design
             moment[target] += design.T @ stack[MODALITIES.index(target)][brain].astype(np.float64)
             voxels[target] += len(design)
-            for condition in conditions_for(target):
-                if percentile[target] > 0 and percentile[condition] > 0:
-                    ratios[target][condition].append(percentile[target] / percentile[condition])
+        percentiles.append(record.percentiles)
         ids.append(case_id)
         log.info("%s: added to the fit", case_id)
     if not ids:
@@ -256,68 +245,5 @@ def fit_baselines(
         solution = np.linalg.lstsq(gram[target], moment[target], rcond=None)[0]
         weights = {c: float(w) for c, w in zip(conditions_for(target), solution[:3], strict=True)}
         linear[target] = LinearFit(weights, float(solution[3]), voxels[target])
-    medians = {
-        t: {c: float(np.median(v)) if v else DEFAULT_INTENSITY_RATIOS[t][c] for c, v in r.items()}
-        for t, r in ratios.items()
-    }
+    medians = {t: median_ratios(percentiles, t, fallback=DEFAULT_INTENSITY_RATIOS[t]) for t in MODALITIES}
     return Baselines(linear, medians, tuple(ids), dict(provenance or {}), source="the fitted baselines")
-
-
-def _complete_cases(
-    folders: Iterable[Path], mapping: ContrastMap | None = None
-) -> Iterator[tuple[str, dict[Modality, Volume]]]:
-    """Every complete case under ``folders`` (files named as ``--map`` says where it is given), loaded;
-    others are skipped with a log line."""
-    for folder in folders:
-        found, rest = complete_cases(discover(folder, mapping=mapping), "fitting")
-        for error in rest:
-            log.warning("skipped %s: %s", error.case, error.message)
-        for case in found:
-            try:
-                yield case.id, {m: load_volume(case.files[m], case.id) for m in MODALITIES}
-            except CaseError as e:
-                log.warning("skipped %s: %s", e.case, e.message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m brasyn.baselines", description="Fit the linear and nearest-contrast baselines."
-    )
-    add_verbosity_option(parser)
-    commands = parser.add_subparsers(dest="command", required=True)
-    fit = commands.add_parser("fit", help=f"fit on complete cases and write {BASELINES_NAME}")
-    fit.add_argument(
-        "--data", type=Path, action="append", required=True, help="folder of complete cases (repeatable)"
-    )
-    fit.add_argument("--out", type=Path, required=True, help=f"weights folder to write {BASELINES_NAME} into")
-    add_map_option(fit)
-    # SUPPRESS: the sub-command's default must not undo a -v given before "fit"
-    add_verbosity_option(fit, default=argparse.SUPPRESS)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line; 0 on success, 2 when nothing could be fitted or written."""
-
-    def body() -> ExitCode:
-        args = parse_arguments(_parser(), argv)
-        provenance = {
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "brasyn_version": __version__,
-            "command": "fit",
-            "data": [str(d) for d in args.data],
-        }
-        baselines = fit_baselines(_complete_cases(args.data, contrast_mapping(args)), provenance)
-        path = baselines.save(args.out)
-        print(f"{path}  ({len(baselines.training_cases)} cases)")
-        for target, fit in baselines.linear.items():
-            terms = " + ".join(f"{w:.3f}*{c.value}" for c, w in fit.weights.items())
-            print(f"{target.value} = {fit.bias:.3f} + {terms}")
-        return ExitCode.OK
-
-    # no complete case, an unreadable folder or an unwritable weights folder: one sentence, exit 2
-    return run_command(body, usage_errors=(BrasynError, ValueError, OSError))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

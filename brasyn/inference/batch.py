@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import threading
 from collections.abc import Sequence
 from contextlib import closing
@@ -27,6 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from brasyn.common.errors import CaseError, ExitCode, UsageError
+from brasyn.common.files import atomic_write
 from brasyn.common.version import __version__
 from brasyn.data.cases import Case
 from brasyn.data.modalities import Modality
@@ -41,6 +41,7 @@ from brasyn.inference.preview import (
 )
 from brasyn.inference.sharding import Shard
 from brasyn.inference.synthesize import CaseResult, Preview, Synthesizer
+from brasyn.model.samplers import SAMPLERS
 from brasyn.transform.intensity import keep_signal
 from brasyn.transform.model_space import ModelSpace
 from brasyn.transform.preprocess import MODEL_AXES
@@ -179,19 +180,10 @@ def report_path_for(path: Path, shard: Shard | None) -> Path:
 def write_report(path: Path, report: dict[str, Any]) -> None:
     """Write the report atomically (never a half-written JSON for a job manager to read)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".brasyn-report-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(report, handle, indent=2)
-            handle.write("\n")
-        # mkstemp's 0600 would hide the report from a job system running as another user
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(report, indent=2) + "\n"
+    atomic_write(
+        path, lambda handle: handle.write(text.encode()), prefix=".brasyn-report-", suffix="", durable=False
+    )
 
 
 def merge_shard_reports(path: Path, codes: Sequence[int], keep: bool = True) -> dict[str, Any] | None:
@@ -345,7 +337,7 @@ def preview_settings(synthesizer: Synthesizer) -> str:
     settings = synthesizer.predictor.settings()
     text = str(settings.get("method", ""))
     if "sampler" in settings:
-        steps = 1 if settings["sampler"] == "x0" else settings["steps"]
+        steps = SAMPLERS[settings["sampler"]].steps_for(settings["steps"])
         text += f", {settings['sampler']} {steps} step{'s' if steps != 1 else ''}, seed {synthesizer.seed}"
     return text
 

@@ -21,7 +21,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from brasyn.commands.options import METHODS
 from brasyn.common.acceleration import SpeedSettings, network_precision, optimise_model, resolve_precision
 from brasyn.common.errors import UsageError, WeightsError
 from brasyn.common.runtime import select_device
@@ -132,7 +131,7 @@ class DiffusionPredictor:
         return next((k for k in ("random", "demo", "trained") if k in kinds), None)
 
     def summary(self) -> str:
-        steps = 1 if self.sampling.sampler == "x0" else self.sampling.steps
+        steps = self.sampling.steps_taken
         return (
             f"weights {self.weights.folder}; {self.sampling.sampler}, {steps} steps, on {self.device} "
             f"in {self.precision}"
@@ -140,8 +139,7 @@ class DiffusionPredictor:
 
     def settings(self) -> dict[str, Any]:
         sampling = asdict(self.sampling)
-        if self.sampling.sampler == "x0":  # one prediction, whatever --steps said
-            sampling["steps"] = 1
+        sampling["steps"] = self.sampling.steps_taken  # "x0": one prediction, whatever --steps said
         return {"method": self.method, **sampling, "precision": self.precision, "speed": asdict(self.speed)}
 
     def output_settings(self, target: Modality, seed: int) -> dict[str, Any]:
@@ -153,7 +151,7 @@ class DiffusionPredictor:
             "weights": self.weights.info(target).sha256,
             "seed": seed,
         }
-        if self.sampling.sampler == "ddim":  # the only sampler eta changes
+        if self.sampling.algorithm.takes_eta:
             settings["eta"] = self.sampling.eta
         return settings
 
@@ -169,8 +167,9 @@ class DiffusionPredictor:
 
     def steps(self, target: Modality) -> int:
         """Sampling steps for ``target``: as asked, at most the length of its training chain."""
-        if self.sampling.sampler == "x0":
-            return 1
+        fixed = self.sampling.algorithm.fixed_steps
+        if fixed is not None:
+            return fixed
         return min(self.sampling.steps, self.diffusion_for(target).num_steps)
 
     def model_for(self, target: Modality) -> torch.nn.Module:
@@ -371,7 +370,8 @@ _BUILDERS: dict[str, Callable[[Path, str, Sampling, SpeedSettings], Predictor]] 
     "linear": _baseline(LinearPredictor),
     "nearest": _baseline(NearestPredictor),
 }
-assert tuple(_BUILDERS) == METHODS, "every method a user can name has a predictor"
+METHODS: tuple[str, ...] = tuple(_BUILDERS)
+"""How the missing contrast is made: the cWDM model, or one of the baselines; what ``--method`` accepts."""
 
 
 def make_predictor(

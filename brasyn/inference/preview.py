@@ -18,8 +18,6 @@ matplotlib is imported only when a figure is drawn, so a run without ``--extras`
 from __future__ import annotations
 
 import importlib.util
-import os
-import tempfile
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from brasyn.common.files import atomic_write
 from brasyn.data.modalities import MODALITIES, Modality
 
 __all__ = [
@@ -210,14 +209,12 @@ def preview_figure(
 def write_preview(path: Path, figure: Any, description: str = "") -> None:
     """Save ``figure`` as a PNG at ``path`` atomically (a reader never sees half a file); ``description``
     goes into the PNG's text chunks."""
-    fd, tmp = tempfile.mkstemp(prefix=".brasyn-preview-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png", facecolor="black", metadata={"Description": description})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide it from the person it is for
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(
+        path,
+        lambda handle: figure.savefig(
+            handle, format="png", facecolor="black", metadata={"Description": description}
+        ),
+        prefix=".brasyn-preview-",
+        suffix=".png",
+        durable=False,
+    )

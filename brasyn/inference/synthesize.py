@@ -27,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 from brasyn.common.errors import CaseError, WeightsError
-from brasyn.common.runtime import case_generator, peak_memory_mib, reset_peak_memory
+from brasyn.common.measure import peak_memory_mib, reset_peak_memory
+from brasyn.common.runtime import case_generator
 from brasyn.common.version import __version__
 from brasyn.data.cases import Case
 from brasyn.data.modalities import Modality, conditions_for

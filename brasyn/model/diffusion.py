@@ -1,4 +1,4 @@
-"""Gaussian diffusion in the sub-band space: schedule, forward noising, training loss and samplers.
+"""Gaussian diffusion in the sub-band space: forward noising, training loss and sampling.
 
 The network predicts the clean sub-bands x0 directly (cWDM's ``predict_xstart``). Notation follows
 Ho et al. (2020), "Denoising Diffusion Probabilistic Models" (DDPM), and Song et al. (2021), "Denoising
@@ -11,15 +11,14 @@ Diffusion Implicit Models" (DDIM):
 
 The settings a model was trained with are data too (:class:`DiffusionConfig`: chain length, schedule,
 what the network predicts, whether its x0 is clipped), so a weights manifest and a training state can
-record them and a reader can refuse what it does not support. The schedule is data: tensors computed once
-in float64 (:class:`StepTables`), copied to the sampling device as float32 before a loop starts, so that
-no step synchronises host and device. The samplers (:mod:`brasyn.model.samplers`) are short free functions
-over ``(denoise, x, tables)`` reporting through a ``callback``; :meth:`Diffusion.sample` picks one.
+record them and a reader can refuse what it does not support. The schedule is data
+(:class:`brasyn.model.schedule.StepTables`); the samplers (:mod:`brasyn.model.samplers`) are short free
+functions over ``(denoise, x, tables)`` reporting through a ``callback``; :meth:`Diffusion.sample` looks
+one up by its name and runs it.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -30,51 +29,16 @@ import torch
 from torch import nn
 
 from brasyn.model.bands import clip_bands
-from brasyn.model.samplers import VARIANCES, Callback, sample_ancestral, sample_ddim, sample_dpmpp_2m
+from brasyn.model.samplers import SAMPLERS, Callback, Sampler
+from brasyn.model.schedule import SCHEDULES, StepTables, at_step, beta_schedule, spaced_timesteps
 
-__all__ = [
-    "Diffusion",
-    "DiffusionConfig",
-    "SCHEDULES",
-    "PREDICTIONS",
-    "MAX_STEPS",
-    "StepTables",
-    "SAMPLERS",
-    "Sampling",
-    "VARIANCES",
-    "beta_schedule",
-    "spaced_timesteps",
-    "sample_ancestral",
-    "sample_ddim",
-    "sample_dpmpp_2m",
-]
+__all__ = ["MAX_STEPS", "PREDICTIONS", "Diffusion", "DiffusionConfig", "Sampling"]
 
-SAMPLERS = ("ddpm", "ddim", "dpm++2m", "x0")
-"""``ddpm``: ancestral (the official sampler); ``ddim``: deterministic DDIM; ``dpm++2m``: DPM-Solver++(2M),
-a second-order multistep solver for 10-20 steps; ``x0``: one step, the model's x0 from pure noise."""
-SCHEDULES = ("linear", "cosine")
-"""The noise schedules :func:`beta_schedule` knows."""
 PREDICTIONS = ("x0",)
 """What a denoiser may predict: cWDM predicts the clean sub-bands (``predict_xstart``), and every sampler
 here is written for that."""
 MAX_STEPS = 10000
 """Longest training chain a :class:`DiffusionConfig` accepts (the official one has 1000 steps)."""
-
-
-def beta_schedule(name: str, steps: int) -> torch.Tensor:
-    """Betas in float64. "linear" is the DDPM schedule (1e-4 to 0.02 for 1000 steps, rescaled for
-    other lengths); "cosine" is Nichol & Dhariwal (2021), eq. 17, capped at 0.999."""
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if name == "linear":
-        scale = 1000.0 / steps
-        return torch.linspace(scale * 1e-4, scale * 0.02, steps, dtype=torch.float64)
-    if name == "cosine":
-        s = torch.arange(steps + 1, dtype=torch.float64) / steps
-        alpha_bar = torch.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-        return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
-    choices = " or ".join(repr(n) for n in SCHEDULES)
-    raise ValueError(f"unknown noise schedule {name!r}; choose {choices}")
 
 
 @dataclass(frozen=True)
@@ -136,76 +100,6 @@ class DiffusionConfig:
         return cls(**settings)
 
 
-def spaced_timesteps(total: int, steps: int) -> list[int]:
-    """``steps`` model timesteps spread evenly over 0 .. total-1, both ends included, ascending."""
-    if not 1 <= steps <= total:
-        raise ValueError(f"steps must be between 1 and {total}, got {steps}")
-    if steps == 1:
-        return [total - 1]
-    return [round(i * (total - 1) / (steps - 1)) for i in range(steps)]
-
-
-@dataclass(frozen=True)
-class StepTables:
-    """Per-step coefficients of a (possibly respaced) chain; entry ``i`` belongs to model timestep
-    ``timesteps[i]``, and the step from index ``i`` leads to index ``i - 1`` (to x0 at ``i = 0``)."""
-
-    timesteps: torch.Tensor
-    alphas_cumprod: torch.Tensor
-    alphas_cumprod_prev: torch.Tensor
-    betas: torch.Tensor
-    sqrt_alphas_cumprod: torch.Tensor
-    sqrt_one_minus_alphas_cumprod: torch.Tensor
-    posterior_variance: torch.Tensor
-    posterior_log_variance_clipped: torch.Tensor
-    posterior_mean_coef1: torch.Tensor
-    posterior_mean_coef2: torch.Tensor
-    fixed_large_variance: torch.Tensor
-    """beta_t, with the posterior variance of step 1 at step 0 (the official "fixed large")."""
-
-    @classmethod
-    def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> StepTables:
-        ac = alphas_cumprod.to(torch.float64)
-        ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
-        # Respacing keeps alpha_bar at the kept steps; the betas of the shorter chain follow from it.
-        betas = 1 - ac / ac_prev
-        posterior_variance = betas * (1 - ac_prev) / (1 - ac)
-        # The posterior variance is 0 at step 0; its log is clipped to the value at step 1.
-        first = posterior_variance[1:2] if len(ac) > 1 else betas[:1]
-        fixed_large = torch.cat([first, betas[1:]])
-        return cls(
-            timesteps=timesteps.to(torch.long),
-            alphas_cumprod=ac,
-            alphas_cumprod_prev=ac_prev,
-            betas=betas,
-            sqrt_alphas_cumprod=ac.sqrt(),
-            sqrt_one_minus_alphas_cumprod=(1 - ac).sqrt(),
-            posterior_variance=posterior_variance,
-            posterior_log_variance_clipped=torch.cat([first, posterior_variance[1:]]).log(),
-            posterior_mean_coef1=betas * ac_prev.sqrt() / (1 - ac),
-            posterior_mean_coef2=(1 - ac_prev) * (1 - betas).sqrt() / (1 - ac),
-            fixed_large_variance=fixed_large,
-        )
-
-    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> StepTables:
-        """A copy on ``device``; coefficients in ``dtype``, timesteps stay integers."""
-        moved = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            target_dtype = value.dtype if f.name == "timesteps" else dtype
-            moved[f.name] = value.to(device=device, dtype=target_dtype)
-        return StepTables(**moved)
-
-    def __len__(self) -> int:
-        return len(self.timesteps)
-
-
-def _at(table: torch.Tensor, index: torch.Tensor | int, ndim: int) -> torch.Tensor:
-    """Coefficient(s) for a step index (int) or a batch of indices, shaped to broadcast over x."""
-    value = table[index]
-    return value.reshape(-1, *([1] * (ndim - 1))) if value.dim() else value
-
-
 @dataclass(frozen=True)
 class Sampling:
     """How the diffusion model is sampled; the defaults are the official cWDM inference."""
@@ -223,6 +117,16 @@ class Sampling:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if not 1 <= self.steps <= 1000:
             raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
+
+    @property
+    def algorithm(self) -> Sampler:
+        """The sampler named, with its facts (:data:`brasyn.model.samplers.SAMPLERS`)."""
+        return SAMPLERS[self.sampler]
+
+    @property
+    def steps_taken(self) -> int:
+        """The steps the sampler takes: ``steps``, or 1 for "x0" whatever ``steps`` says."""
+        return self.algorithm.steps_for(self.steps)
 
 
 class Diffusion:
@@ -308,8 +212,8 @@ class Diffusion:
         """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise (DDPM eq. 4)."""
         tables = self.tables_on(x0.device)
         return (
-            _at(tables.sqrt_alphas_cumprod, t, x0.dim()) * x0
-            + _at(tables.sqrt_one_minus_alphas_cumprod, t, x0.dim()) * noise
+            at_step(tables.sqrt_alphas_cumprod, t, x0.dim()) * x0
+            + at_step(tables.sqrt_one_minus_alphas_cumprod, t, x0.dim()) * noise
         )
 
     def training_loss(
@@ -348,10 +252,10 @@ class Diffusion:
         if clip:
             x0 = clip_bands(x0)
         ndim = x_t.dim()
-        mean = (
-            _at(tables.posterior_mean_coef1, t, ndim) * x0 + _at(tables.posterior_mean_coef2, t, ndim) * x_t
-        )
-        variance = _at(tables.fixed_large_variance, t, ndim).expand_as(x_t)
+        coef1 = at_step(tables.posterior_mean_coef1, t, ndim)
+        coef2 = at_step(tables.posterior_mean_coef2, t, ndim)
+        mean = coef1 * x0 + coef2 * x_t
+        variance = at_step(tables.fixed_large_variance, t, ndim).expand_as(x_t)
         return {
             "mean": mean,
             "variance": variance,
@@ -383,18 +287,18 @@ class Diffusion:
         ``clip`` (clamp the predicted x0 to [0, 1] in image space) defaults to ``config.clip``.
         """
         if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {tuple(SAMPLERS)}")
+        algorithm = SAMPLERS[sampler]
         clip = self._config.clip if clip is None else clip
-        steps = self.num_steps if steps is None else steps
-        if sampler == "x0":
-            steps = 1
+        steps = algorithm.steps_for(self.num_steps if steps is None else steps)
         device = cond.device
         if generator is not None and generator.device.type != device.type:
             raise ValueError(
                 f"the generator is on {generator.device} but sampling runs on {device}; "
                 f"create it with torch.Generator(device={str(device)!r})"
             )
-        tables = (self.log_snr_spaced(steps) if sampler == "dpm++2m" else self.respaced(steps)).to(device)
+        spaced = self.log_snr_spaced(steps) if algorithm.log_snr_spacing else self.respaced(steps)
+        tables = spaced.to(device)
         if noise is None:
             x = torch.randn(tuple(shape), generator=generator, device=device, dtype=torch.float32)
         else:
@@ -413,9 +317,6 @@ class Diffusion:
             def callback(info: dict[str, Any]) -> None:
                 progress({**info, "steps": total})
 
-        if sampler == "ddpm":
-            return sample_ancestral(denoise, x, tables, variance, generator, callback)
-        if sampler == "dpm++2m":
-            return sample_dpmpp_2m(denoise, x, tables, callback)
-        # "x0" is a one-step DDIM: from pure noise at the last timestep straight to the model's x0
-        return sample_ddim(denoise, x, tables, eta, generator, callback)
+        return algorithm.run(
+            denoise, x, tables, eta=eta, variance=variance, generator=generator, callback=callback
+        )

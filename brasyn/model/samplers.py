@@ -1,23 +1,35 @@
 """The samplers: each a short function of ``(denoise, x, tables)`` that can be read against its paper.
 
 ``denoise(x_t, t)`` returns the model's (clipped) prediction of the clean sub-bands; ``tables`` is a
-:class:`brasyn.model.diffusion.StepTables` (the schedule, respaced, on the sampling device); ``callback``
+:class:`brasyn.model.schedule.StepTables` (the schedule, respaced, on the sampling device); ``callback``
 receives ``{"i", "t", "x", "pred_xstart"}`` after every step. Nothing here reads a value back to the
 host, so a GPU runs the loop without a synchronisation per step.
+
+:data:`SAMPLERS` names them for the command lines and holds what the rest of brasyn needs to know of
+each (:class:`Sampler`), so that no caller tells samplers apart by their names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:  # the schedule's tables; brasyn.model.diffusion imports this module to sample
-    from brasyn.model.diffusion import StepTables
+from brasyn.model.schedule import StepTables
 
-__all__ = ["VARIANCES", "Callback", "Denoise", "sample_ancestral", "sample_ddim", "sample_dpmpp_2m"]
+__all__ = [
+    "SAMPLERS",
+    "VARIANCES",
+    "Callback",
+    "Denoise",
+    "Sampler",
+    "SamplerRun",
+    "sample_ancestral",
+    "sample_ddim",
+    "sample_dpmpp_2m",
+]
 
 VARIANCES = ("fixed_large", "fixed_small")
 """The variance of an ancestral step: beta_t (the official choice) or the posterior's beta_tilde_t."""
@@ -145,3 +157,96 @@ def sample_dpmpp_2m(
         if callback is not None:
             callback({"i": len(tables) - 1 - i, "t": t, "x": x, "pred_xstart": x0})
     return x
+
+
+class SamplerRun(Protocol):
+    """One sampler over the same arguments as every other; each takes what it uses of them."""
+
+    def __call__(
+        self,
+        denoise: Denoise,
+        x: torch.Tensor,
+        tables: StepTables,
+        *,
+        eta: float,
+        variance: str,
+        generator: torch.Generator | None,
+        callback: Callback | None,
+    ) -> torch.Tensor: ...
+
+
+def _run_ancestral(
+    denoise: Denoise,
+    x: torch.Tensor,
+    tables: StepTables,
+    *,
+    eta: float,
+    variance: str,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+) -> torch.Tensor:
+    return sample_ancestral(denoise, x, tables, variance, generator, callback)
+
+
+def _run_ddim(
+    denoise: Denoise,
+    x: torch.Tensor,
+    tables: StepTables,
+    *,
+    eta: float,
+    variance: str,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+) -> torch.Tensor:
+    return sample_ddim(denoise, x, tables, eta, generator, callback)
+
+
+def _run_dpmpp_2m(
+    denoise: Denoise,
+    x: torch.Tensor,
+    tables: StepTables,
+    *,
+    eta: float,
+    variance: str,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+) -> torch.Tensor:
+    return sample_dpmpp_2m(denoise, x, tables, callback)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler and the facts about it that commands, reports and the diffusion model act on."""
+
+    name: str
+    """What a command line, a parameters file and a report call it."""
+    run: SamplerRun
+    deterministic: bool
+    """Draws nothing after the starting noise (DDIM: with its default eta 0), so one seed gives one
+    output."""
+    takes_eta: bool
+    """``eta`` changes its draws: a report records eta for it, and for no other sampler."""
+    log_snr_spacing: bool = False
+    """Visits timesteps evenly spaced in log-SNR (:meth:`brasyn.model.diffusion.Diffusion.log_snr_spaced`)
+    rather than evenly spaced timesteps."""
+    fixed_steps: int | None = None
+    """Takes this many steps whatever was asked (None: the steps asked)."""
+
+    def steps_for(self, asked: int) -> int:
+        """The steps it takes when ``asked`` were asked for: what it runs and what a report records."""
+        return asked if self.fixed_steps is None else self.fixed_steps
+
+
+SAMPLERS: dict[str, Sampler] = {
+    sampler.name: sampler
+    for sampler in (
+        Sampler("ddpm", _run_ancestral, deterministic=False, takes_eta=False),
+        Sampler("ddim", _run_ddim, deterministic=True, takes_eta=True),
+        Sampler("dpm++2m", _run_dpmpp_2m, deterministic=True, takes_eta=False, log_snr_spacing=True),
+        # one DDIM step from pure noise at the last timestep straight to the model's x0: a quick preview
+        Sampler("x0", _run_ddim, deterministic=True, takes_eta=False, fixed_steps=1),
+    )
+}
+"""``ddpm``: ancestral (the official sampler); ``ddim``: deterministic DDIM; ``dpm++2m``: DPM-Solver++(2M),
+a second-order multistep solver for 10-20 steps; ``x0``: one step, the model's x0 from pure noise. In this
+order on command lines and in messages."""

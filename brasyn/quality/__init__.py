@@ -1,1 +1,1 @@
-"""``python -m brasyn.quality`` (the command lives in :mod:`brasyn.bench.quality`)."""
+"""``python -m brasyn.quality`` (the command lives in :mod:`brasyn.commands.quality`)."""

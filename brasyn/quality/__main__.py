@@ -1,5 +1,5 @@
 """``python -m brasyn.quality``."""
 
-from brasyn.bench.quality import main
+from brasyn.commands.quality import main
 
 raise SystemExit(main())

@@ -1,6 +1,5 @@
-"""The preprocessed case cache: every complete case in model space once, for all four targets.
-
-    python -m brasyn.train prepare --data DIR [DIR ...] --cache DIR [--workers N] [--no-progress] [-v]
+"""The preprocessed case cache: every complete case in model space once, for all four targets
+(``python -m brasyn.train prepare``, :mod:`brasyn.commands.prepare`).
 
 Each case goes through the same discovery, checks and transform into model space as inference
 (:func:`brasyn.transform.model_space.to_model_space`, cases on differing grids included) and becomes two
@@ -18,18 +17,13 @@ there, so a killed ``prepare`` leaves nothing half-written in use, and a rerun c
 not yet done. A case that fails its checks is reported with its reason; the others are still prepared. A
 full disk stops the preparation with one message (exit 2); a warning comes first when the cases will not fit
 at the BraTS size.
-
-Exit status: 0 when every case is in the cache, 1 when some failed (each named with its reason), 2 when
-nothing can start (no folder, no complete case).
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import logging
-import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -41,10 +35,10 @@ from typing import Any, BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from brasyn.commands.command import parse_arguments, run_command
-from brasyn.commands.options import add_map_option, add_verbosity_option, contrast_mapping, whole_number
 from brasyn.common.errors import BrasynError, CaseError, ExitCode, UsageError
+from brasyn.common.files import atomic_write
 from brasyn.data.cases import Case
+from brasyn.data.contrast_map import ContrastMap
 from brasyn.data.modalities import MODALITIES, Modality
 from brasyn.data.volumes import load_volume
 from brasyn.train.training_data import find_training_cases
@@ -58,6 +52,7 @@ __all__ = [
     "load_entries",
     "prepare_cache",
     "prepare_case",
+    "prepare_folders",
     "quantise",
 ]
 
@@ -145,7 +140,9 @@ def prepare_case(case: Case, cache: Path) -> str:
     nonzero = np.nonzero(brain.any(axis=(1, 2)))[0], np.nonzero(brain.any(axis=(0, 2)))[0]
     nonzero += (np.nonzero(brain.any(axis=(0, 1)))[0],)
     bbox = [[int(a[0]), int(a[-1]) + 1] if len(a) else [0, 0] for a in nonzero]
-    _write_atomic(array, lambda handle: np.lib.format.write_array(handle, quantised, allow_pickle=False))
+    # plain writes, not a memory map: a full disk is then an OSError (ENOSPC), where writing through a
+    # memory map would kill the process
+    _write_entry_file(array, lambda handle: np.lib.format.write_array(handle, quantised, allow_pickle=False))
     entry = {
         "format": FORMAT,
         "id": case.id,
@@ -160,21 +157,14 @@ def prepare_case(case: Case, cache: Path) -> str:
         "sources": sources,
     }
     # last: from now on the entry is used
-    _write_atomic(meta, lambda handle: handle.write((json.dumps(entry) + "\n").encode()))
+    _write_entry_file(meta, lambda handle: handle.write((json.dumps(entry) + "\n").encode()))
     return case.id
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """``write`` into a temporary beside ``path``, then rename. Plain writes, not a memory map: a full disk
-    is then an OSError (ENOSPC) here, where writing through a memory map would kill the process."""
-    tmp = path.with_name(path.name + TEMPORARY)
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _write_entry_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """An entry's file, atomically: its temporary ends in :data:`TEMPORARY`, so the next run's clean-up
+    finds one a killed run left; not flushed to disk, since a lost entry is only prepared again."""
+    atomic_write(path, write, suffix=TEMPORARY, durable=False)
 
 
 class DiskFull(BrasynError):
@@ -314,34 +304,25 @@ def load_entries(cache: Path, ids: Iterable[str] | None = None) -> list[CacheEnt
     return entries
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m brasyn.train prepare",
-        description="Bring complete cases into model space once, for training any of the four targets.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--data", type=Path, nargs="+", action="extend", required=True, help="folders of complete cases"
-    )
-    p.add_argument("--cache", type=Path, required=True, help="the cache folder (made if absent)")
-    p.add_argument("--workers", type=whole_number(1), default=1, help="cases prepared at once")
-    add_map_option(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_verbosity_option(p)
-    return p
-
-
-def run_prepare(args: argparse.Namespace) -> ExitCode:
-    for folder in args.data:
+def prepare_folders(
+    data: Sequence[Path],
+    cache: Path,
+    mapping: ContrastMap | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> ExitCode:
+    """Prepare the complete cases of the ``data`` folders into ``cache``: FAILED_CASES when some case
+    failed (each named with its reason); BrasynError when none could be prepared."""
+    for folder in data:
         if not folder.is_dir():
             raise UsageError(f"the data folder {folder} does not exist or is not a folder")
-    if args.cache.exists() and not args.cache.is_dir():
-        raise UsageError(f"--cache {args.cache} is a file; name a folder for the cache")
-    cases = find_training_cases(args.data, contrast_mapping(args))
-    result = prepare_cache(cases, args.cache, args.workers, not args.no_progress)
+    if cache.exists() and not cache.is_dir():
+        raise UsageError(f"--cache {cache} is a file; name a folder for the cache")
+    cases = find_training_cases(list(data), mapping)
+    result = prepare_cache(cases, cache, workers, progress)
     log.info(
         "cache %s: %d case(s) prepared, %d already up to date, %d failed",
-        args.cache,
+        cache,
         len(result.prepared),
         len(result.kept),
         len(result.errors),
@@ -349,7 +330,3 @@ def run_prepare(args: argparse.Namespace) -> ExitCode:
     if result.errors and not (result.prepared or result.kept):
         raise BrasynError("no case could be prepared (see the errors above)")
     return ExitCode.FAILED_CASES if result.errors else ExitCode.OK
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_command(lambda: run_prepare(parse_arguments(build_parser(), argv)))

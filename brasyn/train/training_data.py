@@ -18,6 +18,7 @@ from brasyn.data.contrast_map import ContrastMap
 from brasyn.data.modalities import Modality, conditions_for
 from brasyn.data.volumes import load_volume
 from brasyn.train.draws import Draw, draw
+from brasyn.transform.intensity import median_ratios
 from brasyn.transform.model_space import to_model_space
 from brasyn.transform.preprocess import MULTIPLE
 
@@ -66,12 +67,9 @@ def load_training_case(case: Case, target: Modality) -> TrainingCase:
 
 def intensity_ratios(percentiles: list[dict[Modality, float]], target: Modality) -> dict[Modality, float]:
     """Per condition, the median over cases of p99.9(target) / p99.9(condition) (each case's 99.9th
-    percentiles in ``percentiles``): what restores a synthetic image's scale at inference."""
-    ratios = {}
-    for condition in conditions_for(target):
-        values = [p[target] / p[condition] for p in percentiles if p[condition] > 0 and p[target] > 0]
-        ratios[condition] = float(np.median(values)) if values else 1.0
-    return ratios
+    percentiles in ``percentiles``): what restores a synthetic image's scale at inference; 1.0 for a
+    condition no case measures."""
+    return median_ratios(percentiles, target, fallback=1.0)
 
 
 class TrainingSet:

@@ -1,5 +1,5 @@
 """``python -m brasyn.weights``."""
 
-from brasyn.weights.store import main
+from brasyn.commands.weights import main
 
 raise SystemExit(main())

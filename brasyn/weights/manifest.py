@@ -4,29 +4,26 @@ the checks on the files it lists (sha256, safe reading, the shape of a state_dic
 Each entry (:class:`CheckpointInfo`) names the checkpoint file and its sha256, its format, the denoiser
 config, the diffusion settings (:class:`~brasyn.model.diffusion.DiffusionConfig`) and the intensity ratios
 that restore the input scale; :mod:`brasyn.weights.store` loads the checkpoints it lists. Every write goes
-through a temporary file and a rename, so a reader sees the old manifest or the whole new one.
+through :func:`brasyn.common.files.atomic_write`, so a reader sees the old manifest or the whole new one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
 import json
 import math
-import os
 import pickle
 import re
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from brasyn.common.errors import WeightsError
+from brasyn.common.files import atomic_write, sha256_file
 from brasyn.common.version import __version__
 from brasyn.data.modalities import MODALITIES, Modality, conditions_for
 from brasyn.model.diffusion import DiffusionConfig
@@ -38,7 +35,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "CheckpointInfo",
-    "sha256_file",
+    "parse_ratios",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -64,7 +61,6 @@ DEFAULT_INTENSITY_RATIOS: dict[Modality, dict[Modality, float]] = {
 }
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_CHUNK = 1 << 20
 _HOW_TO_CREATE = (
     "create it with `python -m brasyn.weights import-official --target T FILE --out {folder}` (one released "
     "cWDM checkpoint per target contrast) or, for tests only, `python -m brasyn.weights init --config tiny "
@@ -114,7 +110,35 @@ class CheckpointInfo:
         object.__setattr__(self, "diffusion", diffusion)
         # An own copy: the record is frozen, and the caller's dict must not change under it.
         object.__setattr__(self, "provenance", copy.deepcopy(dict(provenance)))
-        object.__setattr__(self, "intensity_ratios", _parse_ratios(target, self.intensity_ratios))
+        object.__setattr__(self, "intensity_ratios", parse_ratios(target, self.intensity_ratios))
+
+    @classmethod
+    def create(
+        cls,
+        target: Modality | str,
+        file: str,
+        sha256: str,
+        format: str,
+        config: DenoiserConfig,
+        provenance: Mapping[str, Any],
+        *,
+        diffusion: DiffusionConfig | None = None,
+        intensity_ratios: Mapping[Modality | str, float] | None = None,
+    ) -> CheckpointInfo:
+        """The entry of a checkpoint file brasyn has just hashed (written, imported or found under an
+        official name): the one way a new entry is made. The diffusion settings default to
+        ``DiffusionConfig()`` (those of the released models and of brasyn's training), the ratios to
+        ``DEFAULT_INTENSITY_RATIOS[target]``; ``provenance`` is recorded in the order given."""
+        return cls(
+            target=Modality(target),
+            file=file,
+            sha256=sha256,
+            format=format,
+            config=config,
+            diffusion=DiffusionConfig() if diffusion is None else diffusion,
+            intensity_ratios=dict(intensity_ratios or {}),
+            provenance=dict(provenance),
+        )
 
     @property
     def quality(self) -> str:
@@ -185,7 +209,7 @@ def _is_plain_name(name: object) -> bool:
     )
 
 
-def _parse_ratios(target: Modality, ratios: Mapping[Any, Any] | None) -> dict[Modality, float]:
+def parse_ratios(target: Modality, ratios: Mapping[Any, Any] | None) -> dict[Modality, float]:
     """Ratios keyed by Modality, checked: exactly the three conditions, finite and positive; empty or
     None gives the defaults."""
     conditions = conditions_for(target)
@@ -212,39 +236,8 @@ def _parse_ratios(target: Modality, ratios: Mapping[Any, Any] | None) -> dict[Mo
     return parsed
 
 
-def sha256_file(path: Path | str) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> str:
-    """Write ``path`` through a temporary file in the same folder and ``os.replace``, so readers see the
-    old file or the whole new one, never a part; returns the sha256 of what was written."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); weights are often written by one user (an image build)
-        # and read by another (the container's uid), so make it world-readable like a normal file.
-        os.chmod(tmp, 0o644)
-        digest = sha256_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return digest
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
@@ -310,7 +303,7 @@ def _write_manifest_entry(folder: Path, info: CheckpointInfo) -> None:
     checkpoints[info.target.value] = info.to_dict()
     manifest["checkpoints"] = {m.value: checkpoints[m.value] for m in MODALITIES if m.value in checkpoints}
     text = json.dumps(manifest, indent=2) + "\n"
-    _write_atomic(folder / MANIFEST_NAME, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(folder / MANIFEST_NAME, lambda f: f.write(text.encode("utf-8")))
 
 
 # (resolved path, size, mtime_ns, sha256) of files whose hash this process has already checked.

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from brasyn.common.errors import WeightsError
+from brasyn.common.files import atomic_write, sha256_file
 from brasyn.common.version import __version__
 from brasyn.data.modalities import Modality
-from brasyn.model.diffusion import DiffusionConfig
 from brasyn.model.unet import PRESETS, DenoiserConfig
 from brasyn.weights.manifest import (
-    _CHUNK,
-    DEFAULT_INTENSITY_RATIOS,
     MANIFEST_NAME,
     CheckpointInfo,
     _existing_manifest,
@@ -35,9 +34,7 @@ from brasyn.weights.manifest import (
     _read_manifest,
     _safe_load,
     _state_dict_problems,
-    _write_atomic,
     _write_manifest_entry,
-    sha256_file,
 )
 
 __all__ = [
@@ -203,15 +200,13 @@ def _implicit_entries(found: OfficialFolder) -> dict[Modality, CheckpointInfo]:
         config = check_official(path)
         digest = sha256_file(path)
         _mark_verified(path, digest)  # the file is hashed once per run, here
-        entries[target] = CheckpointInfo(
-            target=target,
-            file=path.name,
-            sha256=digest,
-            format="official",
-            config=config,
-            diffusion=DiffusionConfig(),
-            intensity_ratios=DEFAULT_INTENSITY_RATIOS[target],
-            provenance=_provenance(path, listed_by="file name (no manifest.json)"),
+        entries[target] = CheckpointInfo.create(
+            target,
+            path.name,
+            digest,
+            "official",
+            config,
+            _provenance(path, listed_by="file name (no manifest.json)"),
         )
         logger.info("recognised official cWDM checkpoint %s as the %s model", path.name, target.value)
     for name in found.ignored:
@@ -247,12 +242,13 @@ def read_entries(folder: Path) -> dict[Modality, CheckpointInfo]:
 
 
 def _copy_atomic(source: Path, dest: Path) -> str:
+    """Copy ``source`` to ``dest`` atomically; the sha256 of what was written."""
+
     def copy_bytes(f: IO[bytes]) -> None:
         with open(source, "rb") as src:
-            for chunk in iter(lambda: src.read(_CHUNK), b""):
-                f.write(chunk)
+            shutil.copyfileobj(src, f)
 
-    return _write_atomic(dest, copy_bytes)
+    return cast(str, atomic_write(dest, copy_bytes, checksum=True))
 
 
 def _choose_target(file: Path, target: Modality | str | None, force: bool) -> tuple[Modality, str]:
@@ -322,15 +318,13 @@ def import_official(
     else:
         file_name = f"{target.value}.pt"
         digest = _copy_atomic(file, folder / file_name)
-    info = CheckpointInfo(
-        target=target,
-        file=file_name,
-        sha256=digest,
-        format="official",
-        config=config,
-        diffusion=DiffusionConfig(),
-        intensity_ratios=DEFAULT_INTENSITY_RATIOS[target],
-        provenance=_provenance(file, command="import-official", target_from=target_from, created=_now()),
+    info = CheckpointInfo.create(
+        target,
+        file_name,
+        digest,
+        "official",
+        config,
+        _provenance(file, command="import-official", target_from=target_from, created=_now()),
     )
     _write_manifest_entry(folder, info)
     logger.info(

@@ -1,0 +1,47 @@
+"""``python -m brasyn.train prepare``: bring complete cases into model space once, into the case cache that
+training reads (:mod:`brasyn.train.cache`).
+
+    python -m brasyn.train prepare --data DIR [DIR ...] --cache DIR [--workers N] [--no-progress] [-v]
+
+Exit status: 0 when every case is in the cache, 1 when some failed (each named with its reason), 2 when
+nothing can start (no folder, no complete case).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from brasyn.commands.command import parse_arguments, run_command
+from brasyn.commands.options import add_map_option, add_verbosity_option, contrast_mapping, whole_number
+from brasyn.common.errors import ExitCode
+from brasyn.train.cache import prepare_folders
+
+__all__ = ["build_parser", "main", "run_prepare"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m brasyn.train prepare",
+        description="Bring complete cases into model space once, for training any of the four targets.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data", type=Path, nargs="+", action="extend", required=True, help="folders of complete cases"
+    )
+    p.add_argument("--cache", type=Path, required=True, help="the cache folder (made if absent)")
+    p.add_argument("--workers", type=whole_number(1), default=1, help="cases prepared at once")
+    add_map_option(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_verbosity_option(p)
+    return p
+
+
+def run_prepare(args: argparse.Namespace) -> ExitCode:
+    return prepare_folders(
+        args.data, args.cache, contrast_mapping(args), workers=args.workers, progress=not args.no_progress
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(lambda: run_prepare(parse_arguments(build_parser(), argv)))
