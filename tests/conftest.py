@@ -73,6 +73,17 @@ def golden_model(golden: dict[str, Any]) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Random ``tiny`` weights for all four targets (seed 0), made once per test run; tests that change a
+    weights folder copy it first."""
+    from brasyn.weights.store import init_random
+
+    folder = tmp_path_factory.mktemp("tiny-weights") / "weights"
+    init_random(folder, "tiny", seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"the shared reference folder {SHARED} is absent (present beside the project in CI)")

@@ -1,7 +1,7 @@
 """How fast the denoiser runs: numeric precision, memory format, backend switches and compilation.
 
 Each switch is independent and measured by ``python -m brasyn.bench``; none changes what is computed
-beyond its stated tolerance (tests/test_acceleration.py):
+beyond its stated tolerance (tests/common/test_acceleration.py):
 
 - ``precision``: ``fp32`` (the default, the reference's numerics); ``bf16`` runs the network under
   ``torch.autocast`` with bfloat16 (convolutions and linear layers in bfloat16 except the first

@@ -16,8 +16,7 @@ from brasyn.data.contrast_map import ContrastMap, MapError, parse_map
 from brasyn.data.flat_cases import group_flat
 from brasyn.data.modalities import Modality
 from brasyn.data.phantom import phantom
-
-from .helpers import save_nifti
+from tests.helpers import save_nifti
 
 T1N, T1C, T2W, T2F = Modality.T1N, Modality.T1C, Modality.T2W, Modality.T2F
 FAST = ["--device", "cpu", "--no-progress", "--method", "linear"]

@@ -19,23 +19,16 @@ import pytest
 from brasyn.commands.cli import main
 from brasyn.data.phantom import phantom
 from brasyn.data.provenance import differences, read_record
-from brasyn.weights.store import WeightStore, init_random
+from brasyn.weights.store import WeightStore
 from tests.helpers import make_case, save_nifti
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "docs" / "report.schema.json").read_text())
 PREVIEW = ["--sampler", "x0"]
 REAL = ["--sampler", "ddim", "--steps", "2"]
 NAME = "c1-t2f.nii.gz"
 LINEAR_WEIGHTS = ["--weights", str(ROOT / "weights")]
 """The bundled folder holds the linear fits (``baselines.json``)."""
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("weights")
-    init_random(folder, "tiny", seed=0)
-    return folder
 
 
 @pytest.fixture

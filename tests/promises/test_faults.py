@@ -25,7 +25,7 @@ from brasyn.data.phantom import BRATS_AFFINE, phantom
 from brasyn.weights.store import init_random
 from tests.helpers import make_case, save_nifti
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "docs" / "report.schema.json").read_text())
 GOOD = "BraTS-GLI-00001-000"
 GOOD_OUT = f"{GOOD}-t2f.nii.gz"
@@ -363,13 +363,6 @@ def test_report_and_previews_inside_the_input_are_refused(tmp_path, capsys, opti
     assert _digest(inputs) == before and not target.exists()
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    init_random(folder, "tiny", targets=["t2f"])
-    return folder
-
-
 @pytest.mark.parametrize(
     "extra",
     [
@@ -381,12 +374,12 @@ def tiny(tmp_path_factory) -> Path:
         ["--method", "linear", "--weights", str(DEFAULT_WEIGHTS)],
     ],
 )
-def test_reports_of_every_sampler_and_method_validate_against_the_schema(tmp_path, tiny, extra):
+def test_reports_of_every_sampler_and_method_validate_against_the_schema(tmp_path, tiny_weights, extra):
     import jsonschema
 
     inputs = _batch(tmp_path)
     report = tmp_path / "report.json"
-    args = ["--input", str(inputs), "--output", str(tmp_path / "out"), "--weights", str(tiny)]
+    args = ["--input", str(inputs), "--output", str(tmp_path / "out"), "--weights", str(tiny_weights)]
     assert main([*args, "--device", "cpu", "--no-progress", "--report", str(report), *extra]) == 0
     jsonschema.validate(json.loads(report.read_text()), SCHEMA)
 

@@ -18,7 +18,7 @@ from brasyn.weights.official import import_official
 from brasyn.weights.store import WeightStore, init_random, save_checkpoint
 
 TINY = PRESETS["tiny"]
-BUNDLED = Path(__file__).resolve().parents[1] / "weights"
+BUNDLED = Path(__file__).resolve().parents[2] / "weights"
 
 
 def _input(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

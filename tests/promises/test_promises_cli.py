@@ -30,16 +30,9 @@ from brasyn.evaluate.metrics import score
 from brasyn.weights.store import init_random
 from tests.helpers import make_case
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "docs" / "report.schema.json").read_text())
 LINEAR = ["--method", "linear", "--weights", str(DEFAULT_WEIGHTS), "--device", "cpu", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny") / "w"
-    init_random(folder, "tiny", seed=0)
-    return folder
 
 
 def _inputs(tmp_path: Path, **kwargs) -> Path:
@@ -64,12 +57,12 @@ def test_naming_brats2023_names_the_output_by_the_folder_whatever_the_inputs_say
     assert [p.name for p in (tmp_path / "brats").iterdir()] == ["BraTS2021_00000-t2f.nii.gz"]
 
 
-def test_eta_reaches_the_sampler_and_the_report(tmp_path, tiny):
+def test_eta_reaches_the_sampler_and_the_report(tmp_path, tiny_weights):
     inputs = _inputs(tmp_path)
     outputs = {}
     for eta in ("0", "1"):
         report = tmp_path / f"report-{eta}.json"
-        args = ["--input", str(inputs), "--output", str(tmp_path / eta), "--weights", str(tiny)]
+        args = ["--input", str(inputs), "--output", str(tmp_path / eta), "--weights", str(tiny_weights)]
         fast = ["--sampler", "ddim", "--steps", "3", "--device", "cpu", "--no-progress"]
         assert main([*args, *fast, "--eta", eta, "--report", str(report)]) == 0
         assert json.loads(report.read_text())["settings"]["eta"] == float(eta)
@@ -212,12 +205,14 @@ def test_device_auto_takes_the_visible_gpu_with_the_most_free_memory(monkeypatch
         (["--method", "linear", "--weights", str(DEFAULT_WEIGHTS)], None, None, "linear"),
     ],
 )
-def test_the_report_of_every_sampler_and_method_says_what_ran(tmp_path, tiny, extra, sampler, steps, method):
+def test_the_report_of_every_sampler_and_method_says_what_ran(
+    tmp_path, tiny_weights, extra, sampler, steps, method
+):
     import jsonschema
 
     inputs = _inputs(tmp_path)
     report = tmp_path / "report.json"
-    args = ["--input", str(inputs), "--output", str(tmp_path / "out"), "--weights", str(tiny)]
+    args = ["--input", str(inputs), "--output", str(tmp_path / "out"), "--weights", str(tiny_weights)]
     assert main([*args, "--device", "cpu", "--no-progress", "--report", str(report), *extra]) == 0
     saved = json.loads(report.read_text())
     jsonschema.validate(saved, SCHEMA, format_checker=jsonschema.FormatChecker())
@@ -249,13 +244,15 @@ def _alive(pid: int) -> bool:
     return not (status.exists() and "zombie" in status.read_text())
 
 
-def test_sigterm_to_a_devices_run_stops_its_workers_keeps_finished_cases_and_exits_143(tmp_path, tiny):
+def test_sigterm_to_a_devices_run_stops_its_workers_keeps_finished_cases_and_exits_143(
+    tmp_path, tiny_weights
+):
     inputs = tmp_path / "in"
     for i in range(6):
         make_case(inputs, f"c{i}", shape=(32, 32, 32), seed=i)
     output = tmp_path / "out"
     cmd = [sys.executable, "-m", "brasyn", "--input", str(inputs), "--output", str(output)]
-    cmd += ["--weights", str(tiny), "--sampler", "ddim", "--steps", "60", "--no-progress"]
+    cmd += ["--weights", str(tiny_weights), "--sampler", "ddim", "--steps", "60", "--no-progress"]
     cmd += ["--devices", "2", "--device", "cpu", "--threads", "1"]
     parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     workers: list[int] = []

@@ -22,15 +22,8 @@ from brasyn.data.phantom import BRATS_AFFINE, phantom
 from brasyn.weights.store import WeightStore, init_random
 from tests.helpers import CONTAINER_UID, container_prefix, make_case, save_nifti, written_by_container_uid
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--sampler", "ddim", "--steps", "2", "--device", "cpu", "--no-progress"]
-
-
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("weights")
-    init_random(folder, "tiny", seed=0)
-    return folder
 
 
 def run_fast(inputs: Path, output: Path, weights: Path, *extra: str) -> int:

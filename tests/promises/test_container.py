@@ -17,7 +17,7 @@ from brasyn.commands.options import MLCUBE_PARAMETERS, read_parameters
 from brasyn.weights.store import init_random
 from tests.helpers import container_prefix, make_case
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -9,7 +9,7 @@ from brasyn.inference.sharding import Shard, parse_shard, shard_from_environment
 from brasyn.weights.store import init_random
 from tests.helpers import TORCHRUN_TWO, make_case
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report.schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "report.schema.json").read_text())
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_ra
     import subprocess
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     inputs, fast, single = batch
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -14,7 +14,7 @@ from brasyn.data.cases import discover
 from brasyn.inference.batch import run_batch
 from brasyn.inference.synthesize import Synthesizer
 from brasyn.transform.preprocess import normalise
-from brasyn.weights.store import WeightStore, init_random
+from brasyn.weights.store import WeightStore
 from tests.helpers import FirstCondition
 
 # case folder -> (files kept as the three inputs, the withheld file, expected output name)
@@ -42,18 +42,11 @@ def real_inputs(shared_dir, tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     return root, withheld
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("w")
-    init_random(folder, "tiny", seed=0)
-    return folder
-
-
 @pytest.mark.slow
-def test_real_cases_come_back_on_their_own_grid_orientation_and_scale(real_inputs, weights, tmp_path):
+def test_real_cases_come_back_on_their_own_grid_orientation_and_scale(real_inputs, tiny_weights, tmp_path):
     root, withheld = real_inputs
     output = tmp_path / "out"
-    args = ["--input", str(root), "--output", str(output), "--weights", str(weights)]
+    args = ["--input", str(root), "--output", str(output), "--weights", str(tiny_weights)]
     assert main([*args, "--sampler", "ddim", "--steps", "2", "--device", "cpu", "--no-progress"]) == 0
     assert sorted(p.name for p in output.iterdir()) == sorted(name for _, name in CASES.values())
     for case, (_, name) in CASES.items():
@@ -73,11 +66,11 @@ def test_real_cases_come_back_on_their_own_grid_orientation_and_scale(real_input
     assert nib.aff2axcodes(nib.load(output / CASES["BraTS-MET-00110-000"][1]).affine) == ("R", "A", "S")
 
 
-def test_geometry_and_intensity_are_undone_exactly_on_real_files(real_inputs, weights, tmp_path):
+def test_geometry_and_intensity_are_undone_exactly_on_real_files(real_inputs, tiny_weights, tmp_path):
     """With a 'model' that returns its first condition, the written file must be that input, normalised,
     thresholded and rescaled, voxel for voxel in the input's own orientation (RAS case included)."""
     root, _ = real_inputs
-    store = WeightStore(weights)
+    store = WeightStore(tiny_weights)
     output = tmp_path / "out"
     synthesizer = Synthesizer(FirstCondition(lambda t: store.info(t).intensity_ratios), progress=False)
     batch = run_batch(discover(root), synthesizer, output)

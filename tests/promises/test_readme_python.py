@@ -14,7 +14,7 @@ import torch
 import brasyn
 from brasyn.common.errors import BrasynError, CaseError, UsageError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = 'sampler="x0", steps=1, device="cpu"'
 
 

@@ -52,7 +52,7 @@ Block-mean difference as a share of the largest block mean, for GLI / MET / TCGA
   fails (its t1c has another qform code; in each of the other cases all inputs share one header).
 
 To write the reference again, after deciding that the diffusion voxels were meant to change (the tests
-never write it): ``.venv/bin/python -m tests.test_outputs_pinned`` (needs ``../shared``; about a minute).
+never write it): ``.venv/bin/python -m tests.promises.test_outputs_pinned`` (needs ``../shared``; about a minute).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ SETTINGS = {"method": "diffusion", "sampler": "dpm++2m", "steps": 2, "seed": 42,
 """The settings every diffusion output records (checked before :data:`HEAD`, for a readable failure)."""
 METHODS = {"linear": LINEAR, "diffusion": DIFFUSION}
 
-REFERENCE = Path(__file__).parent / "fixtures" / "pinned_diffusion.npz"
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "pinned_diffusion.npz"
 """Per diffusion output ``NAME``: ``NAME.blocks`` (the 8x8x8 block means), ``NAME.mask`` (the packed
 non-zero mask) and ``NAME.shape``; written by :func:`write_reference`."""
 BLOCK = 8

@@ -8,7 +8,7 @@ from brasyn.data.cases import Case, discover
 from brasyn.data.modalities import Modality
 
 T1N, T1C, T2W, T2F = Modality.T1N, Modality.T1C, Modality.T2W, Modality.T2F
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
 
 
 def _case(root: Path, case_id: str, *names: str) -> Path:

@@ -148,7 +148,7 @@ def test_the_documented_parameter_keys_are_the_known_ones():
 
 
 def test_the_shipped_parameters_file_is_valid():
-    path = Path(__file__).resolve().parents[1] / "mlcube" / "workspace" / "parameters.yaml"
+    path = Path(__file__).resolve().parents[2] / "mlcube" / "workspace" / "parameters.yaml"
     assert read_parameters(path, MLCUBE_PARAMETERS) == {"sampler": "ddpm", "steps": 1000, "seed": 42}
 
 

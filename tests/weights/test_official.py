@@ -171,7 +171,7 @@ def test_the_cli_synthesises_with_a_folder_of_official_files(tmp_path, downloads
     assert report["weights_quality"] == "trained"
     import jsonschema
 
-    schema = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report.schema.json").read_text())
+    schema = json.loads((Path(__file__).resolve().parents[2] / "docs" / "report.schema.json").read_text())
     jsonschema.validate(report, schema)
 
 
@@ -339,7 +339,7 @@ def test_import_official_of_a_folder_refuses_target(tmp_path, downloads, capsys)
     ],
 )
 def test_troubleshooting_covers_each_message_about_official_files(message):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     code = " ".join(
         (root / "brasyn" / name).read_text()
         for name in ("weights/official.py", "commands/options.py", "weights/store.py")

@@ -24,7 +24,7 @@ from brasyn.train.training_data import TrainingSet, find_training_cases, load_tr
 from brasyn.weights.store import WeightStore
 from tests.helpers import TORCHRUN_TWO, make_case
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ALL = ("t1n", "t1c", "t2w", "t2f")
 
 

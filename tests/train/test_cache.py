@@ -23,7 +23,7 @@ from brasyn.train.loader import CacheDataset, StepBatches, decode, make_loader
 from brasyn.train.training_data import TrainingSet, find_training_cases, load_training_case
 from tests.helpers import linked_cache, make_case
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ALL = ("t1n", "t1c", "t2w", "t2f")
 
 
