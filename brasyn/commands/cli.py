@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from brasyn.commands.command import Subcommands, parse_arguments, run_command
+from brasyn.commands.converters import contrast, one_of, shard_spec, whole_number
 from brasyn.commands.demo import run_demo
 from brasyn.commands.options import (
     MLCUBE_IGNORED,
@@ -38,18 +39,14 @@ from brasyn.commands.options import (
     add_verbosity_option,
     add_version_option,
     apply_threads,
-    contrast,
     contrast_mapping,
     mlcube_weights,
-    one_of,
     read_parameters,
     refuse_conflicts,
     sampling_settings,
-    shard_spec,
     single_case_files,
     speed_settings,
     torch_threads,
-    whole_number,
 )
 from brasyn.data.cases import Case, discover, refuse_no_cases, single_case
 from brasyn.inference.batch import check_folders, merge_shard_reports, run_batch

@@ -21,7 +21,8 @@ import argparse
 from pathlib import Path
 
 from brasyn.commands.command import Subcommands, parse_arguments, run_command
-from brasyn.commands.options import add_device_option, add_verbosity_option, one_of, whole_number
+from brasyn.commands.converters import one_of, whole_number
+from brasyn.commands.options import add_device_option, add_verbosity_option
 from brasyn.commands.segment import main as segment_main
 from brasyn.common.errors import ExitCode, UsageError
 from brasyn.evaluate.score import DEFAULT_DROP_SEED, PROTOCOLS, ScoreRequest, drop, is_inside, score

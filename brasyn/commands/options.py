@@ -25,7 +25,6 @@ from brasyn.commands.converters import (
     map_spec,
     one_of,
     real_number,
-    shard_spec,
     shown_value,
     whole_number,
 )
@@ -54,19 +53,12 @@ __all__ = [
     "add_version_option",
     "apply_threads",
     "torch_threads",
-    "contrast",
     "contrast_mapping",
-    "device_spec",
-    "map_spec",
-    "one_of",
     "read_parameters",
-    "real_number",
     "refuse_conflicts",
     "sampling_settings",
-    "shard_spec",
     "single_case_files",
     "speed_settings",
-    "whole_number",
 ]
 
 NAMINGS = ("input", "brats2023")

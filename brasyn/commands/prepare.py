@@ -13,7 +13,8 @@ import argparse
 from pathlib import Path
 
 from brasyn.commands.command import parse_arguments, run_command
-from brasyn.commands.options import add_map_option, add_verbosity_option, contrast_mapping, whole_number
+from brasyn.commands.converters import whole_number
+from brasyn.commands.options import add_map_option, add_verbosity_option, contrast_mapping
 from brasyn.common.errors import ExitCode
 from brasyn.train.cache import prepare_folders
 

@@ -14,7 +14,8 @@ import argparse
 from pathlib import Path
 
 from brasyn.commands.command import parse_arguments, run_command
-from brasyn.commands.options import add_verbosity_option, one_of, whole_number
+from brasyn.commands.converters import one_of, whole_number
+from brasyn.commands.options import add_verbosity_option
 from brasyn.evaluate.segscore import COHORTS, SegmentRequest, segment_and_score
 
 __all__ = ["build_parser", "main"]

@@ -44,16 +44,8 @@ from typing import Any
 import torch
 
 from brasyn.commands.command import Subcommands, parse_arguments, run_command
-from brasyn.commands.options import (
-    add_device_option,
-    add_map_option,
-    add_verbosity_option,
-    contrast,
-    contrast_mapping,
-    one_of,
-    real_number,
-    whole_number,
-)
+from brasyn.commands.converters import contrast, one_of, real_number, whole_number
+from brasyn.commands.options import add_device_option, add_map_option, add_verbosity_option, contrast_mapping
 from brasyn.common.acceleration import PRECISIONS, resolve_precision
 from brasyn.common.errors import BrasynError, ExitCode, UsageError
 from brasyn.common.runtime import select_device, torchrun_environment
@@ -67,7 +59,7 @@ from brasyn.train.training_data import find_training_cases
 from brasyn.train.validation import Validator, validation_cases
 from brasyn.transform.preprocess import MULTIPLE
 
-__all__ = ["Trainer", "TrainSettings", "main"]
+__all__ = ["main"]
 
 log = logging.getLogger("brasyn.train")
 

@@ -17,7 +17,8 @@ import logging
 from pathlib import Path
 
 from brasyn.commands.command import parse_arguments, run_command
-from brasyn.commands.options import add_verbosity_option, contrast, whole_number
+from brasyn.commands.converters import contrast, whole_number
+from brasyn.commands.options import add_verbosity_option
 from brasyn.common.errors import BrasynError, ExitCode, UsageError
 from brasyn.data.modalities import MODALITIES
 from brasyn.model.unet import PRESETS

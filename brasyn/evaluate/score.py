@@ -52,13 +52,11 @@ __all__ = [
     "DROP_CHOICES",
     "DEFAULT_DROP_SEED",
     "PROTOCOLS",
-    "Pair",
     "Row",
     "ScoreRequest",
     "drop",
     "drop_choices",
     "is_inside",
-    "pair_predictions",
     "score",
     "score_pair",
 ]

@@ -38,7 +38,6 @@ __all__ = [
     "NearestPredictor",
     "Predictor",
     "Progress",
-    "Sampling",
     "make_predictor",
 ]
 

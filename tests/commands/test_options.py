@@ -13,19 +13,15 @@ from pathlib import Path
 import pytest
 
 from brasyn.commands.command import run_command
+from brasyn.commands.converters import contrast, device_spec, one_of, real_number, whole_number
 from brasyn.commands.options import (
     MLCUBE_PARAMETERS,
     add_device_option,
     add_speed_options,
     add_threads_option,
     add_verbosity_option,
-    contrast,
-    device_spec,
-    one_of,
     read_parameters,
-    real_number,
     speed_settings,
-    whole_number,
 )
 from brasyn.common.acceleration import SpeedSettings
 from brasyn.common.errors import ExitCode, UsageError, WeightsError

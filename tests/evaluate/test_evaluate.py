@@ -11,7 +11,8 @@ import pytest
 
 from brasyn.commands.evaluate import main
 from brasyn.data.phantom import BRATS_AFFINE, phantom
-from brasyn.evaluate.score import drop_choices, pair_predictions
+from brasyn.evaluate.pairing import pair_predictions
+from brasyn.evaluate.score import drop_choices
 from tests.helpers import make_case, save_nifti
 
 SHAPE = (24, 24, 20)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from brasyn.commands.train import Trainer
 from brasyn.commands.train import main as train_main
+from brasyn.train.trainer import Trainer
 from brasyn.weights.store import WeightStore
 from tests.helpers import make_case, tiny_train_args, tiny_training_cache
 

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from brasyn.commands.cli import main as synthesize_main
-from brasyn.commands.train import Trainer, TrainSettings
 from brasyn.commands.train import main as train_main
 from brasyn.common.errors import BrasynError
 from brasyn.data.modalities import Modality
 from brasyn.model.diffusion import DiffusionConfig
+from brasyn.train.settings import TrainSettings
+from brasyn.train.trainer import Trainer
 from brasyn.train.training_data import TrainingSet, find_training_cases, load_training_case
 from brasyn.weights.store import WeightStore
 from tests.helpers import TORCHRUN_TWO, make_case

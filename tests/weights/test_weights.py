@@ -198,7 +198,8 @@ def test_invalid_diffusion_entry_is_refused_naming_the_entry_and_the_field(tiny_
 
 
 def test_the_diffusion_predictor_samples_with_the_diffusion_settings_of_the_manifest(tmp_path, monkeypatch):
-    from brasyn.inference.predictors import DiffusionPredictor, Sampling
+    from brasyn.inference.predictors import DiffusionPredictor
+    from brasyn.model.diffusion import Sampling
 
     config = DiffusionConfig(steps=50, schedule="cosine", clip=False)
     save_checkpoint(tmp_path, _perturbed_tiny(), "t2f", diffusion=config)
