@@ -284,3 +284,47 @@ def test_no_module_is_over_500_lines_and_no_class_over_200(name):
         if isinstance(node, ast.ClassDef):
             length = node.end_lineno - node.lineno + 1
             assert length <= MAX_CLASS_LINES, f"{name}.{node.name}: {length} lines"
+
+
+def figures(package: Path = PACKAGE) -> dict[str, int]:
+    """The structure in numbers, for any checkout of brasyn (flat or in folders): modules, folders,
+    module-to-module import arrows, import loops and the longest chain of imports (in modules)."""
+    global PACKAGE, MODULES
+    saved = PACKAGE, MODULES
+    PACKAGE, MODULES = package.resolve(), {}
+    try:
+        MODULES = _modules()
+        graph = _graph()
+        loops = _cycles(graph)
+        merged = {m: min(c) for c in loops for m in c}
+
+        def node(m: str) -> str:
+            return merged.get(m, m)
+
+        dag: dict[str, set[str]] = {}
+        for m, outs in graph.items():
+            dag.setdefault(node(m), set()).update(node(o) for o in outs if node(o) != node(m))
+        depth: dict[str, int] = {}
+
+        def level(m: str) -> int:
+            if m not in depth:
+                depth[m] = 1 + max((level(o) for o in dag.get(m, ())), default=0)
+            return depth[m]
+
+        return {
+            "modules": sum(1 for m in MODULES.values() if m.path.name != "__init__.py" or m.name == "brasyn"),
+            "folders": len({m.path.parent for m in MODULES.values()}),
+            "import_arrows": sum(len(outs) for outs in graph.values()),
+            "import_loops": len(loops),
+            "import_levels": max(level(m) for m in dag),
+        }
+    finally:
+        PACKAGE, MODULES = saved
+
+
+if __name__ == "__main__":
+    # python -m tests.test_layout [PATH/TO/brasyn]
+    import json
+    import sys
+
+    print(json.dumps(figures(Path(sys.argv[1]) if len(sys.argv) > 1 else PACKAGE), indent=2))
