@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from brasyn.common.measure import peak_rss_mib
+
 __all__ = ["Journal", "gather_draws", "process_age"]
 
 
@@ -57,8 +59,8 @@ class Journal:
             {
                 "event": "end",
                 "step": step,
-                "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "workers_max_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                "max_rss_mib": peak_rss_mib(),
+                "workers_max_rss_mib": peak_rss_mib(resource.RUSAGE_CHILDREN),
                 **({"best": best} if best is not None else {}),
             }
         )
