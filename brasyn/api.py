@@ -22,13 +22,13 @@ from brasyn.inference.predictors import make_predictor
 from brasyn.inference.synthesize import Synthesizer
 from brasyn.model.diffusion import Sampling
 from brasyn.model.unet import Denoiser
+from brasyn.weights.bundled import BUNDLED_WEIGHTS
 from brasyn.weights.store import WeightStore
 
-__all__ = ["BUNDLED_WEIGHTS", "infer_single", "load_denoiser"]
+__all__ = ["infer_single", "load_denoiser"]
 
 log = logging.getLogger("brasyn")
 
-BUNDLED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 """The demo weights shipped beside the package (see ``weights/README.md``)."""
 
 

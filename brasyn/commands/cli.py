@@ -53,12 +53,13 @@ from brasyn.inference.batch import check_folders, merge_shard_reports, run_batch
 from brasyn.inference.predictors import make_predictor
 from brasyn.inference.sharding import is_devices_worker, run_workers, shard_from_environment
 from brasyn.inference.synthesize import Synthesizer
+from brasyn.weights.bundled import BUNDLED_WEIGHTS
 
 __all__ = ["DEFAULT_WEIGHTS", "build_mlcube_parser", "build_parser", "main", "run"]
 
 log = logging.getLogger("brasyn")
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
+DEFAULT_WEIGHTS = BUNDLED_WEIGHTS
 """The weights folder shipped beside the package (baked into the container image)."""
 MOUNTED_WEIGHTS = Path("/weights")
 """Where a container user mounts other weights (``-v DIR:/weights``)."""

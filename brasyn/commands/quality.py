@@ -37,11 +37,10 @@ from brasyn.common.acceleration import SpeedSettings
 from brasyn.common.errors import BrasynError, ExitCode
 from brasyn.common.runtime import select_device
 from brasyn.data.modalities import Modality
+from brasyn.weights.bundled import BUNDLED_WEIGHTS
 from brasyn.weights.store import WeightStore
 
 __all__ = ["build_parser", "main"]
-
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("samplers", "precision"):
         p = commands.add_parser(name)
         p.add_argument("--data", type=Path, required=True, help="folder of complete case folders")
-        p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+        p.add_argument("--weights", type=Path, default=BUNDLED_WEIGHTS)
         p.add_argument("--target", type=contrast, action="append", help="only this contrast (repeatable)")
         p.add_argument("--case", action="append", help="only this case id (repeatable)")
         p.add_argument("--seed", type=whole_number(0), default=42)
