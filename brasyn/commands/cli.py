@@ -7,7 +7,9 @@ Forms:
 * ``--t1n FILE --t1c FILE --t2w FILE --out FILE [options]`` (any three of the four contrasts): one case;
 * ``infer --data_path DIR --output_path DIR [--weights PATH] [--parameters_file FILE]`` (MLCube), and
   ``hotfix``, which does nothing (a ``hotfix:`` key in the parameters file is accepted and ignored);
-* ``demo [--out DIR] [options]``: the example case (``brasyn.commands.example``) through the bundled weights.
+* ``demo [--out DIR] [options]``: the example case (``brasyn.commands.example``) through the bundled weights;
+* ``doctor [--weights DIR] [--output DIR] [--device ...]``: is this machine ready (``commands.doctor``);
+* ``--dry-run`` with any form: the plan (cases, outputs, weights, estimated time) instead of the run.
 
 Exit status: 0 when every case was written or skipped, 1 when any case failed (after all others ran),
 2 when the run could not start (bad arguments, missing folders or weights), 143 when stopped by SIGTERM.
@@ -25,6 +27,8 @@ from pathlib import Path
 from brasyn.commands.command import Subcommands, parse_arguments, run_command
 from brasyn.commands.converters import contrast, one_of, shard_spec, whole_number
 from brasyn.commands.demo import run_demo
+from brasyn.commands.doctor import main as doctor_main
+from brasyn.commands.dry_run import print_plan
 from brasyn.commands.options import (
     MLCUBE_IGNORED,
     MLCUBE_PARAMETERS,
@@ -48,9 +52,11 @@ from brasyn.commands.options import (
     speed_settings,
     torch_threads,
 )
+from brasyn.common.errors import CaseError
 from brasyn.data.cases import Case, discover, refuse_no_cases, single_case
 from brasyn.inference.batch import check_folders, merge_shard_reports, run_batch
-from brasyn.inference.predictors import make_predictor
+from brasyn.inference.plan import plan_batch
+from brasyn.inference.predictors import Predictor, make_predictor
 from brasyn.inference.sharding import is_devices_worker, run_workers, shard_from_environment
 from brasyn.inference.synthesize import Synthesizer
 from brasyn.weights.bundled import BUNDLED_WEIGHTS
@@ -170,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--report", type=Path, help="write a JSON report here (outside the output folder)")
     add("--extras", type=Path, help="write a PNG preview per case here (outside the output folder)")
     add("--no-progress", action="store_true", help="no progress bars")
+    add(
+        "--dry-run",
+        action="store_true",
+        help="print the cases found, the contrast each lacks, the output names, the checkpoints and an "
+        "estimate of the batch's time (one timed forward), without loading any input into the model or "
+        "writing anything",
+    )
     add_verbosity_option(parser)
     add_version_option(parser, "brasyn")
     return parser
@@ -230,7 +243,14 @@ def run(args: argparse.Namespace) -> int:
     sampling = sampling_settings(args)
     speed = speed_settings(args)
     mapping = contrast_mapping(args)
-    check_folders(None if single else args.input, args.output, report=args.report, extras=args.extras)
+    dry_run = getattr(args, "dry_run", False)
+    check_folders(
+        None if single else args.input,
+        args.output,
+        report=args.report,
+        extras=args.extras,
+        create=not dry_run,  # a dry run refuses what a run would, and creates nothing
+    )
     predictor = make_predictor(args.method, args.weights, args.device, sampling, speed)
     speed.configure_backends(predictor.device)  # process-wide switches: set once, here
     if single is not None:
@@ -242,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
     )
     refuse_no_cases(found, args.input)  # a wrong mount must not look like a successful run
     log.info("%d case(s) in %s; %s; seed %d", len(found), args.input, predictor.summary(), args.seed)
+    if dry_run:
+        return _print_plan(args, found, predictor)
     batch = run_batch(
         found,
         Synthesizer(predictor, seed=args.seed, progress=not args.no_progress),
@@ -275,6 +297,24 @@ def run(args: argparse.Namespace) -> int:
     return int(batch.exit_code)
 
 
+def _print_plan(args: argparse.Namespace, found: list[Case | CaseError], predictor: Predictor) -> int:
+    """``--dry-run``: what :func:`run` would do with these cases, printed (:mod:`brasyn.commands.dry_run`)."""
+    synthesizer = Synthesizer(predictor, seed=args.seed, progress=False)
+    plan = plan_batch(
+        found,
+        synthesizer,
+        args.output,
+        overwrite=args.overwrite,
+        grid_of=args.grid_of,
+        resume_any=args.resume_any,
+        shard=args.shard or shard_from_environment(),
+    )
+    steps = f"{predictor.settings().get('steps', 0)} {predictor.settings().get('sampler', '')} steps"
+    return print_plan(
+        plan, args.input, args.output, args.weights, predictor.summary(), str(predictor.device), steps
+    )
+
+
 def _synthesise(argv: list[str]) -> int:
     """The main job on an argument list (what ``brasyn demo`` runs)."""
     return run(parse_arguments(build_parser(), argv))
@@ -283,7 +323,7 @@ def _synthesise(argv: list[str]) -> int:
 def _run_parsed(args: argparse.Namespace, argv: list[str]) -> int:
     """The main job on parsed arguments; with ``--devices N``, ``argv`` (as typed) is what each worker
     process runs with its own shard."""
-    if args.devices:
+    if args.devices and not getattr(args, "dry_run", False):  # a dry run plans every share at once
         single_case_files(args)  # refuses --devices with the single-case form
         # without --report the workers' reports go to a scratch folder, for the one table of all cases
         with tempfile.TemporaryDirectory(prefix="brasyn-devices-") as scratch:
@@ -314,6 +354,12 @@ def _hotfix(argv: list[str]) -> int:
     return 0  # MLCube's hotfix task: nothing to do
 
 
-main = Subcommands({"infer": _mlcube_infer, "demo": _demo, "hotfix": _hotfix}, default=_main_job)
+def _doctor(argv: list[str]) -> int:
+    return doctor_main(argv, default_weights=_default_weights)  # the folder a run would take
+
+
+main = Subcommands(
+    {"infer": _mlcube_infer, "demo": _demo, "hotfix": _hotfix, "doctor": _doctor}, default=_main_job
+)
 """``python -m brasyn`` / ``entrypoint.py`` / ``brasyn``: the main job, MLCube's ``infer`` and ``hotfix``
-tasks, and ``brasyn demo``."""
+tasks, ``brasyn demo`` and ``brasyn doctor``."""

@@ -27,6 +27,7 @@ import numpy as np
 
 from brasyn.common.errors import CaseError, ExitCode, UsageError
 from brasyn.common.files import atomic_write
+from brasyn.common.health import output_problem
 from brasyn.common.version import __version__
 from brasyn.data.cases import Case
 from brasyn.data.modalities import Modality
@@ -252,8 +253,14 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _writable_folder(folder: Path, name: str, advice: str) -> None:
-    """Create ``folder`` (``name`` says which, in a message) and check this user may write into it."""
+def _writable_folder(folder: Path, name: str, advice: str, create: bool = True) -> None:
+    """Create ``folder`` (``name`` says which, in a message) and check this user may write into it; with
+    ``create`` False, only whether it could be created and written (a dry run writes nothing)."""
+    if not create:
+        problem = output_problem(folder)
+        if problem:
+            raise UsageError(f"{name}: {problem}; {advice}")
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -263,12 +270,17 @@ def _writable_folder(folder: Path, name: str, advice: str) -> None:
 
 
 def check_folders(
-    input_root: Path | None, output: Path, report: Path | None = None, extras: Path | None = None
+    input_root: Path | None,
+    output: Path,
+    report: Path | None = None,
+    extras: Path | None = None,
+    create: bool = True,
 ) -> None:
     """Refuse, with a sentence, what a batch cannot run with, before any case is touched: a missing
     input or one that is a file; an output, report or previews inside the input (brasyn never writes
     there); a report or previews inside the output (which must hold only the synthetic images); an
-    output, report or previews folder that cannot be created or written. Creates the output folder.
+    output, report or previews folder that cannot be created or written. Creates the output folder
+    (with ``create`` False, as for ``--dry-run``, nothing is created: the same refusals, from what exists).
     ``input_root`` is None for the single-case form, whose inputs are files named one by one."""
     if input_root is not None:
         if input_root.exists() and not input_root.is_dir():
@@ -295,14 +307,16 @@ def check_folders(
                 raise UsageError(f"--{name} {path} lies inside the {role}; put it elsewhere")
     if report is not None and report.is_dir():
         raise UsageError(f"--report {report} is a folder; name a file such as {report / 'report.json'}")
-    _writable_folder(output, f"the output folder {output}", "mount it writable or choose another folder")
+    mount = "mount it writable or choose another folder"
+    _writable_folder(output, f"the output folder {output}", mount, create)
     elsewhere = "make it writable or choose another place"
     if report is not None:
-        _writable_folder(report.parent, f"the folder {report.parent} for --report {report.name}", elsewhere)
+        name = f"the folder {report.parent} for --report {report.name}"
+        _writable_folder(report.parent, name, elsewhere, create)
     if extras is not None:
         if not matplotlib_available():
             raise UsageError(MATPLOTLIB_MISSING)
-        _writable_folder(extras, f"the folder {extras} for --extras", elsewhere)
+        _writable_folder(extras, f"the folder {extras} for --extras", elsewhere, create)
 
 
 def previewer(folder: Path, settings: str = "") -> Preview:
