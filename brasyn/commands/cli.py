@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Other forms: 'brasyn --t1n FILE --t1c FILE --t2w FILE --out FILE [options]' synthesises one "
         "case given by its files (any three of --t1n, --t1c, --t2w, --t2f); "
         "'brasyn demo [--out DIR] [options]' runs the example case through the bundled "
-        "weights; 'brasyn infer --data_path DIR --output_path DIR [--weights PATH] [--parameters_file FILE]' "
-        "is the MLCube task.",
+        "weights; 'brasyn doctor [--weights DIR] [--output DIR] [--device ...]' checks the machine, the user "
+        "and the weights for a run; 'brasyn infer --data_path DIR --output_path DIR [--weights PATH] "
+        "[--parameters_file FILE]' is the MLCube task.",
     )
     add = parser.add_argument
     add(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import types
 from collections import namedtuple
 from pathlib import Path
@@ -17,6 +19,7 @@ from brasyn.commands.cli import main
 from brasyn.common.health import Check, Status, driver_check, gpu_checks, shm_check, user_check
 from brasyn.common.runtime import NvmlView
 from brasyn.weights.bundled import BUNDLED_WEIGHTS
+from tests.helpers import CONTAINER_UID, container_prefix
 
 
 def _doctor(capsys, *argv: str) -> tuple[int, list[str]]:
@@ -162,3 +165,21 @@ def test_doctor_takes_the_runs_default_weights(monkeypatch, tmp_path, capsys, ti
     assert str(tmp_path / "out") in _lines(lines, "output")[0]
     assert code == 1  # random weights
     assert not Path(tmp_path / "out").exists()
+
+
+def test_as_the_container_uid_a_root_owned_output_is_a_problem(open_tmp):
+    """The container's user (uid 4242, no passwd entry, no HOME) and an output folder root made with
+    mode 755: the run could not write there, and the doctor says so."""
+    prefix = container_prefix()
+    if prefix is None:
+        pytest.skip("switching to another uid (root with unshare and setpriv) is not possible here")
+    out = open_tmp / "root-owned"
+    out.mkdir(mode=0o755)
+    out.chmod(0o755)
+    command = [*prefix, sys.executable, "-m", "brasyn", "doctor", "--device", "cpu", "--output", str(out)]
+    done = subprocess.run([*command, "--weights", str(BUNDLED_WEIGHTS)], capture_output=True, text=True)
+    (line,) = _lines(done.stdout.splitlines(), "output")
+    assert line.startswith("problem ") and f"not writable by this user (uid {CONTAINER_UID})" in line
+    (user,) = _lines(done.stdout.splitlines(), "user")
+    assert f"uid {CONTAINER_UID} (no passwd entry)" in user
+    assert done.returncode == 1
