@@ -164,3 +164,12 @@ def test_a_missing_config_file_is_named_with_where_it_was_named(tmp_path, monkey
     assert main(["--input", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"cannot read the config file ($BRASYN_CONFIG) {missing}" in err
+
+
+def test_the_readme_documents_every_variable_and_the_plain_docker_override():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for variable in [*SETTING_VARIABLES, "BRASYN_CONFIG"]:
+        assert f"| `{variable}` |" in readme, variable
+    assert "IMAGE --sampler dpm++2m --steps 10" in readme
+    assert "-e BRASYN_CONFIG=/config/brasyn.yaml" in readme
+    assert "its flag, else its `BRASYN_*` variable, else the config file, else its default" in readme
