@@ -11,6 +11,11 @@ Forms:
 * ``doctor [--weights DIR] [--output DIR] [--device ...]``: is this machine ready (``commands.doctor``);
 * ``--dry-run`` with any form: the plan (cases, outputs, weights, estimated time) instead of the run.
 
+Every form but MLCube's also reads a config file (``--config FILE`` or ``$BRASYN_CONFIG``) and the
+variables ``BRASYN_SAMPLER``, ``BRASYN_STEPS``, ``BRASYN_PRECISION`` and ``BRASYN_DEVICE``, a flag first,
+then a variable, then the file (:mod:`brasyn.commands.sources`); MLCube's ``infer`` reads its parameters
+file alone, as MedPerf sets it.
+
 Exit status: 0 when every case was written or skipped, 1 when any case failed (after all others ran),
 2 when the run could not start (bad arguments, missing folders or weights), 143 when stopped by SIGTERM.
 """
@@ -52,6 +57,7 @@ from brasyn.commands.options import (
     speed_settings,
     torch_threads,
 )
+from brasyn.commands.sources import add_config_option, apply_sources
 from brasyn.common.errors import CaseError
 from brasyn.data.cases import Case, discover, refuse_no_cases, single_case
 from brasyn.inference.batch import check_folders, merge_shard_reports, run_batch
@@ -112,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "t2_gen.pt, flair_gen.pt), or one checkpoint file in such a folder (its contrast alone); default "
         "$BRASYN_WEIGHTS or the bundled weights",
     )
+    add_config_option(parser)
     add_map_option(parser)
     add_single_case_options(parser)
     add_method_option(parser)
@@ -316,9 +323,16 @@ def _print_plan(args: argparse.Namespace, found: list[Case | CaseError], predict
     )
 
 
+def _parse_main(argv: list[str]) -> argparse.Namespace:
+    """The main job's arguments: the flags, then the ``BRASYN_*`` variables and the config file for what
+    no flag gave (:func:`brasyn.commands.sources.apply_sources`)."""
+    parser = build_parser()
+    return apply_sources(parser, argv, parse_arguments(parser, argv))
+
+
 def _synthesise(argv: list[str]) -> int:
     """The main job on an argument list (what ``brasyn demo`` runs)."""
-    return run(parse_arguments(build_parser(), argv))
+    return run(_parse_main(argv))
 
 
 def _run_parsed(args: argparse.Namespace, argv: list[str]) -> int:
@@ -340,7 +354,7 @@ def _run_parsed(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _main_job(argv: list[str]) -> int:
-    return run_command(lambda: _run_parsed(parse_arguments(build_parser(), argv), argv))
+    return run_command(lambda: _run_parsed(_parse_main(argv), argv))
 
 
 def _mlcube_infer(argv: list[str]) -> int:

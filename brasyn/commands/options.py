@@ -342,7 +342,7 @@ does nothing, so its settings are accepted and ignored (a debug line says so) ra
 
 
 def read_parameters(
-    path: Path, spec: Mapping[str, Converter], ignored: Collection[str] = ()
+    path: Path, spec: Mapping[str, Converter], ignored: Collection[str] = (), what: str = "parameters file"
 ) -> dict[str, Any]:
     """The values of a YAML parameters file, each checked by its converter in ``spec``.
 
@@ -350,19 +350,20 @@ def read_parameters(
     a :class:`UsageError` naming the file: unreadable or not YAML, not a mapping, a key ``spec`` does not
     know (a typo such as ``step: 20`` must not silently run 1000 steps), or a value its converter refuses.
     A key set to null (``steps:``) keeps the command's default and is left out of the result. Keys in
-    ``ignored`` (:data:`MLCUBE_IGNORED`) are accepted whatever their value and left out, with a debug line."""
+    ``ignored`` (:data:`MLCUBE_IGNORED`) are accepted whatever their value and left out, with a debug line.
+    ``what`` names the file in the messages (the main command's ``--config`` reads the same file)."""
     import yaml
 
     try:
         values = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
-        raise UsageError(f"cannot read the parameters file {path}: {exc.strerror or exc}") from exc
+        raise UsageError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UsageError(f"the parameters file {path} is not valid YAML: {exc}") from exc
+        raise UsageError(f"the {what} {path} is not valid YAML: {exc}") from exc
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise UsageError(f"the parameters file {path} must hold a mapping such as 'sampler: ddim'")
+        raise UsageError(f"the {what} {path} must hold a mapping such as 'sampler: ddim'")
     for key in [k for k in values if k in ignored]:
         log.debug("%s: %r is ignored (it configures nothing in brasyn)", path, key)
         del values[key]
