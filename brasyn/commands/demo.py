@@ -106,5 +106,9 @@ def run_demo(
                 row.ssim,
                 row.psnr,
             )
+    if code == ExitCode.OK and kind == "phantom":
+        log.info(
+            "the example was the synthetic phantom, not a brain: there is no real image to score against"
+        )
     log.info("the synthetic image is in %s", output)
     return code

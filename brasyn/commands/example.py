@@ -68,7 +68,14 @@ def write_example(out: Path, source: Path | None = None) -> str:
             dest = truth if path.name.endswith(f"-{WITHHELD}.nii.gz") else inputs
             shutil.copyfile(path, dest / path.name)
         return "real"
-    log.warning("no real case at %s: writing a synthetic phantom instead (not a brain)", case_dir)
+    # said plainly, since an installed brasyn never has the shared data beside it: the demo's image is then
+    # a pipeline check, not a measure of the model
+    log.warning(
+        "no real case at %s (the real example case comes with the project's shared test data beside a "
+        "checkout, not with an installed brasyn): writing a synthetic phantom instead, a head-sized "
+        "ellipsoid with a bright lesion that runs the whole pipeline but is not a brain",
+        case_dir,
+    )
     for i, m in enumerate(("t1n", "t1c", "t2w", "t2f")):
         folder = out / ("truth" if m == WITHHELD else "input")
         write_phantom_case(folder, EXAMPLE_CASE, {m: _phantom(i, 500.0 * (i + 1))})

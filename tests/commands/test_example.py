@@ -13,8 +13,13 @@ def test_example_from_real_data_withholds_the_flair(shared_dir, tmp_path):
     assert [p.name for p in (tmp_path / "truth" / EXAMPLE_CASE).iterdir()] == [case.output_name]
 
 
-def test_example_without_real_data_is_a_phantom_case_on_the_brats_grid(tmp_path):
+def test_example_without_real_data_is_a_phantom_case_on_the_brats_grid(tmp_path, caplog):
     assert write_example(tmp_path, source=tmp_path / "nothing-here") == "phantom"
+    # said plainly, with where it looked and why an installed brasyn has no real case
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert str(tmp_path / "nothing-here" / EXAMPLE_CASE) in warning
+    assert "not with an installed brasyn" in warning and "synthetic phantom" in warning
+    assert "not a brain" in warning
     (case,) = discover(tmp_path / "input")
     assert case.target.value == "t2f" and len(case.files) == 3
     image = nib.load(next(iter(case.files.values())))
