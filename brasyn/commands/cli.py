@@ -57,6 +57,7 @@ from brasyn.commands.options import (
     speed_settings,
     torch_threads,
 )
+from brasyn.commands.owner import run_as_output_owner
 from brasyn.commands.sources import add_config_option, apply_sources
 from brasyn.common.errors import CaseError
 from brasyn.data.cases import Case, discover, refuse_no_cases, single_case
@@ -335,9 +336,18 @@ def _synthesise(argv: list[str]) -> int:
     return run(_parse_main(argv))
 
 
+def _output_folder(args: argparse.Namespace) -> Path:
+    """The output folder :func:`run` will write into, resolved as it resolves it."""
+    if getattr(args, "out", None) is not None:
+        return args.out.parent  # the single-case form
+    return args.output or Path(os.environ.get("BRASYN_OUTPUT", "/output"))
+
+
 def _run_parsed(args: argparse.Namespace, argv: list[str]) -> int:
     """The main job on parsed arguments; with ``--devices N``, ``argv`` (as typed) is what each worker
-    process runs with its own shard."""
+    process runs with its own shard. Started as root, it first becomes the output folder's owner
+    (:mod:`brasyn.commands.owner`), before any case is read or any worker started."""
+    run_as_output_owner(_output_folder(args))
     if args.devices and not getattr(args, "dry_run", False):  # a dry run plans every share at once
         single_case_files(args)  # refuses --devices with the single-case form
         # without --report the workers' reports go to a scratch folder, for the one table of all cases

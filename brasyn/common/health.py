@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from brasyn.common.acceleration import cudnn_bf16_conv3d_problem
+from brasyn.common.identity import choose_identity, folder_owner
 from brasyn.common.runtime import NvmlView, nvml_view, select_device, unusable_gpu_problem
 
 __all__ = [
@@ -166,24 +167,22 @@ _DEVICE_ADVICE = "give --device auto or cpu, or make the GPU visible (docker run
 
 
 def user_check(output: Path) -> Check:
-    """The uid and gid a run would write as (this process's); a warning when root would write into an
-    output folder another user owns, since the files would then belong to root."""
+    """The uid and gid a run would write as: this process's, or, where root would write into an output
+    folder another user owns, that owner's (the main job and MLCube's ``infer`` switch to it before any
+    case, :mod:`brasyn.common.identity`), so that the outputs never belong to root."""
     uid, gid = os.getuid(), os.getgid()
     try:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:
         name = "no passwd entry"
     detail = f"uid {uid} ({name}), gid {gid}"
-    try:
-        owner = output.stat().st_uid
-    except OSError:
-        owner = None
-    if uid == 0 and owner is not None and owner != 0:
+    identity = choose_identity(uid, *folder_owner(output))
+    if identity is not None:
         return Check(
             "user",
-            Status.WARNING,
-            f"{detail}: the outputs in {output} would belong to root, not to its owner (uid {owner})",
-            f"run as the owner of the output folder (docker run -u {owner}:{output.stat().st_gid})",
+            Status.OK,
+            f"{detail}: the run switches to uid {identity.uid}, gid {identity.gid}, the owner of {output}, "
+            "so that the outputs belong to it",
         )
     return Check("user", Status.OK, detail)
 

@@ -117,18 +117,21 @@ def test_a_driver_whose_gpus_this_torch_cannot_use_is_a_problem(monkeypatch):
     assert driver_check(None, read=False).status is Status.WARNING
 
 
-def test_root_writing_into_another_users_output_is_a_warning(tmp_path, monkeypatch):
+def test_root_with_another_users_output_reports_the_switch_to_that_owner(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     if out.stat().st_uid == 0:
-        os.chown(out, 4242, 4242)  # as root: an output folder another user owns
+        os.chown(out, 4242, 4243)  # as root: an output folder another user owns
     monkeypatch.setattr(health.os, "getuid", lambda: 0)
     check = user_check(out)
-    assert check.status is Status.WARNING and "belong to root" in check.detail
-    assert f"-u {out.stat().st_uid}:{out.stat().st_gid}" in check.advice
-    if os.geteuid() == 0:  # (the real one: getuid is mocked) root's own folder: nothing to say
+    assert check.status is Status.OK
+    assert f"the run switches to uid {out.stat().st_uid}, gid {out.stat().st_gid}, the owner of {out}" in (
+        check.detail
+    )
+    if os.geteuid() == 0:  # (the real one: getuid is mocked) root's own folder: root writes it
         os.chown(out, 0, 0)
-        assert user_check(out).status is Status.OK
+        check = user_check(out)
+        assert check.status is Status.OK and "switches" not in check.detail
 
 
 def test_a_small_dev_shm_is_a_warning(monkeypatch):
