@@ -67,6 +67,9 @@ RUN python -m compileall -q brasyn entrypoint.py \
     && chmod -R a+rX /opt/brasyn \
     && useradd --uid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin brasyn
 
-USER 10001:10001
+# No USER: started without -u the image runs as root, and the entrypoint becomes the owner of /output
+# (its uid:gid) before it reads any case, so the outputs belong to whoever owns OUT (a root-owned OUT is
+# written as root). Started with -u (the orchestrator, MedPerf; or -u brasyn, the user above) it runs as
+# given.
 ENTRYPOINT ["python", "/opt/brasyn/entrypoint.py"]
 CMD []

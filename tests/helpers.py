@@ -107,6 +107,34 @@ def container_prefix() -> list[str] | None:
     return CONTAINER_PREFIX if probe.returncode == 0 else None
 
 
+ROOT_CONTAINER_PREFIX = [
+    "unshare",
+    "--net",  # no network
+    "setpriv",
+    # root as an image started without -u, less what would hide a mistake: it may read everywhere (the
+    # interpreter here may live in root's private home) and change its uid, but not write where its uid
+    # may not; and it keeps that reading after the switch (no_setuid_fixup), as the image's world-readable
+    # files give it there
+    "--bounding-set=-all,+setuid,+setgid,+dac_read_search",
+    "--securebits=+no_setuid_fixup",
+    "env",
+    "-u",
+    "HOME",
+]
+
+
+def root_container_prefix() -> list[str] | None:
+    """The command prefix that runs a process as an image started as root (no ``-u``), with no network
+    and no HOME; None where this process cannot (not root, or no unshare/setpriv)."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("setpriv") is None:
+        return None
+    probe = subprocess.run([*ROOT_CONTAINER_PREFIX, "true"], capture_output=True, check=False)
+    return ROOT_CONTAINER_PREFIX if probe.returncode == 0 else None
+
+
 def written_by_container_uid() -> list[str]:
     """Files the container uid owns in the world-writable places outside /tmp (there should be none)."""
     found = []

@@ -83,10 +83,11 @@ def test_the_exact_mlcube_command_line_runs_the_entrypoint(tmp_path):
     assert [p.name for p in (workspace / "predictions").iterdir()] == ["BraTS-GLI-00042-000-t2w.nii.gz"]
 
 
-def test_dockerfile_runs_the_entrypoint_as_a_non_root_user_with_caches_in_tmp():
+def test_dockerfile_starts_the_entrypoint_as_root_that_becomes_the_output_owner_with_caches_in_tmp():
     text = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["python", "/opt/brasyn/entrypoint.py"]' in text
-    assert "USER 10001:10001" in text
+    # no USER: root at the start, so the entrypoint can become the owner of /output (test_output_owner)
+    assert not [line for line in text.splitlines() if line.split()[:1] == ["USER"]]
     for var in ("HOME=/tmp", "XDG_CACHE_HOME=/tmp", "TORCH_HOME=/tmp", "MPLCONFIGDIR=/tmp"):
         assert var in text, var
     ignored = (ROOT / ".dockerignore").read_text().split()
