@@ -202,3 +202,17 @@ def linked_cache(source: Path, dest: Path, count: int) -> Path:
         os.link(meta.with_suffix(".npy"), dest / f"{name}.npy")
         (dest / f"{name}.json").write_text(json.dumps(record))
     return dest
+
+
+DOCS_ROOT = Path(__file__).resolve().parents[1]
+
+
+def documentation_pages() -> list[Path]:
+    """README.md and every docs/*.md page: the documentation is split by reader, so what the README once
+    held as one file is now spread over these pages, and a promise about the text may be on any of them."""
+    return [DOCS_ROOT / "README.md", *sorted((DOCS_ROOT / "docs").glob("*.md"))]
+
+
+def documentation_text() -> str:
+    """The text of README.md and every docs/*.md page, joined."""
+    return "\n".join(page.read_text() for page in documentation_pages())

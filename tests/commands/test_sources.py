@@ -11,6 +11,7 @@ from brasyn.commands.options import MLCUBE_PARAMETERS
 from brasyn.commands.sources import SETTING_VARIABLES, apply_sources, variable_settings
 from brasyn.common.errors import UsageError
 from brasyn.data.contrast_map import ContrastMap
+from tests.helpers import documentation_text
 
 
 def parse(argv: list[str], environ: dict[str, str] | None = None):
@@ -167,7 +168,7 @@ def test_a_missing_config_file_is_named_with_where_it_was_named(tmp_path, monkey
 
 
 def test_the_readme_documents_every_variable_and_the_plain_docker_override():
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = documentation_text()
     for variable in [*SETTING_VARIABLES, "BRASYN_CONFIG"]:
         assert f"| `{variable}` |" in readme, variable
     assert "IMAGE --sampler dpm++2m --steps 10" in readme

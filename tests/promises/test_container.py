@@ -15,7 +15,7 @@ import yaml
 from brasyn.commands.cli import main
 from brasyn.commands.options import MLCUBE_PARAMETERS, read_parameters
 from brasyn.weights.store import init_random
-from tests.helpers import container_prefix, make_case
+from tests.helpers import container_prefix, documentation_text, make_case
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,8 +103,7 @@ def test_dockerfile_bakes_the_weights_folder_its_documented_build_argument_names
     assert documented and "import-official" in "\n".join(lines[: lines.index(documented[0])])
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert "official-weights" not in ignored  # the documented folder reaches the build
-    readme = (ROOT / "README.md").read_text()
-    assert "docker build --build-arg WEIGHTS=official-weights" in readme
+    assert "docker build --build-arg WEIGHTS=official-weights" in documentation_text()
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""The README's Python code runs as written: its blocks are taken from README.md and executed, with only the
-work folder moved under the test's own and, for speed, the one-case example's sampler set to one step."""
+"""The documentation's Python code runs as written: its blocks are taken from README.md and docs/*.md and
+executed, with only the work folder moved under the test's own and, for speed, the one-case example's sampler
+set to one step."""
 
 from __future__ import annotations
 
@@ -13,42 +14,48 @@ import torch
 
 import brasyn
 from brasyn.common.errors import BrasynError, CaseError, UsageError
+from tests.helpers import documentation_pages
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = 'sampler="x0", steps=1, device="cpu"'
 
 
-def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+def _python_blocks() -> list[tuple[str, str]]:
+    """(page name, code) of every python block of README.md and docs/*.md."""
+    return [
+        (page.name, block)
+        for page in documentation_pages()
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
+    ]
 
 
-def _block(needle: str) -> str:
-    found = [b for b in _python_blocks() if needle in b]
-    assert len(found) == 1, f"README.md has {len(found)} python blocks with {needle!r}"
+def _block(needle: str) -> tuple[str, str]:
+    found = [(page, b) for page, b in _python_blocks() if needle in b]
+    assert len(found) == 1, f"the documentation has {len(found)} python blocks with {needle!r}"
     return found[0]
 
 
-def _run(code: str, monkeypatch: pytest.MonkeyPatch) -> dict:
-    monkeypatch.chdir(ROOT)  # the README's paths ("weights") are relative to the checkout
+def _run(page: str, code: str, monkeypatch: pytest.MonkeyPatch) -> dict:
+    monkeypatch.chdir(ROOT)  # the documentation's paths ("weights") are relative to the checkout
     namespace: dict = {"__name__": "readme"}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, page, "exec"), namespace)
     return namespace
 
 
 def test_readme_has_no_python_that_cannot_run():
     # the blocks this file runs are all there are: a new one must be added to the tests below
-    blocks = _python_blocks()
+    blocks = [b for _, b in _python_blocks()]
     assert len(blocks) == 2
     assert not any("torch.load(" in b for b in blocks)
 
 
 @pytest.mark.slow
 def test_readme_one_case_example_writes_the_missing_contrast(tmp_path, monkeypatch):
-    code = _block("brasyn.infer_single(")
+    page, code = _block("brasyn.infer_single(")
     assert 'sampler="dpm++2m", steps=10, device="auto"' in code
     code = code.replace('sampler="dpm++2m", steps=10, device="auto"', FAST)
     code = code.replace('Path("/tmp/brasyn-python")', f"Path({str(tmp_path / 'py')!r})")
-    namespace = _run(code, monkeypatch)
+    namespace = _run(page, code, monkeypatch)
     written = namespace["written"]
     assert written == tmp_path / "py" / "output" / "BraTS-GLI-00001-000-t2f.nii.gz"
     out = nib.load(written)
@@ -61,7 +68,7 @@ def test_readme_one_case_example_writes_the_missing_contrast(tmp_path, monkeypat
 
 
 def test_readme_network_example_samples_a_volume(monkeypatch):
-    namespace = _run(_block("brasyn.load_denoiser("), monkeypatch)
+    namespace = _run(*_block("brasyn.load_denoiser("), monkeypatch)
     synthetic = namespace["synthetic"]
     assert synthetic.shape == (1, 1, 64, 64, 64)
     assert torch.isfinite(synthetic).all()

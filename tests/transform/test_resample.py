@@ -29,7 +29,7 @@ from tests.helpers import save_nifti
 
 SOURCE_CASE = "BraTS-GLI-00001-000"
 README_CORRELATIONS = {"orig": 0.41, "thick": 0.53, "shifted": 0.58, "mixed": 0.45}
-"""The figures the README's "Hospital inputs" section states for these cases."""
+"""The figures docs/hospital-inputs.md states for these cases."""
 LINEAR = ["--method", "linear", "--weights", str(DEFAULT_WEIGHTS), "--no-progress"]
 ROTATED = sitk.VersorTransform((0.0, 0.0, 1.0), np.deg2rad(10.0)).GetMatrix()
 # case -> per contrast (spacing, origin shift in mm, direction or None for the source's, extension)

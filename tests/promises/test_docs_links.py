@@ -1,0 +1,31 @@
+"""Every relative link of the README and the docs/ pages points to a file that exists, so a page moved or
+renamed cannot leave a reader at a dead link."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import DOCS_ROOT, documentation_pages
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def relative_links(page: Path) -> list[str]:
+    """The link targets of a markdown page that are files of the checkout (no web address, no in-page anchor)."""
+    targets = [t.split("#", 1)[0] for t in LINK.findall(page.read_text())]
+    return [t for t in targets if t and "://" not in t and not t.startswith("mailto:")]
+
+
+@pytest.mark.parametrize("page", documentation_pages(), ids=lambda p: p.relative_to(DOCS_ROOT).as_posix())
+def test_every_relative_link_names_an_existing_file(page):
+    missing = [t for t in relative_links(page) if not (page.parent / t).exists()]
+    assert missing == [], f"{page.relative_to(DOCS_ROOT)} links to files that do not exist: {missing}"
+
+
+def test_the_readme_links_every_docs_page():
+    linked = {(DOCS_ROOT / t).resolve() for t in relative_links(DOCS_ROOT / "README.md")}
+    pages = {p.resolve() for p in documentation_pages()[1:] if p.suffix == ".md"}
+    assert pages - linked == set(), "docs pages the README's table does not link"
