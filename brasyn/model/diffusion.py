@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from brasyn.model.bands import clip_bands
-from brasyn.model.samplers import SAMPLERS, Callback, Sampler
+from brasyn.model.samplers import SAMPLERS, Callback, RunOptions, Sampler
 from brasyn.model.schedule import SCHEDULES, StepTables, at_step, beta_schedule, spaced_timesteps
 
 __all__ = ["MAX_STEPS", "PREDICTIONS", "Diffusion", "DiffusionConfig", "Sampling"]
@@ -317,6 +317,4 @@ class Diffusion:
             def callback(info: dict[str, Any]) -> None:
                 progress({**info, "steps": total})
 
-        return algorithm.run(
-            denoise, x, tables, eta=eta, variance=variance, generator=generator, callback=callback
-        )
+        return algorithm.run(denoise, x, tables, RunOptions(eta, variance, generator, callback))

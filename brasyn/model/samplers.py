@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -25,6 +25,7 @@ __all__ = [
     "Callback",
     "Denoise",
     "Sampler",
+    "RunOptions",
     "SamplerRun",
     "sample_ancestral",
     "sample_ddim",
@@ -159,59 +160,18 @@ def sample_dpmpp_2m(
     return x
 
 
-class SamplerRun(Protocol):
-    """One sampler over the same arguments as every other; each takes what it uses of them."""
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run may ask of any sampler; each sampler takes what it uses of it."""
 
-    def __call__(
-        self,
-        denoise: Denoise,
-        x: torch.Tensor,
-        tables: StepTables,
-        *,
-        eta: float,
-        variance: str,
-        generator: torch.Generator | None,
-        callback: Callback | None,
-    ) -> torch.Tensor: ...
+    eta: float
+    variance: str
+    generator: torch.Generator | None
+    callback: Callback | None
 
 
-def _run_ancestral(
-    denoise: Denoise,
-    x: torch.Tensor,
-    tables: StepTables,
-    *,
-    eta: float,
-    variance: str,
-    generator: torch.Generator | None,
-    callback: Callback | None,
-) -> torch.Tensor:
-    return sample_ancestral(denoise, x, tables, variance, generator, callback)
-
-
-def _run_ddim(
-    denoise: Denoise,
-    x: torch.Tensor,
-    tables: StepTables,
-    *,
-    eta: float,
-    variance: str,
-    generator: torch.Generator | None,
-    callback: Callback | None,
-) -> torch.Tensor:
-    return sample_ddim(denoise, x, tables, eta, generator, callback)
-
-
-def _run_dpmpp_2m(
-    denoise: Denoise,
-    x: torch.Tensor,
-    tables: StepTables,
-    *,
-    eta: float,
-    variance: str,
-    generator: torch.Generator | None,
-    callback: Callback | None,
-) -> torch.Tensor:
-    return sample_dpmpp_2m(denoise, x, tables, callback)
+SamplerRun = Callable[[Denoise, torch.Tensor, StepTables, RunOptions], torch.Tensor]
+"""One sampler over the same arguments as every other."""
 
 
 @dataclass(frozen=True)
@@ -240,11 +200,33 @@ class Sampler:
 SAMPLERS: dict[str, Sampler] = {
     sampler.name: sampler
     for sampler in (
-        Sampler("ddpm", _run_ancestral, deterministic=False, takes_eta=False),
-        Sampler("ddim", _run_ddim, deterministic=True, takes_eta=True),
-        Sampler("dpm++2m", _run_dpmpp_2m, deterministic=True, takes_eta=False, log_snr_spacing=True),
+        Sampler(
+            "ddpm",
+            lambda d, x, tables, o: sample_ancestral(d, x, tables, o.variance, o.generator, o.callback),
+            deterministic=False,
+            takes_eta=False,
+        ),
+        Sampler(
+            "ddim",
+            lambda d, x, tables, o: sample_ddim(d, x, tables, o.eta, o.generator, o.callback),
+            deterministic=True,
+            takes_eta=True,
+        ),
+        Sampler(
+            "dpm++2m",
+            lambda d, x, tables, o: sample_dpmpp_2m(d, x, tables, o.callback),
+            deterministic=True,
+            takes_eta=False,
+            log_snr_spacing=True,
+        ),
         # one DDIM step from pure noise at the last timestep straight to the model's x0: a quick preview
-        Sampler("x0", _run_ddim, deterministic=True, takes_eta=False, fixed_steps=1),
+        Sampler(
+            "x0",
+            lambda d, x, tables, o: sample_ddim(d, x, tables, o.eta, o.generator, o.callback),
+            deterministic=True,
+            takes_eta=False,
+            fixed_steps=1,
+        ),
     )
 }
 """``ddpm``: ancestral (the official sampler); ``ddim``: deterministic DDIM; ``dpm++2m``: DPM-Solver++(2M),
