@@ -13,11 +13,12 @@
 # Nothing is downloaded at run time.
 #
 # Weights: the image carries the folder the build argument WEIGHTS names (default weights/, the small demo
-# model). For the image that goes to the challenge, bake in the official cWDM checkpoints (or retrained
-# ones): a folder inside the build context, either the four downloaded files under their released names
-# (t1_gen.pt, t1ce_gen.pt, t2_gen.pt, flair_gen.pt) or, better (sha256 in a manifest), one made by
-#   python -m brasyn.weights import-official DOWNLOADS --out official-weights
-# and then
+# model; every run of such an image starts with a line in capitals that says DEMO WEIGHTS). For the image
+# that goes to the challenge, bake in the official cWDM checkpoints (or retrained ones): a folder inside
+# the build context, either the four downloaded files under their released names (t1_gen.pt, t1ce_gen.pt,
+# t2_gen.pt, flair_gen.pt) or, better (sha256 in a manifest), one made by
+#   python -m brasyn.weights fetch-official --out official-weights
+# (or import-official DOWNLOADS --out official-weights for files already downloaded) and then
 #   docker build --build-arg WEIGHTS=official-weights -t brasyn:0.1.0 .
 ARG CUDA_BASE=nvidia/cuda:13.0.2-base-ubuntu24.04
 FROM ${CUDA_BASE}

@@ -66,7 +66,7 @@ from brasyn.inference.plan import plan_batch
 from brasyn.inference.predictors import Predictor, make_predictor
 from brasyn.inference.sharding import is_devices_worker, run_workers, shard_from_environment
 from brasyn.inference.synthesize import Synthesizer
-from brasyn.weights.bundled import BUNDLED_WEIGHTS
+from brasyn.weights.bundled import BUNDLED_WEIGHTS, holds_demo_weights
 
 __all__ = ["DEFAULT_WEIGHTS", "build_mlcube_parser", "build_parser", "main", "run"]
 
@@ -343,10 +343,25 @@ def _output_folder(args: argparse.Namespace) -> Path:
     return args.output or Path(os.environ.get("BRASYN_OUTPUT", "/output"))
 
 
+def _announce_demo_weights(args: argparse.Namespace) -> None:
+    """The run's first log line, in capitals, when the denoisers it would use are the demo model: an image
+    built without ``--build-arg WEIGHTS`` carries them, and a run with them exits 0 like any other."""
+    weights = args.weights or _default_weights()
+    if args.method == "diffusion" and holds_demo_weights(weights):
+        log.warning(
+            "DEMO WEIGHTS: %s HOLDS THE SMALL DEMO MODEL, NOT THE RELEASED cWDM CHECKPOINTS; ITS IMAGES ARE "
+            "NOT FIT FOR A CHALLENGE SUBMISSION OR ANY REAL USE. Get the released ones with python -m "
+            "brasyn.weights fetch-official --out DIR, then pass --weights DIR or build the image with "
+            "--build-arg WEIGHTS=DIR",
+            weights,
+        )
+
+
 def _run_parsed(args: argparse.Namespace, argv: list[str]) -> int:
     """The main job on parsed arguments; with ``--devices N``, ``argv`` (as typed) is what each worker
     process runs with its own shard. Started as root, it first becomes the output folder's owner
     (:mod:`brasyn.commands.owner`), before any case is read or any worker started."""
+    _announce_demo_weights(args)
     run_as_output_owner(_output_folder(args))
     if args.devices and not getattr(args, "dry_run", False):  # a dry run plans every share at once
         single_case_files(args)  # refuses --devices with the single-case form

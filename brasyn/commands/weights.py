@@ -3,11 +3,13 @@
     python -m brasyn.weights init --config tiny --out DIR [--seed S] [--targets t1n t2f ...]
     python -m brasyn.weights import-official DIR --out DIR     (the official files, mapped by name)
     python -m brasyn.weights import-official [--target t2f] [--force] FILE --out DIR
+    python -m brasyn.weights fetch-official --out DIR [--revision REV] [--endpoint URL]
     python -m brasyn.weights verify DIR
     python -m brasyn.weights list DIR
 
-Each takes ``-v`` for the debug log. Exit status: 0 on success, 1 when ``verify`` finds a bad checkpoint,
-2 on an error (one log line says which and what to do).
+Each takes ``-v`` for the debug log. Exit status: 0 on success, 1 when ``verify`` finds a checkpoint it
+cannot vouch for (changed, missing, unsafe, or recorded nowhere), 2 on an error (one log line says which and
+what to do).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from brasyn.commands.options import add_verbosity_option
 from brasyn.common.errors import BrasynError, ExitCode, UsageError
 from brasyn.data.modalities import MODALITIES
 from brasyn.model.unet import PRESETS
+from brasyn.weights.fetch import fetch_official
 from brasyn.weights.official import import_official, import_official_folder
+from brasyn.weights.release import RELEASE_REPO, default_revision, is_official_architecture, release_check
 from brasyn.weights.store import WeightStore, init_random, verify_folder
 
 __all__ = ["main"]
@@ -71,12 +75,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--out", type=Path, required=True, help="weights folder to add them to")
 
-    verify = commands.add_parser("verify", help="check every checkpoint's sha256")
+    fetch = commands.add_parser(
+        "fetch-official",
+        help=f"download the four released cWDM checkpoints from the Hub ({RELEASE_REPO}) into a weights "
+        "folder, checked and recorded in its manifest",
+    )
+    fetch.add_argument("--out", type=Path, required=True, help="weights folder to download into")
+    fetch.add_argument(
+        "--revision",
+        help=f"branch, tag or commit of {RELEASE_REPO} (default: {default_revision()}); the commit it "
+        "resolves to is recorded and printed",
+    )
+    fetch.add_argument(
+        "--endpoint",
+        help="Hub or mirror URL (default: $HF_ENDPOINT, else https://huggingface.co)",
+    )
+
+    verify = commands.add_parser(
+        "verify", help="check every checkpoint's sha256 and say whether it is the released file"
+    )
     verify.add_argument("folder", type=Path)
 
     listing = commands.add_parser("list", help="show the checkpoints of a weights folder")
     listing.add_argument("folder", type=Path)
-    for sub in (init, imp, verify, listing):
+    for sub in (init, imp, fetch, verify, listing):
         # SUPPRESS: a sub-command's default must not undo a -v given before the sub-command
         add_verbosity_option(sub, default=argparse.SUPPRESS)
     return parser
@@ -86,9 +108,11 @@ def _verify_folder(folder: Path) -> ExitCode:
     failures = 0
     for info, status in verify_folder(folder):
         failures += status != "OK"
-        print(f"{info.target.value}  {info.file}  {info.sha256}  {status}")
+        release = release_check(info)
+        shown = f"  {release}" if release is not None and status == "OK" else ""
+        print(f"{info.target.value}  {info.file}  {info.sha256}  {status}{shown}")
     if failures:
-        logger.error("%d checkpoint(s) in %s failed verification", failures, folder)
+        logger.error("%d checkpoint(s) in %s could not be verified", failures, folder)
     return ExitCode.FAILED_CASES if failures else ExitCode.OK
 
 
@@ -99,10 +123,13 @@ def _list_folder(folder: Path) -> ExitCode:
         c = info.config
         ratios = ", ".join(f"{m.value}={r:g}" for m, r in info.intensity_ratios.items())
         source = info.provenance.get("source", "unknown")
+        release = release_check(info)
+        architecture = "official" if is_official_architecture(c) else "other"
         print(
-            f"{target.value}  {info.file}  {info.format}  channels={c.model_channels} "
-            f"mult={','.join(map(str, c.channel_mult))} blocks={c.num_res_blocks}  "
-            f"sha256={info.sha256[:12]}  ratios: {ratios}  source: {source}"
+            f"{target.value}  {info.file}  {info.format}  architecture={architecture} "
+            f"channels={c.model_channels} mult={','.join(map(str, c.channel_mult))} "
+            f"blocks={c.num_res_blocks}  sha256={info.sha256[:12]}  ratios: {ratios}  source: {source}"
+            + (f"  {release.state.value}" if release is not None else "")
         )
     if not store.targets():
         logger.warning("%s: no checkpoints", folder)
@@ -130,7 +157,14 @@ def main(argv: list[str] | None = None) -> int:
                 infos = [import_official(args.file, args.target, args.out, force=args.force)]
             for info in infos:
                 source = info.provenance["source_file"]
-                print(f"{info.target.value}  {args.out / info.file}  {info.sha256}  (from {source})")
+                proof = release_check(info)
+                print(f"{info.target.value}  {args.out / info.file}  {info.sha256}  (from {source}; {proof})")
+            return ExitCode.OK
+        if args.command == "fetch-official":
+            for info in fetch_official(args.out, revision=args.revision, endpoint=args.endpoint):
+                origin = f"{RELEASE_REPO} {info.provenance['source_file']} at {info.provenance['revision']}"
+                proof = release_check(info)
+                print(f"{info.target.value}  {args.out / info.file}  {info.sha256}  ({origin}; {proof})")
             return ExitCode.OK
         if args.command == "verify":
             return _verify_folder(args.folder)

@@ -12,10 +12,11 @@ build may bake other weights in), and a wheel carries that folder as the data pa
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["BUNDLED_PACKAGE", "BUNDLED_WEIGHTS", "find_bundled_weights"]
+__all__ = ["BUNDLED_PACKAGE", "BUNDLED_WEIGHTS", "find_bundled_weights", "holds_demo_weights"]
 
 BUNDLED_PACKAGE = "brasyn.weights.demo"
 CHECKOUT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
@@ -36,3 +37,17 @@ def find_bundled_weights() -> Path:
 
 
 BUNDLED_WEIGHTS = find_bundled_weights()
+
+
+def holds_demo_weights(folder: Path) -> bool:
+    """Whether the manifest of ``folder`` (a weights folder, or its manifest) lists demo-quality
+    checkpoints. Read as plain JSON and quietly False when unreadable: this only decides a warning, and the
+    run itself reports a broken folder properly."""
+    manifest = folder if folder.name == "manifest.json" else folder / "manifest.json"
+    if folder.is_file() and folder.name != "manifest.json":
+        manifest = folder.parent / "manifest.json"  # --weights naming one checkpoint
+    try:
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["checkpoints"].values()
+        return any(entry["provenance"].get("quality") == "demo" for entry in entries)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False

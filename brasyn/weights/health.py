@@ -15,15 +15,15 @@ from brasyn.common.errors import WeightsError
 from brasyn.common.health import Check, Status
 from brasyn.data.modalities import MODALITIES
 from brasyn.weights.manifest import MANIFEST_NAME, CheckpointInfo
-from brasyn.weights.official import OFFICIAL_SOURCE
-from brasyn.weights.store import WeightStore, verify_folder
+from brasyn.weights.release import Release, release_check
+from brasyn.weights.store import UNRECORDED, WeightStore, verify_folder
 
 __all__ = ["checkpoint_check", "weights_checks"]
 
 BASELINES_FILE = "baselines.json"
 """The baselines' numbers (``--method linear``), beside the checkpoints."""
 _REAL_WEIGHTS = (
-    "import the official cWDM checkpoints (python -m brasyn.weights import-official DIR --out WEIGHTS) or "
+    "fetch the official cWDM checkpoints (python -m brasyn.weights fetch-official --out WEIGHTS) or "
     "train your own (python -m brasyn.train), and pass --weights WEIGHTS"
 )
 
@@ -62,6 +62,13 @@ def checkpoint_check(info: CheckpointInfo, state: str) -> Check:
     """One checkpoint: its verification ``state`` (as :func:`verify_folder` gives it) and its kind."""
     name = f"weights {info.target.value}"
     where = f"{info.file} (sha256 {info.sha256[:12]}...)"
+    if state.startswith(UNRECORDED):
+        return Check(
+            name,
+            Status.WARNING,
+            f"{where}: {state}",
+            "record the folder in a manifest: python -m brasyn.weights import-official DIR --out WEIGHTS",
+        )
     if state != "OK":
         return Check(
             name,
@@ -85,15 +92,17 @@ def checkpoint_check(info: CheckpointInfo, state: str) -> Check:
             _REAL_WEIGHTS,
         )
     source = info.provenance.get("source", "unknown source")
-    if info.format == "official" or source == OFFICIAL_SOURCE:
-        # no sha256 of the released files is known to brasyn: the format is all that can be confirmed
+    release = release_check(info)
+    if release is None:
+        return Check(name, Status.OK, f"{where} verified; trained ({source})")
+    if release.state is Release.NOT_RELEASED:
         return Check(
             name,
-            Status.OK,
-            f"{where} verified; the released cWDM format ({source}); whether it is the released file itself "
-            "cannot be proven here (no sha256 of the released files is on record)",
+            Status.WARNING,
+            f"{where} verified; the released cWDM format, but {release}",
+            "fetch the released files with python -m brasyn.weights fetch-official --out WEIGHTS",
         )
-    return Check(name, Status.OK, f"{where} verified; trained ({source})")
+    return Check(name, Status.OK, f"{where} verified; the released cWDM format ({source}); {release}")
 
 
 def _baselines_check(folder: Path) -> Check:

@@ -36,6 +36,7 @@ from brasyn.weights.manifest import (
     _state_dict_problems,
     _write_manifest_entry,
 )
+from brasyn.weights.release import is_official_architecture, release_check
 
 __all__ = [
     "OFFICIAL_NAMES",
@@ -48,6 +49,7 @@ __all__ = [
     "infer_config",
     "official_target",
     "read_entries",
+    "source_label",
 ]
 
 logger = logging.getLogger("brasyn.official")
@@ -68,6 +70,17 @@ MAPPING_TEXT = ", ".join(f"{name}->{m.value}" for name, m in OFFICIAL_NAMES.item
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 # What a weights folder may hold besides checkpoints, without a word.
 _KNOWN_EXTRAS = ("baselines.json", "readme.md", "readme.txt")
+
+
+def source_label(config: DenoiserConfig) -> str:
+    """Where a plain state_dict under a released name comes from, as far as its shapes tell: the release
+    only when it has the released architecture (the name alone proves nothing)."""
+    if is_official_architecture(config):
+        return OFFICIAL_SOURCE
+    return (
+        f"not the released architecture (model_channels {config.model_channels}, channel_mult "
+        f"{','.join(map(str, config.channel_mult))}, {config.num_res_blocks} residual blocks)"
+    )
 
 
 def official_target(name: str) -> Modality | None:
@@ -184,9 +197,9 @@ def _load_shapes(path: Path) -> Any:
         return _safe_load(path)  # an old (non-zip) file cannot be mapped; a bad one fails here again
 
 
-def _provenance(source: Path, **extra: Any) -> dict[str, Any]:
+def _provenance(source: Path, config: DenoiserConfig, **extra: Any) -> dict[str, Any]:
     return {
-        "source": OFFICIAL_SOURCE,
+        "source": source_label(config),
         "source_file": source.name,
         **extra,
         "brasyn_version": __version__,
@@ -206,7 +219,7 @@ def _implicit_entries(found: OfficialFolder) -> dict[Modality, CheckpointInfo]:
             digest,
             "official",
             config,
-            _provenance(path, listed_by="file name (no manifest.json)"),
+            _provenance(path, config, listed_by="file name (no manifest.json)"),
         )
         logger.info("recognised official cWDM checkpoint %s as the %s model", path.name, target.value)
     for name in found.ignored:
@@ -296,6 +309,7 @@ def import_official(
     *,
     config: DenoiserConfig | None = None,
     force: bool = False,
+    provenance: Mapping[str, Any] | None = None,
 ) -> CheckpointInfo:
     """Add a released cWDM checkpoint (a plain state_dict) to ``folder``.
 
@@ -324,11 +338,19 @@ def import_official(
         digest,
         "official",
         config,
-        _provenance(file, command="import-official", target_from=target_from, created=_now()),
+        {
+            **_provenance(file, config, command="import-official", target_from=target_from, created=_now()),
+            **(provenance or {}),
+        },
     )
     _write_manifest_entry(folder, info)
     logger.info(
-        "imported %s as the %s checkpoint %s (sha256 %s)", file, target.value, folder / file_name, digest
+        "imported %s as the %s checkpoint %s (sha256 %s): %s",
+        file,
+        target.value,
+        folder / file_name,
+        digest,
+        release_check(info),
     )
     return info
 

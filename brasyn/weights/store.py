@@ -59,8 +59,12 @@ from brasyn.weights.manifest import (
     parse_ratios,
 )
 from brasyn.weights.official import read_entries
+from brasyn.weights.release import Release, release_check
 
-__all__ = ["WeightStore", "init_random", "save_checkpoint", "verify_folder"]
+__all__ = ["UNRECORDED", "WeightStore", "init_random", "save_checkpoint", "verify_folder"]
+
+UNRECORDED = "UNRECORDED"
+"""The verification state of a checkpoint no manifest records (see :func:`verify_folder`)."""
 
 logger = logging.getLogger("brasyn.weights")
 
@@ -312,9 +316,12 @@ def init_random(
 
 def verify_folder(folder: Path) -> Iterator[tuple[CheckpointInfo, str]]:
     """Every checkpoint of ``folder`` with its state, one at a time as each is checked: ``OK``,
-    ``MISSING``, ``MISMATCH (file has <sha256>)`` or ``UNSAFE (<why>)``. Each file is hashed again: a
-    verification must not trust this process's record of files already checked."""
+    ``MISSING``, ``MISMATCH (file has <sha256>)``, ``UNSAFE (<why>)`` or, in a folder without a manifest,
+    ``UNRECORDED (...)``: there a file's sha256 is its own, so nothing proves it unchanged unless it is a
+    released file whose digest brasyn knows. Each file is hashed again: a verification must not trust
+    this process's record of files already checked."""
     store = WeightStore(folder)
+    recorded = (store.folder / MANIFEST_NAME).is_file()
     for target in store.targets():
         info = store.info(target)
         path = folder / info.file
@@ -328,4 +335,14 @@ def verify_folder(folder: Path) -> Iterator[tuple[CheckpointInfo, str]]:
                     _safe_load(path)
                 except WeightsError as exc:
                     status = f"UNSAFE ({exc})"
+            if status == "OK" and not recorded and not _pinned_release(info, actual):
+                status = (
+                    f"{UNRECORDED} (no {MANIFEST_NAME} records its sha256, so nothing proves the file "
+                    "unchanged: record it with python -m brasyn.weights import-official or fetch-official)"
+                )
         yield info, status
+
+
+def _pinned_release(info: CheckpointInfo, sha256: str) -> bool:
+    check = release_check(info, sha256)
+    return check is not None and check.state is Release.RELEASED

@@ -36,7 +36,7 @@ def test_doctor_on_the_bundled_weights_says_demo_weights(tmp_path, capsys):
     for target in ("t1n", "t1c", "t2w", "t2f"):
         (line,) = _lines(lines, f"weights {target}")
         assert line.startswith("warning ") and "verified; demo weights" in line
-        assert "import-official" in line  # what to do
+        assert "fetch-official" in line  # what to do
     assert _lines(lines, "output")[0].startswith("ok ")
     assert not (tmp_path / "out").exists()  # the doctor writes nothing
     problems = [line for line in lines if line.startswith("problem")]

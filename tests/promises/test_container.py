@@ -106,6 +106,20 @@ def test_dockerfile_bakes_the_weights_folder_its_documented_build_argument_names
     assert "docker build --build-arg WEIGHTS=official-weights" in documentation_text()
 
 
+def test_a_run_with_the_demo_weights_says_so_in_capitals_on_its_first_line(tmp_path, tiny_weights, capsys):
+    empty = tmp_path / "in"
+    empty.mkdir()
+    # an image built without --build-arg WEIGHTS runs on the bundled demo model: the first line says so
+    assert main(["--input", str(empty), "--output", str(tmp_path / "out")]) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "WARNING DEMO WEIGHTS: " in first and "NOT FIT FOR A CHALLENGE SUBMISSION" in first
+    assert "fetch-official" in first and "--build-arg WEIGHTS=DIR" in first
+    # real (here: random) weights, and the baselines, which use no denoiser: no such line
+    for flags in (["--weights", str(tiny_weights)], ["--method", "linear"]):
+        main(["--input", str(empty), "--output", str(tmp_path / "out"), *flags])
+        assert "DEMO WEIGHTS" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_entrypoint_on_a_real_case_as_the_container_runs_it(shared_dir, open_tmp):
     prefix = container_prefix()

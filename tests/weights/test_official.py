@@ -251,7 +251,8 @@ def test_import_official_of_a_folder_maps_every_file_by_name(tmp_path, downloads
     assert len(lines) == 4
     for name, target in MAPPING.items():
         assert any(
-            line.startswith(f"{target}  {out / (target + '.pt')}") and f"(from {name})" in line
+            line.startswith(f"{target}  {out / (target + '.pt')}")
+            and f"(from {name}; release unproven" in line
             for line in lines
         )
     assert "ignored notes.pt" in captured.err

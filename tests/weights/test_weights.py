@@ -427,7 +427,8 @@ def test_official_state_dict_is_imported_and_loads_with_the_official_outputs(tmp
     assert info.file == "t2f.pt" and info.format == "official"
     assert info.sha256 == sha256_file(source) == sha256_file(folder / "t2f.pt")
     assert info.intensity_ratios == DEFAULT_INTENSITY_RATIOS[Modality.T2F]
-    assert info.provenance["source"] == "HuggingFace pfriedri/cwdm"
+    # the official code's format at a smaller size: the shapes say it is not the released model
+    assert info.provenance["source"].startswith("not the released architecture (model_channels 8")
     assert info.provenance["source_file"] == "brats_1200000.pt"
     entry = _manifest(folder)["checkpoints"]["t2f"]
     assert entry["format"] == "official" and entry["config"] == config.to_dict()
