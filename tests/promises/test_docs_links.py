@@ -1,5 +1,6 @@
-"""Every relative link of the README and the docs/ pages points to a file that exists, so a page moved or
-renamed cannot leave a reader at a dead link."""
+"""Every relative link of the README and the docs/ pages points to a file that exists, and every anchor
+(``#section``, on the same page or another) to a heading of that page, so a page or section moved or renamed
+cannot leave a reader at a dead link."""
 
 from __future__ import annotations
 
@@ -29,3 +30,34 @@ def test_the_readme_links_every_docs_page():
     linked = {(DOCS_ROOT / t).resolve() for t in relative_links(DOCS_ROOT / "README.md")}
     pages = {p.resolve() for p in documentation_pages()[1:] if p.suffix == ".md"}
     assert pages - linked == set(), "docs pages the README's table does not link"
+
+
+def _slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation but hyphens dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)  # a '#' in a code block is no heading
+    return {_slug(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)}
+
+
+@pytest.mark.parametrize("page", documentation_pages(), ids=lambda p: p.relative_to(DOCS_ROOT).as_posix())
+def test_every_anchor_names_a_heading_of_its_page(page):
+    broken = []
+    for target in LINK.findall(page.read_text()):
+        if "#" not in target or "://" in target:
+            continue
+        file, anchor = target.split("#", 1)
+        linked = (page.parent / file) if file else page
+        if linked.suffix == ".md" and linked.exists() and anchor not in anchors(linked):
+            broken.append(target)
+    assert broken == [], f"{page.relative_to(DOCS_ROOT)} links to sections that do not exist: {broken}"
+
+
+def test_heading_anchors_are_the_ones_github_makes():
+    assert (
+        _slug("Before a run: `brasyn doctor` and `--dry-run`") == "before-a-run-brasyn-doctor-and---dry-run"
+    )
+    assert _slug("Speed") == "speed"
