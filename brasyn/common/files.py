@@ -11,22 +11,41 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["CHUNK", "atomic_write", "permitted_mode", "publish", "sha256_file"]
+__all__ = ["CHUNK", "atomic_write", "current_umask", "permitted_mode", "publish", "sha256_file"]
+
+_UMASK_LOCK = threading.Lock()
 
 CHUNK = 1 << 20
 """Bytes read at a time when hashing."""
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system tells it (Linux's
+    ``/proc/self/status``): setting it to 0 and back, the only other way, leaves a moment in which a file
+    another thread creates (the read-ahead of the next case, a worker) gets mode 0666. Elsewhere that way,
+    under a lock, so at least brasyn's own threads cannot interleave and lose the umask."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)  # the briefest window is the least permissive one
+        os.umask(umask)
+    return umask
+
+
 def permitted_mode() -> int:
     """``0o666`` less the umask: what ``open()`` would give a new file. mkstemp's 0600 would hide an
     output, a report or weights from a job system or a container running as another user."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~current_umask()
 
 
 def sha256_file(path: Path) -> str:
