@@ -41,6 +41,17 @@ class DenoiserConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        # a config may come from a hand-edited manifest: refuse what would fail later as a division by zero
+        for name in ("in_channels", "out_channels", "model_channels", "num_res_blocks", "num_groups"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+        if isinstance(self.channel_mult, (str, bytes)) or not self.channel_mult:
+            raise ValueError(f"channel_mult must be a list of whole numbers, not {self.channel_mult!r}")
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.channel_mult):
+            raise ValueError(f"channel_mult must hold whole numbers of at least 1, not {self.channel_mult!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout!r}")
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
         for width in (self.model_channels * m for m in self.channel_mult):
             if width % self.num_groups:

@@ -14,6 +14,7 @@ import json
 import math
 import pickle
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,7 +36,9 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "CheckpointInfo",
+    "file_kind",
     "parse_ratios",
+    "require_regular_file",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -206,6 +209,7 @@ def _is_plain_name(name: object) -> bool:
         and name not in (".", "..")
         and Path(name).name == name
         and "\\" not in name
+        and "\x00" not in name
     )
 
 
@@ -310,16 +314,42 @@ def _write_manifest_entry(folder: Path, info: CheckpointInfo) -> None:
 _VERIFIED: set[tuple[str, int, int, str]] = set()
 
 
+def file_kind(mode: int) -> str:
+    """What a file of this ``st_mode`` is, in words."""
+    for test, name in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return name
+    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+
+
+def require_regular_file(path: Path, mode: int | None = None) -> None:
+    """Refuse a checkpoint (or a link to one) that is not a regular file, before anything reads it: a FIFO
+    or ``/dev/zero`` would make the sha256 read never end."""
+    mode = path.stat().st_mode if mode is None else mode
+    if not stat.S_ISREG(mode):
+        raise WeightsError(
+            f"The checkpoint {path} is {file_kind(mode)}, not a regular file: put the checkpoint file itself "
+            "there (a link is fine if it leads to a regular file)."
+        )
+
+
 def _verify(path: Path, expected: str) -> None:
     """Check the file's sha256 unless this process already checked this very file (same size and mtime)."""
     try:
-        stat = path.stat()
+        status = path.stat()
     except FileNotFoundError:
         raise WeightsError(
             f"The checkpoint {path} listed in {path.parent / MANIFEST_NAME} is missing; copy it back or "
             "create the weights folder again."
         ) from None
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, expected)
+    require_regular_file(path, status.st_mode)
+    key = (str(path.resolve()), status.st_size, status.st_mtime_ns, expected)
     if key in _VERIFIED:
         return
     actual = sha256_file(path)
@@ -334,15 +364,18 @@ def _verify(path: Path, expected: str) -> None:
 
 def _mark_verified(path: Path, digest: str) -> None:
     """Note that ``digest`` was just computed from ``path``, so loading it does not hash it again."""
-    stat = path.stat()
-    _VERIFIED.add((str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest))
+    status = path.stat()
+    _VERIFIED.add((str(path.resolve()), status.st_size, status.st_mtime_ns, digest))
 
 
 def _safe_load(path: Path, mmap: bool = False) -> Any:
     """``torch.load`` that cannot run code from the file; any failure becomes a WeightsError. ``mmap``
     maps the tensors instead of reading them (for a look at their shapes)."""
     try:
+        require_regular_file(path)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except WeightsError:
+        raise
     except pickle.UnpicklingError as e:
         # torch's own hint (load it with weights_only=False) is the one thing never to do with such a file
         raise WeightsError(

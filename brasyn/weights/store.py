@@ -56,6 +56,7 @@ from brasyn.weights.manifest import (
     _state_dict_problems,
     _verify,
     _write_manifest_entry,
+    file_kind,
     parse_ratios,
 )
 from brasyn.weights.official import read_entries
@@ -325,7 +326,9 @@ def verify_folder(folder: Path) -> Iterator[tuple[CheckpointInfo, str]]:
     for target in store.targets():
         info = store.info(target)
         path = folder / info.file
-        if not path.is_file():
+        if path.exists() and not path.is_file():
+            status = f"NOT A FILE ({file_kind(path.stat().st_mode)}; nothing was read from it)"
+        elif not path.is_file():
             status = "MISSING"
         else:
             actual = sha256_file(path)

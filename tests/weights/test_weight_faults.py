@@ -1,0 +1,80 @@
+"""Weights folders that are broken in ways that used to hang, crash or lose weights: a checkpoint that is a
+FIFO or a link to a device, manifest entries a reader cannot take, and commands writing into a folder that
+already holds other weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from brasyn.commands.weights import main as weights_main
+from tests.helpers import make_case
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def weights(tmp_path, tiny_weights) -> Path:
+    folder = tmp_path / "weights"
+    shutil.copytree(tiny_weights, folder)
+    return folder
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "entrypoint.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,  # the fault was a hang: a run that does not end fails the test here
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero"])
+def test_a_checkpoint_that_is_not_a_regular_file_fails_its_cases_at_once(tmp_path, weights, kind, capsys):
+    (weights / "t2f.pt").unlink()
+    if kind == "fifo":
+        os.mkfifo(weights / "t2f.pt")
+    else:
+        (weights / "t2f.pt").symlink_to("/dev/zero")
+    make_case(tmp_path / "in", "BraTS-GLI-00001-000")  # lacks t2f
+    make_case(tmp_path / "in", "BraTS-GLI-00002-000", contrasts=("t1n", "t1c", "t2f"))  # lacks t2w
+    common = ["--input", str(tmp_path / "in"), "--weights", str(weights), "--sampler", "x0", "--steps", "1"]
+    done = _run(*common, "--output", str(tmp_path / "out"), "--device", "cpu", "--no-progress")
+    assert done.returncode == 1, done.stderr
+    assert (
+        "is a named pipe (FIFO), not a regular file" in done.stderr or "is a character device" in done.stderr
+    )
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["BraTS-GLI-00002-000-t2w.nii.gz"]
+    assert weights_main(["verify", str(weights)]) == 1
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("t2f"))
+    assert "NOT A FILE (" in line and "nothing was read from it" in line
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("file", "t2f\x00.pt", "file"),
+        ("config", {"model_channels": 8, "num_groups": 0, "num_res_blocks": 1}, "num_groups"),
+    ],
+)
+def test_a_manifest_entry_a_reader_cannot_take_is_named_in_one_message(
+    tmp_path, weights, field, value, expected
+):
+    manifest = json.loads((weights / "manifest.json").read_text())
+    entry = manifest["checkpoints"]["t2f"]
+    entry[field] = value if field == "file" else {**entry["config"], **value}
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    make_case(tmp_path / "in", "BraTS-GLI-00001-000")
+    done = _run("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--weights", str(weights))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert str(weights / "manifest.json") in last and "t2f" in last and expected in last, last
