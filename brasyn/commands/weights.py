@@ -1,6 +1,6 @@
 """``python -m brasyn.weights``: create, import, verify and list weights folders (:mod:`brasyn.weights`).
 
-    python -m brasyn.weights init --config tiny --out DIR [--seed S] [--targets t1n t2f ...]
+    python -m brasyn.weights init --config tiny --out DIR [--seed S] [--targets t1n t2f ...] [--overwrite]
     python -m brasyn.weights import-official DIR --out DIR     (the official files, mapped by name)
     python -m brasyn.weights import-official [--target t2f] [--force] FILE --out DIR
     python -m brasyn.weights fetch-official --out DIR [--revision REV] [--endpoint URL]
@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--config", choices=list(PRESETS), default="tiny", help="denoiser size (default: tiny)")
     init.add_argument("--out", type=Path, required=True, help="weights folder to write into")
     init.add_argument("--seed", type=whole_number(), default=0)
+    init.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace checkpoints the folder already holds for these targets (refused without it)",
+    )
     init.add_argument(
         "--targets",
         nargs="+",
@@ -142,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> ExitCode:
         args = parse_arguments(_parser(), argv)
         if args.command == "init":
-            for info in init_random(args.out, args.config, seed=args.seed, targets=args.targets):
+            for info in init_random(
+                args.out, args.config, seed=args.seed, targets=args.targets, overwrite=args.overwrite
+            ):
                 print(f"{info.target.value}  {args.out / info.file}  {info.sha256}")
             return ExitCode.OK
         if args.command == "import-official":

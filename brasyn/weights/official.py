@@ -42,6 +42,7 @@ __all__ = [
     "OFFICIAL_NAMES",
     "OFFICIAL_SOURCE",
     "OfficialFolder",
+    "adopt_official_files",
     "check_official",
     "find_official",
     "import_official",
@@ -49,6 +50,7 @@ __all__ = [
     "infer_config",
     "official_target",
     "read_entries",
+    "replaced_checkpoint",
     "source_label",
 ]
 
@@ -236,6 +238,40 @@ def _implicit_entries(found: OfficialFolder) -> dict[Modality, CheckpointInfo]:
     return entries
 
 
+def adopt_official_files(folder: Path) -> None:
+    """Enter the released files a folder holds by name into a new manifest, before the first other
+    checkpoint is written there: a manifest listing only the new one would hide them from every later run.
+    A folder that has a manifest, or no released files, is left as it is."""
+    if (folder / MANIFEST_NAME).exists():
+        return
+    found = find_official(folder)
+    if found is None:
+        return
+    for info in _implicit_entries(found).values():
+        _write_manifest_entry(folder, info)
+    logger.info(
+        "entered the released files of %s (%s) in a new %s, so they stay in use beside what is added",
+        folder,
+        ", ".join(path.name for path in found.files.values()),
+        MANIFEST_NAME,
+    )
+
+
+def replaced_checkpoint(folder: Path, target: Modality) -> str | None:
+    """What ``folder`` already holds for ``target`` (its manifest entry, a file under the released name,
+    or ``<target>.pt``), in words, or None: writing a checkpoint for ``target`` there would replace it."""
+    folder = Path(folder)
+    if (folder / MANIFEST_NAME).is_file():
+        entry = _read_manifest(folder)["checkpoints"].get(target.value)
+        if isinstance(entry, Mapping):
+            return f"{folder / str(entry.get('file'))} (the {target.value} entry of its {MANIFEST_NAME})"
+    names = [n for n, t in OFFICIAL_NAMES.items() if t is target] + [f"{target.value}.pt"]
+    present = [folder / n for n in names if (folder / n).exists()]
+    if not present and folder.is_dir():  # released names are matched case-insensitively
+        present = [p for p in folder.iterdir() if official_target(p.name) is target]
+    return f"{present[0]}" if present else None
+
+
 def read_entries(folder: Path) -> dict[Modality, CheckpointInfo]:
     """The checkpoints of a weights folder: from its manifest, or, without one, the official files it
     holds by name. A folder with neither is refused, naming the expected file names."""
@@ -327,6 +363,7 @@ def import_official(
     config = check_official(file, config)
     folder.mkdir(parents=True, exist_ok=True)
     _existing_manifest(folder)
+    adopt_official_files(folder)
     if file.resolve().parent == folder.resolve():
         file_name, digest = file.name, sha256_file(file)
     else:

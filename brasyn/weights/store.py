@@ -59,7 +59,7 @@ from brasyn.weights.manifest import (
     file_kind,
     parse_ratios,
 )
-from brasyn.weights.official import read_entries
+from brasyn.weights.official import adopt_official_files, read_entries, replaced_checkpoint
 from brasyn.weights.release import Release, release_check
 
 __all__ = ["UNRECORDED", "WeightStore", "init_random", "save_checkpoint", "verify_folder"]
@@ -243,6 +243,7 @@ def save_checkpoint(
     config = model.config
     folder.mkdir(parents=True, exist_ok=True)
     _existing_manifest(folder)
+    adopt_official_files(folder)
     # On the CPU, so the file loads the same whatever device the model trained on.
     payload = {
         "state_dict": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
@@ -287,11 +288,24 @@ def init_random(
     config: str | DenoiserConfig = "tiny",
     seed: int = 0,
     targets: Iterable[Modality | str] = MODALITIES,
+    *,
+    overwrite: bool = False,
 ) -> list[CheckpointInfo]:
     """Randomly initialised checkpoints for tests and smoke runs; they synthesise noise, not images.
 
     Each target gets its own weights: its generator is seeded with ``seed * 4 + index of the target``.
+    A folder that already holds a checkpoint for one of ``targets`` is refused (WeightsError, nothing
+    written) unless ``overwrite``: random weights must never replace real ones unasked.
     """
+    targets = [Modality(t) for t in targets]
+    if not overwrite:
+        for target in targets:
+            existing = replaced_checkpoint(Path(folder), target)
+            if existing is not None:
+                raise WeightsError(
+                    f"{folder} already holds a {target.value} checkpoint, {existing}; random weights would "
+                    "replace it. Choose another --out, or pass --overwrite if it is to be replaced."
+                )
     if isinstance(config, str):
         if config not in PRESETS:
             raise ValueError(f"unknown config {config!r}; choose one of {', '.join(PRESETS)}")

@@ -78,3 +78,56 @@ def test_a_manifest_entry_a_reader_cannot_take_is_named_in_one_message(
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert str(weights / "manifest.json") in last and "t2f" in last and expected in last, last
+
+
+def _digests(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_init_does_not_replace_the_checkpoints_a_folder_holds_unless_told(weights, capsys):
+    before = _digests(weights)
+    assert weights_main(["init", "--out", str(weights), "--seed", "7", "--targets", "t1c"]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights} already holds a t1c checkpoint, {weights / 't1c.pt'}" in err and "--overwrite" in err
+    assert _digests(weights) == before
+    assert (
+        weights_main(["init", "--out", str(weights), "--seed", "7", "--targets", "t1c", "--overwrite"]) == 0
+    )
+    after = _digests(weights)
+    assert after["t1c.pt"] != before["t1c.pt"] and after["t1n.pt"] == before["t1n.pt"]
+
+
+def _official_folder(folder: Path, names: tuple[str, ...]) -> None:
+    import torch
+
+    from brasyn.model.unet import PRESETS, Denoiser
+    from brasyn.weights.store import _randomise
+
+    folder.mkdir(parents=True)
+    for seed, name in enumerate(names):
+        model = Denoiser.from_config(PRESETS["tiny"])
+        _randomise(model, torch.Generator().manual_seed(seed))
+        torch.save(model.state_dict(), folder / name)
+
+
+def test_writing_into_a_folder_of_released_files_keeps_them_in_use(tmp_path, capsys):
+    from brasyn.weights.store import WeightStore
+
+    folder = tmp_path / "downloads"
+    _official_folder(folder, ("t1_gen.pt", "t1ce_gen.pt", "t2_gen.pt"))
+    before = _digests(folder)
+    # the folder's released t1n file is a checkpoint for t1n: not replaced unasked
+    assert weights_main(["init", "--out", str(folder), "--targets", "t1n"]) == 2
+    assert "already holds a t1n checkpoint" in capsys.readouterr().err and _digests(folder) == before
+    # a checkpoint for the contrast the folder lacks: the manifest then lists the released files too
+    assert weights_main(["init", "--out", str(folder), "--targets", "t2f"]) == 0
+    store = WeightStore(folder)
+    assert [m.value for m in store.targets()] == ["t1n", "t1c", "t2w", "t2f"]
+    assert {store.info(m).file for m in store.targets()} == {
+        "t1_gen.pt",
+        "t1ce_gen.pt",
+        "t2_gen.pt",
+        "t2f.pt",
+    }
+    assert all(_digests(folder)[name] == data for name, data in before.items())
+    assert weights_main(["verify", str(folder)]) == 0  # every file now has a recorded sha256
