@@ -37,6 +37,7 @@ __all__ = [
     "MANIFEST_NAME",
     "CheckpointInfo",
     "file_kind",
+    "not_a_checkpoint",
     "parse_ratios",
     "require_regular_file",
 ]
@@ -368,11 +369,46 @@ def _mark_verified(path: Path, digest: str) -> None:
     _VERIFIED.add((str(path.resolve()), status.st_size, status.st_mtime_ns, digest))
 
 
+def not_a_checkpoint(path: Path) -> str | None:
+    """What the file is, in words, when its first bytes show it is no torch checkpoint (torch writes a zip
+    archive, or a pickle in its old format); None when it may be one. torch's own error for such a file
+    is a bare number from its unpickler."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if not head:
+        return "is empty (0 bytes)"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None
+    if head.startswith(b"version https://git-lfs"):
+        return (
+            "is a Git LFS pointer (a small text file standing for the real one), not the checkpoint: "
+            "download the file itself (git lfs pull, or fetch-official)"
+        )
+    if head.startswith(b"\x1f\x8b"):
+        return "is gzip-compressed, not a torch checkpoint: unpack it first"
+    if len(head) > 9 and head[8:10] == b'{"':
+        return "looks like a safetensors file, which brasyn does not read: use the released .pt file"
+    if head.lstrip()[:1] in (b"<", b"{", b"["):
+        return "is a text (HTML, JSON or XML) file, not a torch checkpoint: perhaps a download's error page"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not a torch checkpoint (neither a zip archive as torch writes nor a pickle)"
+    return (
+        f"is a text file ({text.strip().splitlines()[0][:40]!r} ...), not a torch checkpoint"
+        if text.strip()
+        else ("holds only white space, not a torch checkpoint")
+    )
+
+
 def _safe_load(path: Path, mmap: bool = False) -> Any:
     """``torch.load`` that cannot run code from the file; any failure becomes a WeightsError. ``mmap``
     maps the tensors instead of reading them (for a look at their shapes)."""
     try:
         require_regular_file(path)
+        what = not_a_checkpoint(path)
+        if what is not None:
+            raise WeightsError(f"{path} {what}.")
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except WeightsError:
         raise

@@ -131,3 +131,28 @@ def test_writing_into_a_folder_of_released_files_keeps_them_in_use(tmp_path, cap
     }
     assert all(_digests(folder)[name] == data for name, data in before.items())
     assert weights_main(["verify", str(folder)]) == 0  # every file now has a recorded sha256
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"", "is empty (0 bytes)"),
+        (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 326000000\n",
+            "is a Git LFS pointer",
+        ),
+        (b"<!DOCTYPE html><html>Not Found</html>", "is a text (HTML, JSON or XML) file"),
+        (b"hello world\n", "is a text file ('hello world' ...)"),
+        (
+            bytes(range(1, 255)) * 4,
+            "is not a torch checkpoint (neither a zip archive as torch writes nor a pickle)",
+        ),
+        (b"\x1f\x8b\x08\x00rest", "is gzip-compressed"),
+    ],
+)
+def test_importing_a_file_that_is_no_checkpoint_says_what_it_is(tmp_path, content, said, capsys):
+    file = tmp_path / "flair_gen.pt"
+    file.write_bytes(content)
+    assert weights_main(["import-official", str(file), "--out", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert f"{file} {said}" in err and "Traceback" not in err
