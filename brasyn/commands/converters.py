@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import reprlib
 from collections.abc import Callable
 from typing import Any
 
@@ -39,9 +40,17 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _WHOLE = re.compile(r"[+-]?\d+")
 
 
+_SHOWN = reprlib.Repr()
+# a message names a value, it does not reproduce it: a long list or text is cut, never walked in full
+_SHOWN.maxstring = _SHOWN.maxother = 120
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 8
+_SHOWN.maxlevel = 3
+
+
 def shown_value(value: Any) -> str:
-    """A value as the user wrote it, quoted when it is text (so ``'2.7'`` and ``2.7`` can be told apart)."""
-    return repr(value) if isinstance(value, str) else str(value)
+    """A value as the user wrote it, quoted when it is text (so ``'2.7'`` and ``2.7`` can be told apart),
+    at most a line long."""
+    return _SHOWN.repr(value)
 
 
 def _refuse(expected: str, value: Any) -> argparse.ArgumentTypeError:
