@@ -52,7 +52,9 @@ def _score_parser() -> argparse.ArgumentParser:
         "flat folder of <case>-<contrast>.nii.gz (+ <case>-seg.nii.gz)",
     )
     s.add_argument(
-        "--seg", type=Path, help="folder of tumour segmentations (<case>*seg*.nii.gz or <case>/...)"
+        "--seg",
+        type=Path,
+        help="folder of tumour segmentations (<case>-seg.nii.gz, or <case>/ holding a *seg* file)",
     )
     s.add_argument("--dropped", type=Path, help="record written by drop: a missing prediction then fails")
     s.add_argument("--json", type=Path, help="write the scores here as JSON (outside the predictions folder)")

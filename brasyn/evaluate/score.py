@@ -46,7 +46,7 @@ from brasyn.data.modalities import (
 from brasyn.data.volumes import Volume, grid_difference, load_volume
 from brasyn.evaluate.metrics import PROTOCOL
 from brasyn.evaluate.metrics import score as score_volumes
-from brasyn.evaluate.pairing import Pair, pair_predictions
+from brasyn.evaluate.pairing import Pair, pair_predictions, segmentation_in
 
 __all__ = [
     "DROP_CHOICES",
@@ -198,12 +198,6 @@ def _tumour_mask(path: Path, shape: tuple[int, ...], case: str) -> np.ndarray | 
     return mask
 
 
-def _segmentation_in(folder: Path, case: str) -> Path | None:
-    """A case's tumour segmentation in a --seg folder: ``<case>*.nii(.gz)`` or a file in ``<case>/``."""
-    candidates = sorted(folder.glob(f"{case}*.nii*")) + sorted((folder / case).glob("*seg*.nii*"))
-    return candidates[0] if candidates else None
-
-
 def score_pair(pair: Pair, device: torch.device | str = "cpu") -> Row:
     """Load, check and score one pair; a problem of the files becomes a failed row, never an exception."""
     start = time.perf_counter()
@@ -332,6 +326,12 @@ def score(request: ScoreRequest) -> ExitCode:
     for name, folder in (("predictions", request.predictions), ("truth", request.truth)):
         if not folder.is_dir():
             raise UsageError(f"the {name} folder {folder} does not exist or is not a folder")
+    if is_inside(request.predictions, request.truth) or is_inside(request.truth, request.predictions):
+        raise UsageError(
+            f"the predictions folder {request.predictions} and the truth folder {request.truth} are the same "
+            "or one holds the other, so images would be scored against themselves; give the folder of "
+            "synthetic images as --pred"
+        )
     for name, path in (("json", request.json_report), ("csv", request.csv_report)):
         if path is not None and is_inside(path, request.predictions):
             raise UsageError(f"--{name} {path} lies inside the predictions folder; put it elsewhere")
@@ -340,9 +340,15 @@ def score(request: ScoreRequest) -> ExitCode:
     dropped = _read_dropped(request.dropped) if request.dropped else None
     device = _score_device(request.device)
     pairs, errors = pair_predictions(request.predictions, request.truth)
+    if not pairs and not errors:
+        # as the main job does for an empty input: a wrong folder must not pass for a run with nothing to do
+        raise UsageError(
+            f"the predictions folder {request.predictions} holds no NIfTI image (is it the right folder?); "
+            "expected <case>-<contrast>.nii.gz files or <case>/ folders of them"
+        )
     if request.seg is not None:
         pairs = [
-            replace(p, segmentation=_segmentation_in(request.seg, p.case) or p.segmentation) for p in pairs
+            replace(p, segmentation=segmentation_in(request.seg, p.case) or p.segmentation) for p in pairs
         ]
     rows = [Row(e.case, None, "failed", message=e.message) for e in errors]
     if dropped is not None:

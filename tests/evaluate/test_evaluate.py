@@ -303,6 +303,84 @@ def test_the_documented_form_takes_pred_seg_and_writes_csv_with_brain_masked_sco
     assert main(["--pred", str(predictions), "--truth", str(truth), "--csv", str(predictions / "x.csv")]) == 2
 
 
+def _scored(tmp_path: Path, predictions: Path, truth: Path, *extra: str) -> dict[str, dict]:
+    report = tmp_path / "scores.json"
+    args = ["--pred", str(predictions), "--truth", str(truth), "--device", "cpu", "--json", str(report)]
+    assert main([*args, *extra]) == 0
+    return {row["case"]: row for row in json.loads(report.read_text())["cases"]}
+
+
+def test_in_a_flat_truth_folder_a_case_without_a_segmentation_takes_no_other_cases(tmp_path):
+    truth, predictions = tmp_path / "truth", tmp_path / "pred"
+    for i, case in enumerate(("caseA", "caseB")):
+        save_nifti(truth / f"{case}-t2f.nii.gz", phantom(SHAPE, seed=i))
+        save_nifti(predictions / f"{case}-t2f.nii.gz", phantom(SHAPE, seed=10 + i))
+    save_nifti(truth / "caseB-seg.nii.gz", (phantom(SHAPE, seed=9) > 500).astype(np.uint8))
+    rows = _scored(tmp_path, predictions, truth)
+    assert rows["caseA"]["segmentation"] is None and rows["caseA"]["ssim_tumor"] is None
+    assert rows["caseB"]["segmentation"] == str(truth / "caseB-seg.nii.gz")
+    assert rows["caseB"]["ssim_tumor"] is not None
+
+
+def test_a_seg_folder_gives_a_case_only_its_own_segmentation_never_a_mask(tmp_path):
+    truth, predictions, segs = tmp_path / "truth", tmp_path / "pred", tmp_path / "segs"
+    for i, case in enumerate(("case1", "case10", "case2")):
+        make_case(truth, case, ("t2f",), shape=SHAPE, seed=i)
+        save_nifti(predictions / f"{case}-t2f.nii.gz", phantom(SHAPE, seed=10 + i))
+    tumour = (phantom(SHAPE, seed=9) > 500).astype(np.uint8)
+    save_nifti(segs / "case10-seg.nii.gz", tumour)
+    save_nifti(segs / "case1-brainmask.nii.gz", np.ones(SHAPE, np.uint8))
+    save_nifti(segs / "case2" / "tumour_seg.nii.gz", tumour)
+    save_nifti(segs / "case2" / "seg_brainmask.nii.gz", np.ones(SHAPE, np.uint8))
+    rows = _scored(tmp_path, predictions, truth, "--seg", str(segs))
+    assert rows["case1"]["segmentation"] is None and rows["case1"]["ssim_tumor"] is None
+    assert rows["case10"]["segmentation"] == str(segs / "case10-seg.nii.gz")
+    assert rows["case2"]["segmentation"] == str(segs / "case2" / "tumour_seg.nii.gz")
+
+
+def test_one_pairing_reads_segmentation_names_alike_in_both_forms(tmp_path):
+    from brasyn.evaluate.pairing import segmentation_in
+
+    flat, folders = tmp_path / "flat", tmp_path / "folders"
+    names = [
+        "case1-brainmask.nii.gz",
+        "case10-seg.nii.gz",
+        "case2_SEG.nii",
+        "case3.seg.nii.gz",
+    ]
+    for name in names:
+        _placeholders(tmp_path, "flat", name)
+        case = name.split("-")[0].split("_")[0].split(".")[0]
+        _placeholders(folders, case, name)
+    for root in (flat, folders):
+        assert segmentation_in(root, "case1") is None
+        assert segmentation_in(root, "case10").name == "case10-seg.nii.gz"
+        assert segmentation_in(root, "case2").name == "case2_SEG.nii"
+        assert segmentation_in(root, "case3").name == "case3.seg.nii.gz"
+
+
+def test_an_empty_predictions_folder_exits_2_without_a_table(tmp_path, capsys):
+    truth, _ = _truth_and_predictions(tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert main(["--pred", str(tmp_path / "empty"), "--truth", str(truth), "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"the predictions folder {tmp_path / 'empty'} holds no NIfTI image" in captured.err
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "holding"])
+def test_predictions_that_are_or_nest_with_the_truth_exit_2(tmp_path, capsys, where):
+    truth, _ = _truth_and_predictions(tmp_path)
+    predictions = {"same": truth, "inside": truth / "BraTS-GLI-00001-000", "holding": tmp_path}[where]
+    report = tmp_path.parent / f"{tmp_path.name}-scores.json"
+    args = ["--pred", str(predictions), "--truth", str(truth), "--device", "cpu", "--json", str(report)]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not report.exists()
+    assert "are the same or one holds the other" in captured.err and "Traceback" not in captured.err
+
+
 def test_scoring_is_announced_before_the_wait_and_counts_the_cases(tmp_path, capsys):
     truth, predictions = _truth_and_predictions(tmp_path)
     assert main(["--pred", str(predictions), "--truth", str(truth), "--device", "cpu"]) == 0
