@@ -383,7 +383,7 @@ def test_evaluate_takes_v_and_refuses_a_bad_device(tmp_path, capsys, brasyn_logg
     (tmp_path / "pred").mkdir()
     (tmp_path / "truth").mkdir()
     base = ["--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth"), "--device", "cpu"]
-    assert main([*base, "-v"]) == 0
+    assert main([*base, "-v"]) == 2  # an empty --pred: nothing to score
     assert brasyn_logger.level == logging.DEBUG
     assert main(["drop", "-v", "--input", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2
     assert brasyn_logger.level == logging.DEBUG
