@@ -16,8 +16,10 @@ import math
 import re
 import reprlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from brasyn.common.files import write_problem
 from brasyn.data.contrast_map import ContrastMap, MapError, parse_map
 from brasyn.data.modalities import modality_from_alias
 from brasyn.inference.sharding import Shard, parse_shard
@@ -29,6 +31,7 @@ __all__ = [
     "device_spec",
     "map_spec",
     "one_of",
+    "output_file",
     "real_number",
     "shard_spec",
     "whole_number",
@@ -170,3 +173,15 @@ def shard_spec(value: Any) -> Shard:
         return parse_shard(str(value))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def output_file(value: Any) -> Path:
+    """A file a command writes after its work (``--json``, ``--csv``): checked now, so that a path that
+    cannot be written stops the command before the work rather than with a traceback after it."""
+    path = Path(str(value))
+    problem = write_problem(path)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(
+            f"cannot write {path}: {problem}; name a file in a folder this user may write"
+        )
+    return path

@@ -21,7 +21,7 @@ import argparse
 from pathlib import Path
 
 from brasyn.commands.command import Subcommands, parse_arguments, run_command
-from brasyn.commands.converters import one_of, whole_number
+from brasyn.commands.converters import one_of, output_file, whole_number
 from brasyn.commands.options import add_device_option, add_verbosity_option
 from brasyn.commands.segment import main as segment_main
 from brasyn.common.errors import ExitCode, UsageError
@@ -57,9 +57,11 @@ def _score_parser() -> argparse.ArgumentParser:
         help="folder of tumour segmentations (<case>-seg.nii.gz, or <case>/ holding a *seg* file)",
     )
     s.add_argument("--dropped", type=Path, help="record written by drop: a missing prediction then fails")
-    s.add_argument("--json", type=Path, help="write the scores here as JSON (outside the predictions folder)")
     s.add_argument(
-        "--csv", type=Path, help="write the per-case rows here as CSV (outside the predictions folder)"
+        "--json", type=output_file, help="write the scores here as JSON (outside the predictions folder)"
+    )
+    s.add_argument(
+        "--csv", type=output_file, help="write the per-case rows here as CSV (outside the predictions folder)"
     )
     add_device_option(s)
     add_verbosity_option(s)

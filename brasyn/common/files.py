@@ -16,12 +16,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["CHUNK", "atomic_write", "current_umask", "permitted_mode", "publish", "sha256_file"]
+__all__ = [
+    "CHUNK",
+    "NAME_MAX",
+    "atomic_write",
+    "current_umask",
+    "long_name",
+    "permitted_mode",
+    "publish",
+    "sha256_file",
+    "write_problem",
+]
 
 _UMASK_LOCK = threading.Lock()
 
 CHUNK = 1 << 20
 """Bytes read at a time when hashing."""
+NAME_MAX = 255
+"""Bytes one file or folder name may have (ext4, XFS, Btrfs, tmpfs, overlayfs; NTFS and APFS count 255
+characters)."""
 
 
 def current_umask() -> int:
@@ -94,3 +107,37 @@ def atomic_write(
         tmp.unlink(missing_ok=True)
         raise
     return digest
+
+
+def long_name(path: Path) -> str | None:
+    """The first part of ``path`` longer than :data:`NAME_MAX` bytes, which no file system here can hold;
+    None when every part fits. Asked before the path is touched: the system refuses such a name with
+    ENAMETOOLONG wherever it is used, even in a mere existence check."""
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            return part
+    return None
+
+
+def write_problem(path: Path) -> str | None:
+    """Why a file could not be written at ``path`` now, in words (``it is a folder``, ``Read-only file
+    system`` ...), or None when it could. Asked at start-up, so that a report named on the command line
+    fails before the work, not after it. A probe file is made and removed in the nearest folder that exists
+    (the folders above ``path`` are made when it is written); nothing stays behind."""
+    too_long = long_name(path)
+    if too_long is not None:
+        return f"the name {too_long[:40]}... is {len(os.fsencode(too_long))} bytes, more than {NAME_MAX}"
+    try:
+        if path.is_dir():
+            return "it is a folder"
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            return f"{folder} is a file, not a folder"
+        fd, probe = tempfile.mkstemp(prefix=".brasyn-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None

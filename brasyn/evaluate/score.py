@@ -19,6 +19,7 @@ The command line is :mod:`brasyn.commands.evaluate`.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -35,7 +36,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from brasyn.common.errors import CaseError, ExitCode, UsageError
+from brasyn.common.errors import BrasynError, CaseError, ExitCode, UsageError
+from brasyn.common.files import atomic_write
 from brasyn.common.runtime import select_device
 from brasyn.common.version import __version__
 from brasyn.data.cases import Case, complete_cases, discover
@@ -285,6 +287,18 @@ def is_inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _write_report(path: Path, text: str) -> None:
+    """A report, whole or not at all (its folder checked at start-up; the disk may still fill)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+    except OSError as exc:
+        raise BrasynError(
+            f"cannot write the report {path}: {exc.strerror or exc}; the table printed above holds the "
+            "scores: free space or choose another place and score again"
+        ) from exc
+
+
 def _score_device(spec: str) -> torch.device:
     if spec.strip().lower() == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")  # SSIM is cheap on the CPU: no warning needed
@@ -410,13 +424,12 @@ def score(request: ScoreRequest) -> ExitCode:
             "summary": summary,
             "cases": [r.to_dict() for r in rows],
         }
-        request.json_report.parent.mkdir(parents=True, exist_ok=True)
-        request.json_report.write_text(json.dumps(report, indent=2) + "\n")
+        _write_report(request.json_report, json.dumps(report, indent=2) + "\n")
     if request.csv_report is not None:
-        request.csv_report.parent.mkdir(parents=True, exist_ok=True)
-        with open(request.csv_report, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0].to_dict()) if rows else ["case"])
-            writer.writeheader()
-            for row in rows:
-                writer.writerow(row.to_dict())
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=list(rows[0].to_dict()) if rows else ["case"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row.to_dict())
+        _write_report(request.csv_report, table.getvalue())
     return ExitCode.FAILED_CASES if summary["failed"] else ExitCode.OK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -13,7 +14,7 @@ from brasyn.commands.evaluate import main
 from brasyn.data.phantom import BRATS_AFFINE, phantom
 from brasyn.evaluate.pairing import pair_predictions
 from brasyn.evaluate.score import drop_choices
-from tests.helpers import make_case, save_nifti
+from tests.helpers import fill, make_case, mounted_tmpfs, save_nifti
 
 SHAPE = (24, 24, 20)
 ALL = ("t1n", "t1c", "t2w", "t2f")
@@ -379,6 +380,42 @@ def test_predictions_that_are_or_nest_with_the_truth_exit_2(tmp_path, capsys, wh
     captured = capsys.readouterr()
     assert captured.out == "" and not report.exists()
     assert "are the same or one holds the other" in captured.err and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("option", ["--json", "--csv"])
+@pytest.mark.parametrize("where", ["read-only", "under-a-file"])
+def test_a_report_that_cannot_be_written_stops_the_scoring_before_it_starts(tmp_path, capsys, option, where):
+    truth, predictions = _truth_and_predictions(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with contextlib.ExitStack() as stack:
+        if where == "read-only":
+            report = stack.enter_context(mounted_tmpfs(tmp_path / "ro", read_only=True)) / "scores"
+        else:
+            report = tmp_path / "file" / "scores"
+        code = main(
+            ["--pred", str(predictions), "--truth", str(truth), "--device", "cpu", option, str(report)]
+        )
+    assert code == 2
+    captured = capsys.readouterr()
+    assert f"argument {option}: cannot write {report}: " in captured.err
+    assert "name a file in a folder this user may write" in captured.err
+    assert "scoring" not in captured.err and captured.out == "" and "Traceback" not in captured.err
+
+
+def test_a_disk_that_fills_before_the_report_leaves_no_part_of_it(tmp_path, capsys):
+    truth, predictions = _truth_and_predictions(tmp_path)
+    with mounted_tmpfs(tmp_path / "small", size="64k") as small:
+        fill(small)
+        report = small / "scores.json"
+        code = main(
+            ["--pred", str(predictions), "--truth", str(truth), "--device", "cpu", "--json", str(report)]
+        )
+        assert sorted(p.name for p in small.iterdir()) == ["filler"]
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "mean (n=2)" in captured.out  # the scores were printed
+    assert f"cannot write the report {report}: No space left on device" in captured.err
+    assert "Traceback" not in captured.err
 
 
 def test_scoring_is_announced_before_the_wait_and_counts_the_cases(tmp_path, capsys):
