@@ -25,6 +25,7 @@ from brasyn.commands.converters import one_of, output_file, whole_number
 from brasyn.commands.options import add_device_option, add_verbosity_option
 from brasyn.commands.segment import main as segment_main
 from brasyn.common.errors import ExitCode, UsageError
+from brasyn.common.files import write_problem
 from brasyn.evaluate.score import DEFAULT_DROP_SEED, PROTOCOLS, ScoreRequest, drop, is_inside, score
 
 __all__ = ["main"]
@@ -102,6 +103,11 @@ def _drop_command(args: argparse.Namespace) -> ExitCode:
         raise UsageError(
             f"the record {record} lies inside the output folder, where the container would see the answer; "
             "put it elsewhere"
+        )
+    problem = write_problem(record)
+    if problem is not None:
+        raise UsageError(
+            f"cannot write the record {record}: {problem}; give --record a file this user may write"
         )
     if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
         raise UsageError(f"the output folder {args.output} is not empty; give a new or empty folder")

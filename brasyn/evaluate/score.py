@@ -25,6 +25,7 @@ import logging
 import math
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
@@ -37,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from brasyn.common.errors import BrasynError, CaseError, ExitCode, UsageError
-from brasyn.common.files import atomic_write
+from brasyn.common.files import CHUNK, atomic_write
 from brasyn.common.runtime import select_device
 from brasyn.common.version import __version__
 from brasyn.data.cases import Case, complete_cases, discover
@@ -45,7 +46,7 @@ from brasyn.data.modalities import (
     MODALITIES,
     Modality,
 )
-from brasyn.data.volumes import Volume, grid_difference, load_volume
+from brasyn.data.volumes import Volume, grid_difference, load_volume, temporary_prefix
 from brasyn.evaluate.metrics import PROTOCOL
 from brasyn.evaluate.metrics import score as score_volumes
 from brasyn.evaluate.pairing import Pair, pair_predictions, segmentation_in
@@ -97,10 +98,38 @@ def drop_choices(case_ids: Iterable[str], seed: int = DEFAULT_DROP_SEED) -> dict
     return {case_id: Modality(rng.choice(DROP_CHOICES)) for case_id in case_ids}
 
 
+def _copy(source: Path, target: Path, output: Path, case_id: str) -> None:
+    """One file of a case into the case's staging folder; a CaseError says which side failed."""
+    try:
+        with open(source, "rb") as reader, open(target, "wb") as writer:
+            shutil.copyfileobj(reader, writer, CHUNK)
+    except OSError as exc:
+        if exc.filename == str(source):
+            message = f"cannot read {source}: {exc.strerror or exc}; make it readable"
+        else:
+            problem = exc.strerror or exc
+            message = f"cannot write {source.name} into {output}: {problem}; free space or fix the storage"
+        raise CaseError(case_id, f"{message}, then drop again into a new folder", [source]) from exc
+
+
+def _copy_case(case_id: str, files: list[Path], output: Path) -> None:
+    """The files of one case into ``output/<case>/``, all or none: copied into a staging folder of this
+    run's, renamed into place when complete, removed when not."""
+    staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(), dir=output))
+    try:
+        for path in files:
+            _copy(path, staging / path.name, output, case_id)
+        staging.rename(output / case_id)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def drop(input_root: Path, output: Path, seed: int, record: Path, protocol: str = "medperf") -> ExitCode:
     """Copy every complete case of ``input_root`` into ``output`` less one random contrast: the MedPerf
     preparation's draw (``seed``), or with ``protocol="brasyn"`` the organisers' pseudo-validation draw,
-    which also copies every other file of the case (its segmentation included)."""
+    which also copies every other file of the case (its segmentation included). A case that cannot be
+    copied (a file unreadable, the disk full) fails alone and leaves nothing in ``output``."""
     found = discover(input_root)
     ids = [item.id if isinstance(item, Case) else item.case for item in found]
     choices = brasyn_drop_choices(ids) if protocol == "brasyn" else drop_choices(ids, seed)
@@ -110,8 +139,6 @@ def drop(input_root: Path, output: Path, seed: int, record: Path, protocol: str 
     dropped: dict[str, str] = {}
     for item in complete:
         left_out = choices[item.id]
-        folder = output / item.id
-        folder.mkdir(parents=True)
         # a case among others in a flat folder owns the files named after it, not the whole folder
         own = item.folder.name == item.id
         kept = (
@@ -125,12 +152,22 @@ def drop(input_root: Path, output: Path, seed: int, record: Path, protocol: str 
             if protocol == "brasyn"
             else [path for modality, path in item.files.items() if modality is not left_out]
         )
-        for path in kept:
-            shutil.copyfile(path, folder / path.name)
+        try:
+            _copy_case(item.id, kept, output)
+        except CaseError as error:
+            log.error("[failed] %s: %s", error.case, error.message)
+            rest.append(error)
+            continue
         dropped[item.id] = left_out.value
         log.info("%s: dropped %s (%s)", item.id, left_out.value, item.files[left_out].name)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(dropped, indent=2) + "\n")
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(record, lambda handle: handle.write((json.dumps(dropped, indent=2) + "\n").encode()))
+    except OSError as exc:
+        raise BrasynError(
+            f"cannot write the record {record}: {exc.strerror or exc}; free space or fix the storage, then "
+            "drop again into a new folder"
+        ) from exc
     log.info(
         "%d case(s) written to %s, %d failed; dropped contrasts in %s",
         len(dropped),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,70 @@ def test_drop_leaves_out_what_the_medperf_cube_draws(tmp_path):
     assert sorted(p.name for p in (tmp_path / "test").iterdir()) == sorted(ids)
 
 
+def _sized_case(root: Path, case_id: str, size: int) -> dict[str, bytes]:
+    """A complete case of incompressible placeholder files of ``size`` bytes each: drop copies bytes."""
+    rng = np.random.default_rng(len(case_id) + size)
+    contents = {f"{case_id}-{m}.nii.gz": rng.bytes(size) for m in ALL}
+    (root / case_id).mkdir(parents=True)
+    for name, data in contents.items():
+        (root / case_id / name).write_bytes(data)
+    return contents
+
+
+def _copied_whole(output: Path, contents: dict[str, dict[str, bytes]]) -> None:
+    """Every case folder in ``output`` holds whole copies, and nothing else is there."""
+    assert sorted(p.name for p in output.iterdir()) == sorted(contents)
+    for case_id, files in contents.items():
+        for path in (output / case_id).iterdir():
+            assert path.read_bytes() == files[path.name]
+
+
+def test_drop_on_a_disk_that_fills_fails_that_case_alone_and_leaves_no_part_of_it(tmp_path, capsys):
+    truth = tmp_path / "truth"
+    contents = {c: _sized_case(truth, c, size) for c, size in (("A", 8192), ("B", 65536), ("C", 8192))}
+    with mounted_tmpfs(tmp_path / "disk", size="160k") as disk:
+        code = main(["drop", "--input", str(truth), "--output", str(disk / "test")])
+        _copied_whole(disk / "test", {c: contents[c] for c in ("A", "C")})
+        record = json.loads((disk / "test_dropped.json").read_text())
+    assert code == 1 and sorted(record) == ["A", "C"]
+    err = capsys.readouterr().err
+    assert "[failed] B: cannot write B-" in err and f"into {disk / 'test'}: No space left on device" in err
+    assert "then drop again into a new folder" in err and "Traceback" not in err
+
+
+def test_drop_with_an_unreadable_truth_file_fails_that_case_alone(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0 or subprocess.run(["which", "setpriv"], capture_output=True).returncode:
+        pytest.skip("needs root and setpriv to run drop as a user who cannot read a file")
+    # outside tmp_path, whose parents only root may enter
+    base = Path(tempfile.mkdtemp(prefix="brasyn-drop-"))
+    try:
+        base.chmod(0o755)
+        truth = base / "truth"
+        contents = {c: _sized_case(truth, c, 1024) for c in ("A", "B", "C")}
+        locked = truth / "B" / "B-t1n.nii.gz"
+        locked.chmod(0)
+        work = base / "work"
+        work.mkdir(mode=0o777)
+        work.chmod(0o777)
+        command = ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", sys.executable]
+        command += ["-m", "brasyn.evaluate", "drop", "--input", str(truth), "--output", str(work / "test")]
+        command += ["--seed", "1"]
+        run = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[2])
+        assert run.returncode == 1, run.stderr
+        draw = drop_choices(["A", "B", "C"], seed=1)
+        assert draw["B"].value != "t1n"  # the locked file is one drop copies
+        _copied_whole(work / "test", {c: contents[c] for c in ("A", "C")})
+        assert f"[failed] B: cannot read {locked}: Permission denied; make it readable" in run.stderr
+        assert "Traceback" not in run.stderr
+    finally:
+        shutil.rmtree(base)
+
+
 def test_drop_choices_follow_the_seed_without_touching_the_global_generator():
     random.seed(123)
     state = random.getstate()
@@ -89,6 +154,17 @@ def test_drop_refuses_to_hide_the_answer_in_the_output_or_mix_with_old_files(tmp
     assert main(base) == 2
     assert "is not empty" in capsys.readouterr().err
     assert main(["drop", "--input", str(tmp_path / "truth"), "--output", str(tmp_path / "truth" / "x")]) == 2
+
+
+def test_drop_refuses_a_record_it_cannot_write_before_copying(tmp_path, capsys):
+    _brats(tmp_path / "truth", "A")
+    with mounted_tmpfs(tmp_path / "ro", read_only=True) as read_only:
+        record = read_only / "record.json"
+        args = ["drop", "--input", str(tmp_path / "truth"), "--output", str(tmp_path / "out")]
+        assert main([*args, "--record", str(record)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write the record {record}: Read-only file system; give --record a file" in err
+    assert not (tmp_path / "out").exists() and "Traceback" not in err
 
 
 # --- pairing -----------------------------------------------------------------------------------------
