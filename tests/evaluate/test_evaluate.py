@@ -518,7 +518,7 @@ def test_the_demo_announces_its_scoring_before_the_scores(tmp_path, monkeypatch,
 
     def synthesise(argv: list[str]) -> int:  # the main job stands in: the real FLAIR as the "synthetic" one
         output = Path(argv[argv.index("--output") + 1])
-        output.mkdir(parents=True)
+        output.mkdir(parents=True, exist_ok=True)
         name = "BraTS-GLI-00001-000-t2f.nii.gz"
         shutil.copy(truth / "BraTS-GLI-00001-000" / name, output / name)
         return 0
