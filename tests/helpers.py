@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -216,3 +218,42 @@ def documentation_pages() -> list[Path]:
 def documentation_text() -> str:
     """The text of README.md and every docs/*.md page, joined."""
     return "\n".join(page.read_text() for page in documentation_pages())
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, size: str = "1m", read_only: bool = False) -> Iterator[Path]:
+    """A real small (or read-only) file system at ``folder`` for the test's duration: the disk-full and
+    read-only faults as the kernel gives them, which root (the suite's usual user) meets too, where chmod
+    stops no one. Skips the test where mounting is not permitted."""
+    import subprocess
+
+    import pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small or read-only file system needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path) -> None:
+    """Fill the file system of ``folder`` (a small tmpfs) to the last byte."""
+    import errno
+
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)

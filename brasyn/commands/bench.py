@@ -23,7 +23,7 @@ import torch
 
 from brasyn.bench.speed import BenchSettings, run
 from brasyn.commands.command import Subcommands, parse_arguments, print_json, run_command
-from brasyn.commands.converters import one_of, whole_number
+from brasyn.commands.converters import one_of, output_file, whole_number
 from brasyn.commands.gpu_check import main as gpu_main
 from brasyn.commands.loader_bench import loader_main, quantisation_main
 from brasyn.commands.options import (
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stored grid of the end-to-end case (default 240 240 155 for the default --shape, else --shape)",
     )
     parser.add_argument("--no-case", dest="case", action="store_false", help="skip the end-to-end case")
-    parser.add_argument("--json", type=Path, help="also write the JSON to this file")
+    parser.add_argument("--json", type=output_file, help="also write the JSON to this file")
     add_verbosity_option(parser)
     return parser
 

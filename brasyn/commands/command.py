@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from brasyn.common.errors import BrasynError, ExitCode
+from brasyn.common.files import atomic_write
 from brasyn.common.logs import configure_logging
 from brasyn.common.runtime import writable_cache_environment
 
@@ -79,7 +80,13 @@ def print_json(result: Any, path: Path | None = None) -> None:
     text = json.dumps(result, indent=2)
     print(text, flush=True)
     if path is not None:
-        path.write_text(text + "\n")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda handle: handle.write((text + "\n").encode()))
+        except OSError as exc:
+            raise BrasynError(
+                f"cannot write {path}: {exc.strerror or exc}; the JSON printed above is the whole result"
+            ) from exc
 
 
 Main = Callable[[list[str]], int]

@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import reprlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from brasyn.common.files import write_problem
 from brasyn.data.contrast_map import ContrastMap, MapError, parse_map
 from brasyn.data.modalities import modality_from_alias
 from brasyn.inference.sharding import Shard, parse_shard
@@ -28,6 +31,7 @@ __all__ = [
     "device_spec",
     "map_spec",
     "one_of",
+    "output_file",
     "real_number",
     "shard_spec",
     "whole_number",
@@ -39,9 +43,17 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _WHOLE = re.compile(r"[+-]?\d+")
 
 
+_SHOWN = reprlib.Repr()
+# a message names a value, it does not reproduce it: a long list or text is cut, never walked in full
+_SHOWN.maxstring = _SHOWN.maxother = 120
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 8
+_SHOWN.maxlevel = 3
+
+
 def shown_value(value: Any) -> str:
-    """A value as the user wrote it, quoted when it is text (so ``'2.7'`` and ``2.7`` can be told apart)."""
-    return repr(value) if isinstance(value, str) else str(value)
+    """A value as the user wrote it, quoted when it is text (so ``'2.7'`` and ``2.7`` can be told apart),
+    at most a line long."""
+    return _SHOWN.repr(value)
 
 
 def _refuse(expected: str, value: Any) -> argparse.ArgumentTypeError:
@@ -161,3 +173,15 @@ def shard_spec(value: Any) -> Shard:
         return parse_shard(str(value))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def output_file(value: Any) -> Path:
+    """A file a command writes after its work (``--json``, ``--csv``): checked now, so that a path that
+    cannot be written stops the command before the work rather than with a traceback after it."""
+    path = Path(str(value))
+    problem = write_problem(path)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(
+            f"cannot write {path}: {problem}; name a file in a folder this user may write"
+        )
+    return path

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
+import os
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -19,15 +19,21 @@ from brasyn.commands.command import verbosity
 from brasyn.commands.example import DEFAULT_SOURCE, write_example
 from brasyn.commands.options import add_verbosity_option
 from brasyn.common.errors import ExitCode
+from brasyn.common.files import own_folder, private_folder
 from brasyn.common.logs import configure_logging
 from brasyn.evaluate.pairing import pair_predictions
 from brasyn.evaluate.score import score_pair
 
-__all__ = ["DEFAULT_OUT", "build_demo_parser", "run_demo"]
+__all__ = ["build_demo_parser", "default_work_folder", "run_demo"]
 
 log = logging.getLogger("brasyn")
 
-DEFAULT_OUT = Path(tempfile.gettempdir()) / "brasyn-demo"
+
+def default_work_folder() -> Path:
+    """``brasyn/demo`` in this user's cache folder (``$XDG_CACHE_HOME``, else ``~/.cache``): private to
+    the user, where a fixed folder in ``/tmp`` could be a link another user planted."""
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(cache) if os.path.isabs(cache) else Path.home() / ".cache") / "brasyn" / "demo"
 
 
 DESCRIPTION = (
@@ -68,7 +74,10 @@ def build_demo_parser(main_parser: argparse.ArgumentParser | None = None) -> arg
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help=f"work folder (default {DEFAULT_OUT})"
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help=f"work folder (default {default_work_folder()}, made private to this user)",
     )
     add_verbosity_option(parser)
     return parser
@@ -79,16 +88,17 @@ def run_demo(
     synthesise: Callable[[list[str]], int],
     main_parser: argparse.ArgumentParser | None = None,
 ) -> int:
-    """Write the example under ``--out`` (default :data:`DEFAULT_OUT`), run ``synthesise`` on it with the
-    remaining options, and log the scores against the withheld real contrast. ``main_parser`` (the main
-    job's) names the options passed on in ``--help``."""
+    """Write the example under ``--out`` (default :func:`default_work_folder`), run ``synthesise`` on it
+    with the remaining options, and log the scores against the withheld real contrast. ``main_parser``
+    (the main job's) names the options passed on in ``--help``."""
     known, rest = build_demo_parser(main_parser).parse_known_args(argv)
     configure_logging(verbosity(known))
     # the main job sets up the log again from its own arguments: hand it the same -v / -q
     rest = [*rest, *(["-q"] if known.quiet else ["-v"] * known.verbose)]
-    kind = write_example(known.out)
-    output = known.out / "output"
-    inputs = ["--input", str(known.out / "input"), "--output", str(output)]
+    out = known.out if known.out is not None else private_folder(default_work_folder())
+    kind = write_example(out)
+    output = own_folder(out / "output")
+    inputs = ["--input", str(out / "input"), "--output", str(output)]
     code = synthesise([*inputs, "--sampler", "ddim", "--steps", "20", "--overwrite", *rest])
     if code == ExitCode.OK and kind == "real":
         pairs, _ = pair_predictions(output, DEFAULT_SOURCE)

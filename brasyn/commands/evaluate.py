@@ -21,10 +21,11 @@ import argparse
 from pathlib import Path
 
 from brasyn.commands.command import Subcommands, parse_arguments, run_command
-from brasyn.commands.converters import one_of, whole_number
+from brasyn.commands.converters import one_of, output_file, whole_number
 from brasyn.commands.options import add_device_option, add_verbosity_option
 from brasyn.commands.segment import main as segment_main
 from brasyn.common.errors import ExitCode, UsageError
+from brasyn.common.files import write_problem
 from brasyn.evaluate.score import DEFAULT_DROP_SEED, PROTOCOLS, ScoreRequest, drop, is_inside, score
 
 __all__ = ["main"]
@@ -52,12 +53,16 @@ def _score_parser() -> argparse.ArgumentParser:
         "flat folder of <case>-<contrast>.nii.gz (+ <case>-seg.nii.gz)",
     )
     s.add_argument(
-        "--seg", type=Path, help="folder of tumour segmentations (<case>*seg*.nii.gz or <case>/...)"
+        "--seg",
+        type=Path,
+        help="folder of tumour segmentations (<case>-seg.nii.gz, or <case>/ holding a *seg* file)",
     )
     s.add_argument("--dropped", type=Path, help="record written by drop: a missing prediction then fails")
-    s.add_argument("--json", type=Path, help="write the scores here as JSON (outside the predictions folder)")
     s.add_argument(
-        "--csv", type=Path, help="write the per-case rows here as CSV (outside the predictions folder)"
+        "--json", type=output_file, help="write the scores here as JSON (outside the predictions folder)"
+    )
+    s.add_argument(
+        "--csv", type=output_file, help="write the per-case rows here as CSV (outside the predictions folder)"
     )
     add_device_option(s)
     add_verbosity_option(s)
@@ -98,6 +103,11 @@ def _drop_command(args: argparse.Namespace) -> ExitCode:
         raise UsageError(
             f"the record {record} lies inside the output folder, where the container would see the answer; "
             "put it elsewhere"
+        )
+    problem = write_problem(record)
+    if problem is not None:
+        raise UsageError(
+            f"cannot write the record {record}: {problem}; give --record a file this user may write"
         )
     if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
         raise UsageError(f"the output folder {args.output} is not empty; give a new or empty folder")

@@ -26,7 +26,8 @@ import numpy as np
 
 from brasyn.commands.command import parse_arguments, run_command
 from brasyn.commands.options import add_verbosity_option
-from brasyn.common.errors import BrasynError, ExitCode
+from brasyn.common.errors import BrasynError, ExitCode, UsageError
+from brasyn.common.files import atomic_write, own_folder
 from brasyn.data.phantom import Lesion, Rings, phantom, write_phantom_case
 from brasyn.transform.preprocess import BRATS_SHAPE
 
@@ -36,6 +37,7 @@ log = logging.getLogger("brasyn.example")
 
 EXAMPLE_CASE = "BraTS-GLI-00001-000"
 WITHHELD = "t2f"
+CONDITIONS = ("t1n", "t1c", "t2w")
 DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 
 
@@ -55,18 +57,32 @@ def _phantom(seed: int, scale: float) -> np.ndarray:
 
 
 def write_example(out: Path, source: Path | None = None) -> str:
-    """Write the example under ``out``; returns "real" or "phantom"."""
+    """Write the example under ``out``; returns "real" or "phantom".
+
+    Its folders must be this user's and not links (:func:`own_folder`); of what they hold, only the
+    example's own four files are replaced, a link among them removed rather than followed: ``out`` may lie
+    where other users write, and nothing of theirs may be written to or removed."""
     source = source or DEFAULT_SOURCE
     case_dir = source / EXAMPLE_CASE
-    inputs, truth = out / "input" / EXAMPLE_CASE, out / "truth" / EXAMPLE_CASE
+    try:
+        out.mkdir(parents=True, exist_ok=True)  # the folder named by the user, as named
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create the folder {out}: {exc.strerror or exc}; choose another folder"
+        ) from exc
+    inputs = own_folder(own_folder(out / "input") / EXAMPLE_CASE)
+    truth = own_folder(own_folder(out / "truth") / EXAMPLE_CASE)
     for folder in (inputs, truth):
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+        for modality in (*CONDITIONS, WITHHELD):
+            (folder / f"{EXAMPLE_CASE}-{modality}.nii.gz").unlink(missing_ok=True)
     if case_dir.is_dir():
         for path in sorted(case_dir.glob(f"{EXAMPLE_CASE}-*.nii.gz")):
             dest = truth if path.name.endswith(f"-{WITHHELD}.nii.gz") else inputs
-            shutil.copyfile(path, dest / path.name)
+            with open(path, "rb") as original:
+                # a new file, renamed into place: a link put there meanwhile is replaced, not followed
+                atomic_write(
+                    dest / path.name, lambda handle, original=original: shutil.copyfileobj(original, handle)
+                )
         return "real"
     # said plainly, since an installed brasyn never has the shared data beside it: the demo's image is then
     # a pipeline check, not a measure of the model
@@ -76,7 +92,7 @@ def write_example(out: Path, source: Path | None = None) -> str:
         "ellipsoid with a bright lesion that runs the whole pipeline but is not a brain",
         case_dir,
     )
-    for i, m in enumerate(("t1n", "t1c", "t2w", "t2f")):
+    for i, m in enumerate((*CONDITIONS, WITHHELD)):
         folder = out / ("truth" if m == WITHHELD else "input")
         write_phantom_case(folder, EXAMPLE_CASE, {m: _phantom(i, 500.0 * (i + 1))})
     return "phantom"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from brasyn.bench.loader_bench import LoaderBenchSettings, measure, quantisation
 from brasyn.commands.command import parse_arguments, print_json, run_command
-from brasyn.commands.converters import contrast, real_number, whole_number
+from brasyn.commands.converters import contrast, output_file, real_number, whole_number
 from brasyn.commands.options import add_verbosity_option
 from brasyn.common.errors import ExitCode, UsageError
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-ms", type=real_number(0), default=0.0, help="simulated training step per batch")
     p.add_argument("--flip", action="store_true", help="random flips, as training with --flip")
     p.add_argument("--seed", type=whole_number(), default=0, help="seed of the draws")
-    p.add_argument("--json", type=Path, help="also write the JSON to this file")
+    p.add_argument("--json", type=output_file, help="also write the JSON to this file")
     add_verbosity_option(p)
     return p
 
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def build_quantisation_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m brasyn.bench quantisation")
     parser.add_argument("--data", type=Path, required=True, help="a folder of complete cases")
-    parser.add_argument("--json", type=Path, help="also write the JSON to this file")
+    parser.add_argument("--json", type=output_file, help="also write the JSON to this file")
     add_verbosity_option(parser)
     return parser
 

@@ -354,8 +354,10 @@ def read_parameters(
     ``what`` names the file in the messages (the main command's ``--config`` reads the same file)."""
     import yaml
 
+    from brasyn.common.yaml_text import load_plain_yaml
+
     try:
-        values = yaml.safe_load(Path(path).read_text())
+        values = load_plain_yaml(Path(path).read_text())
     except OSError as exc:
         raise UsageError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -25,7 +25,7 @@ from brasyn.bench.quality import (
     parse_variant,
 )
 from brasyn.commands.command import parse_arguments, print_json, run_command
-from brasyn.commands.converters import contrast, whole_number
+from brasyn.commands.converters import contrast, output_file, whole_number
 from brasyn.commands.options import (
     add_device_option,
     add_sampling_options,
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=whole_number(0), default=42)
         add_device_option(p)
         add_threads_option(p)
-        p.add_argument("--json", type=Path, help="also write the JSON here")
+        p.add_argument("--json", type=output_file, help="also write the JSON here")
         add_verbosity_option(p, default=argparse.SUPPRESS)
     samplers = commands.choices["samplers"]
     samplers.add_argument(

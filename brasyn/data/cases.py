@@ -8,12 +8,14 @@ report every badly named case before any time is spent on the model. Per-case pr
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from brasyn.common.errors import BrasynError, CaseError, UsageError
+from brasyn.common.files import NAME_MAX, long_name
 from brasyn.data.contrast_map import ContrastMap
 from brasyn.data.flat_cases import ONE_FOLDER_PER_CASE, flat_groups
 from brasyn.data.modalities import (
@@ -35,6 +37,10 @@ __all__ = ["Case", "complete_cases", "describe_no_cases", "discover", "refuse_no
 logger = logging.getLogger("brasyn.cases")
 
 _NEEDS_THREE = "each case needs three of " + ", ".join(m.value for m in MODALITIES)
+CASE_NAME_MAX = NAME_MAX - 20
+"""Bytes a case name may have: brasyn names files after the case, the longest being a training cache
+entry's temporary ``.<case>.json.XXXXXXXX.part``, 20 bytes more, and no file name may pass
+:data:`~brasyn.common.files.NAME_MAX`."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ def discover(
         )
     if images:
         results = _read_flat(root, files, seen, wanted, naming, mapping)
-        return _refuse_collisions(results)
+        return _refuse_collisions(_refuse_long_names(results))
     results = []
     for folder in folders:
         if _holds_images(folder):
@@ -131,7 +137,7 @@ def discover(
     for path in visible:
         if not path.is_dir():
             logger.debug("ignored %s in the input folder: not a case folder", path.name)
-    return _refuse_collisions(results)
+    return _refuse_collisions(_refuse_long_names(results))
 
 
 def _read_flat(
@@ -321,6 +327,36 @@ def _skipped(case_id: str, folder: Path, files: dict[Modality, Path], reason: st
     return Case(case_id, folder, files, target=None, output_name=None, skip_reason=reason)
 
 
+def _bytes(name: str) -> int:
+    return len(os.fsencode(name))
+
+
+def _refuse_long_names(results: list[Case | CaseError]) -> list[Case | CaseError]:
+    """Replace every case whose name, or output name, is too long for a file name by a
+    :class:`CaseError`: the file system would refuse it (ENAMETOOLONG) the first time it is used, and the
+    other cases must still run."""
+    checked: list[Case | CaseError] = []
+    for result in results:
+        if isinstance(result, Case) and _bytes(result.id) > CASE_NAME_MAX:
+            result = CaseError(
+                result.id,
+                f"the case name is {_bytes(result.id)} bytes long; brasyn names files after it and a file "
+                f"name may have at most {NAME_MAX} bytes: shorten the case folder's name (or the start of "
+                f"its file names) to at most {CASE_NAME_MAX} bytes",
+                list(result.files.values()),
+            )
+        elif isinstance(result, Case) and result.output_name and _bytes(result.output_name) > NAME_MAX:
+            result = CaseError(
+                result.id,
+                f"its output name {result.output_name} would be {_bytes(result.output_name)} bytes long, "
+                f"more than the {NAME_MAX} a file name may have: shorten the names of its files, or name "
+                "outputs after the case folders (--naming brats2023)",
+                list(result.files.values()),
+            )
+        checked.append(result)
+    return checked
+
+
 def _refuse_collisions(results: list[Case | CaseError]) -> list[Case | CaseError]:
     """Replace every case whose output name an earlier case already uses by a :class:`CaseError`.
 
@@ -369,6 +405,16 @@ def single_case(files: Mapping[Modality | str, Path | str | None], output_file: 
             f"the single-case form takes three of --t1n, --t1c, --t2w, --t2f (given: {named}); "
             "the fourth is synthesised"
         )
+    for label, path in [
+        *((f"the {m.value} input", p) for m, p in given.items()),
+        ("--out", Path(output_file)),
+    ]:
+        too_long = long_name(path)
+        if too_long is not None:
+            raise UsageError(
+                f"{label} {path} holds a name of {_bytes(too_long)} bytes, more than the {NAME_MAX} a file "
+                "or folder name may have: choose a shorter name"
+            )
     for modality, path in given.items():
         if not path.is_file():
             state = "is a folder" if path.is_dir() else "does not exist"

@@ -91,8 +91,10 @@ def _from_mapping(values: Mapping[Any, Any], where: str) -> ContrastMap:
 def _read_file(path: Path) -> ContrastMap:
     import yaml
 
+    from brasyn.common.yaml_text import load_plain_yaml
+
     try:
-        values = yaml.safe_load(path.read_text())
+        values = load_plain_yaml(path.read_text())
     except OSError as exc:
         raise MapError(f"cannot read the mapping file {path}: {exc.strerror or exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -125,25 +125,52 @@ def _prediction_files(root: Path) -> list[tuple[Path, str | None]]:
     return found
 
 
-_SEGMENTATION_TOKENS = {"seg", "segmentation"}
+_SEGMENTATION_WORDS = frozenset({"seg", "segmentation"})
+_SEPARATORS = "-_."
 
 
-def _segmentation(folder: Path, case_id: str) -> Path | None:
-    """The one tumour segmentation (``<case>-seg.nii.gz``, ``..._seg.nii``) of a truth case: in its own
-    folder, or, in a flat truth folder, the one named after the case."""
-    hits = []
-    for path in sorted(folder.iterdir(), key=lambda p: p.name):
-        split = split_nifti_extension(path.name)
-        if not split or not path.is_file():
-            continue
-        stem = split[0]
-        if stem.casefold().startswith(case_id.casefold()):
-            stem = stem[len(case_id) :]  # a case id such as "no-seg" marks nothing
-        if _SEGMENTATION_TOKENS & set(re.split(r"[-_.]", stem.lower())):
-            hits.append(path)
+def _after_case_id(stem: str, case_id: str) -> str | None:
+    """What follows ``<case>`` and a separator in ``stem`` (letter case ignored), None if it does not
+    start so: ``case1`` is not the start of ``case10-seg``."""
+    folded, case = stem.casefold(), case_id.casefold()
+    if folded.startswith(case) and folded[len(case) : len(case) + 1] in tuple(_SEPARATORS):
+        return folded[len(case) + 1 :]
+    return None
+
+
+def _named_after(path: Path, case_id: str) -> bool:
+    """``<case>-seg.nii.gz``, ``<case>_segmentation.nii`` ...: the case id, one separator, the word."""
+    split = split_nifti_extension(path.name)
+    return split is not None and _after_case_id(split[0], case_id) in _SEGMENTATION_WORDS
+
+
+def _is_segmentation(path: Path, case_id: str, in_case_folder: bool) -> bool:
+    """Whether ``path`` is the tumour segmentation of ``case_id``: named after it (:func:`_named_after`)
+    anywhere, or, inside the case's own folder, any name with the word seg or segmentation; a mask (brain
+    mask, ROI mask) is never one."""
+    split = split_nifti_extension(path.name)
+    if split is None or not path.is_file():
+        return False
+    if _named_after(path, case_id):
+        return True
+    if not in_case_folder:
+        return False
+    # the case id is not part of what marks a segmentation: a case "no-seg" marks nothing
+    rest = _after_case_id(split[0], case_id)
+    words = set(re.split(r"[-_.]", rest if rest is not None else split[0].casefold()))
+    return bool(words & _SEGMENTATION_WORDS) and not any("mask" in word for word in words)
+
+
+def _segmentation(folder: Path, case_id: str, in_case_folder: bool) -> Path | None:
+    """The one tumour segmentation of ``case_id`` in ``folder`` (see :func:`_is_segmentation`); None, with
+    a warning, when there are several."""
+    hits = [
+        p
+        for p in sorted(folder.iterdir(), key=lambda p: p.name)
+        if _is_segmentation(p, case_id, in_case_folder)
+    ]
     if len(hits) > 1:
-        named = [p for p in hits if p.name.casefold().startswith(case_id.casefold())]
-        hits = named if named else hits
+        hits = [p for p in hits if _named_after(p, case_id)] or hits
     if len(hits) > 1:
         log.warning(
             "%s: several segmentations (%s); no tumour scores", case_id, ", ".join(p.name for p in hits)
@@ -151,19 +178,18 @@ def _segmentation(folder: Path, case_id: str) -> Path | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def segmentation_of(case: Case) -> Path | None:
-    """The truth case's one tumour segmentation, beside its images (or named after it in a flat folder)."""
-    return _segmentation(case.folder, case.id)
-
-
 def segmentation_in(root: Path, case_id: str) -> Path | None:
-    """The segmentation of ``case_id`` in a truth folder that may hold segmentations only: in
-    ``root/<case>/``, or named ``<case>...seg...`` in ``root`` itself."""
+    """The tumour segmentation of ``case_id`` in a folder of truth cases or of segmentations only: in
+    ``root/<case>/``, else named ``<case>-seg.nii.gz`` (or ``_seg``, ``-segmentation`` ...) in ``root``."""
     folder = root / case_id
-    if folder.is_dir():
-        return _segmentation(folder, case_id)
-    found = _segmentation(root, case_id)
-    return found if found is not None and found.name.casefold().startswith(case_id.casefold()) else None
+    found = _segmentation(folder, case_id, in_case_folder=True) if folder.is_dir() else None
+    return found if found is not None else _segmentation(root, case_id, in_case_folder=False)
+
+
+def segmentation_of(case: Case) -> Path | None:
+    """The truth case's one tumour segmentation: beside its images in its own folder, or named after it
+    in a flat folder of several cases."""
+    return _segmentation(case.folder, case.id, in_case_folder=case.folder.name == case.id)
 
 
 def _contrast_files(
@@ -254,7 +280,7 @@ def pair_predictions(predictions: Path, truth: Path) -> tuple[list[Pair], list[C
                 CaseError(case.id, f"the truth case has no {contrast.value} to compare {label} with", [path])
             )
             continue
-        pair = Pair(case.id, contrast, path, case.files[contrast], _segmentation(case.folder, case.id))
+        pair = Pair(case.id, contrast, path, case.files[contrast], segmentation_of(case))
         pairs.setdefault((case.id, contrast), []).append(pair)
     result = []
     for (case_id, contrast), candidates in pairs.items():

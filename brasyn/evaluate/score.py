@@ -19,11 +19,13 @@ The command line is :mod:`brasyn.commands.evaluate`.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
@@ -35,7 +37,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from brasyn.common.errors import CaseError, ExitCode, UsageError
+from brasyn.common.errors import BrasynError, CaseError, ExitCode, UsageError
+from brasyn.common.files import CHUNK, atomic_write
 from brasyn.common.runtime import select_device
 from brasyn.common.version import __version__
 from brasyn.data.cases import Case, complete_cases, discover
@@ -43,10 +46,10 @@ from brasyn.data.modalities import (
     MODALITIES,
     Modality,
 )
-from brasyn.data.volumes import Volume, grid_difference, load_volume
+from brasyn.data.volumes import Volume, grid_difference, load_volume, temporary_prefix
 from brasyn.evaluate.metrics import PROTOCOL
 from brasyn.evaluate.metrics import score as score_volumes
-from brasyn.evaluate.pairing import Pair, pair_predictions
+from brasyn.evaluate.pairing import Pair, pair_predictions, segmentation_in
 
 __all__ = [
     "DROP_CHOICES",
@@ -95,10 +98,38 @@ def drop_choices(case_ids: Iterable[str], seed: int = DEFAULT_DROP_SEED) -> dict
     return {case_id: Modality(rng.choice(DROP_CHOICES)) for case_id in case_ids}
 
 
+def _copy(source: Path, target: Path, output: Path, case_id: str) -> None:
+    """One file of a case into the case's staging folder; a CaseError says which side failed."""
+    try:
+        with open(source, "rb") as reader, open(target, "wb") as writer:
+            shutil.copyfileobj(reader, writer, CHUNK)
+    except OSError as exc:
+        if exc.filename == str(source):
+            message = f"cannot read {source}: {exc.strerror or exc}; make it readable"
+        else:
+            problem = exc.strerror or exc
+            message = f"cannot write {source.name} into {output}: {problem}; free space or fix the storage"
+        raise CaseError(case_id, f"{message}, then drop again into a new folder", [source]) from exc
+
+
+def _copy_case(case_id: str, files: list[Path], output: Path) -> None:
+    """The files of one case into ``output/<case>/``, all or none: copied into a staging folder of this
+    run's, renamed into place when complete, removed when not."""
+    staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(), dir=output))
+    try:
+        for path in files:
+            _copy(path, staging / path.name, output, case_id)
+        staging.rename(output / case_id)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def drop(input_root: Path, output: Path, seed: int, record: Path, protocol: str = "medperf") -> ExitCode:
     """Copy every complete case of ``input_root`` into ``output`` less one random contrast: the MedPerf
     preparation's draw (``seed``), or with ``protocol="brasyn"`` the organisers' pseudo-validation draw,
-    which also copies every other file of the case (its segmentation included)."""
+    which also copies every other file of the case (its segmentation included). A case that cannot be
+    copied (a file unreadable, the disk full) fails alone and leaves nothing in ``output``."""
     found = discover(input_root)
     ids = [item.id if isinstance(item, Case) else item.case for item in found]
     choices = brasyn_drop_choices(ids) if protocol == "brasyn" else drop_choices(ids, seed)
@@ -108,8 +139,6 @@ def drop(input_root: Path, output: Path, seed: int, record: Path, protocol: str 
     dropped: dict[str, str] = {}
     for item in complete:
         left_out = choices[item.id]
-        folder = output / item.id
-        folder.mkdir(parents=True)
         # a case among others in a flat folder owns the files named after it, not the whole folder
         own = item.folder.name == item.id
         kept = (
@@ -123,12 +152,22 @@ def drop(input_root: Path, output: Path, seed: int, record: Path, protocol: str 
             if protocol == "brasyn"
             else [path for modality, path in item.files.items() if modality is not left_out]
         )
-        for path in kept:
-            shutil.copyfile(path, folder / path.name)
+        try:
+            _copy_case(item.id, kept, output)
+        except CaseError as error:
+            log.error("[failed] %s: %s", error.case, error.message)
+            rest.append(error)
+            continue
         dropped[item.id] = left_out.value
         log.info("%s: dropped %s (%s)", item.id, left_out.value, item.files[left_out].name)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(dropped, indent=2) + "\n")
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(record, lambda handle: handle.write((json.dumps(dropped, indent=2) + "\n").encode()))
+    except OSError as exc:
+        raise BrasynError(
+            f"cannot write the record {record}: {exc.strerror or exc}; free space or fix the storage, then "
+            "drop again into a new folder"
+        ) from exc
     log.info(
         "%d case(s) written to %s, %d failed; dropped contrasts in %s",
         len(dropped),
@@ -196,12 +235,6 @@ def _tumour_mask(path: Path, shape: tuple[int, ...], case: str) -> np.ndarray | 
         )
         return None
     return mask
-
-
-def _segmentation_in(folder: Path, case: str) -> Path | None:
-    """A case's tumour segmentation in a --seg folder: ``<case>*.nii(.gz)`` or a file in ``<case>/``."""
-    candidates = sorted(folder.glob(f"{case}*.nii*")) + sorted((folder / case).glob("*seg*.nii*"))
-    return candidates[0] if candidates else None
 
 
 def score_pair(pair: Pair, device: torch.device | str = "cpu") -> Row:
@@ -291,6 +324,18 @@ def is_inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _write_report(path: Path, text: str) -> None:
+    """A report, whole or not at all (its folder checked at start-up; the disk may still fill)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+    except OSError as exc:
+        raise BrasynError(
+            f"cannot write the report {path}: {exc.strerror or exc}; the table printed above holds the "
+            "scores: free space or choose another place and score again"
+        ) from exc
+
+
 def _score_device(spec: str) -> torch.device:
     if spec.strip().lower() == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")  # SSIM is cheap on the CPU: no warning needed
@@ -332,6 +377,12 @@ def score(request: ScoreRequest) -> ExitCode:
     for name, folder in (("predictions", request.predictions), ("truth", request.truth)):
         if not folder.is_dir():
             raise UsageError(f"the {name} folder {folder} does not exist or is not a folder")
+    if is_inside(request.predictions, request.truth) or is_inside(request.truth, request.predictions):
+        raise UsageError(
+            f"the predictions folder {request.predictions} and the truth folder {request.truth} are the same "
+            "or one holds the other, so images would be scored against themselves; give the folder of "
+            "synthetic images as --pred"
+        )
     for name, path in (("json", request.json_report), ("csv", request.csv_report)):
         if path is not None and is_inside(path, request.predictions):
             raise UsageError(f"--{name} {path} lies inside the predictions folder; put it elsewhere")
@@ -340,9 +391,15 @@ def score(request: ScoreRequest) -> ExitCode:
     dropped = _read_dropped(request.dropped) if request.dropped else None
     device = _score_device(request.device)
     pairs, errors = pair_predictions(request.predictions, request.truth)
+    if not pairs and not errors:
+        # as the main job does for an empty input: a wrong folder must not pass for a run with nothing to do
+        raise UsageError(
+            f"the predictions folder {request.predictions} holds no NIfTI image (is it the right folder?); "
+            "expected <case>-<contrast>.nii.gz files or <case>/ folders of them"
+        )
     if request.seg is not None:
         pairs = [
-            replace(p, segmentation=_segmentation_in(request.seg, p.case) or p.segmentation) for p in pairs
+            replace(p, segmentation=segmentation_in(request.seg, p.case) or p.segmentation) for p in pairs
         ]
     rows = [Row(e.case, None, "failed", message=e.message) for e in errors]
     if dropped is not None:
@@ -404,13 +461,12 @@ def score(request: ScoreRequest) -> ExitCode:
             "summary": summary,
             "cases": [r.to_dict() for r in rows],
         }
-        request.json_report.parent.mkdir(parents=True, exist_ok=True)
-        request.json_report.write_text(json.dumps(report, indent=2) + "\n")
+        _write_report(request.json_report, json.dumps(report, indent=2) + "\n")
     if request.csv_report is not None:
-        request.csv_report.parent.mkdir(parents=True, exist_ok=True)
-        with open(request.csv_report, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0].to_dict()) if rows else ["case"])
-            writer.writeheader()
-            for row in rows:
-                writer.writerow(row.to_dict())
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=list(rows[0].to_dict()) if rows else ["case"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row.to_dict())
+        _write_report(request.csv_report, table.getvalue())
     return ExitCode.FAILED_CASES if summary["failed"] else ExitCode.OK

@@ -5,6 +5,7 @@ import torch
 
 from brasyn.bench import speed
 from brasyn.commands import bench
+from tests.helpers import fill, mounted_tmpfs
 
 TINY = ["--config", "tiny", "--shape", "32", "32", "32", "--device", "cpu", "--repeats", "1", "--warmup", "0"]
 
@@ -94,3 +95,26 @@ def test_bench_and_the_main_command_share_the_speed_flags_and_defaults():
     for key in ("precision", "channels_last", "tf32", "cudnn_benchmark", "compile"):
         assert getattr(ours, key) == getattr(theirs, key), key
     assert bench.build_parser().parse_args(["--no-channels-last"]).channels_last is False
+
+
+def test_bench_refuses_a_json_file_it_cannot_write_before_measuring(tmp_path, capsys, monkeypatch):
+    ran = []
+    monkeypatch.setattr(bench, "run", lambda *args: ran.append(args) or {"measured": 1})
+    with mounted_tmpfs(tmp_path / "ro", read_only=True) as read_only:
+        code = bench.main([*TINY, "--no-case", "--json", str(read_only / "bench.json")])
+    assert code == 2 and not ran
+    err = capsys.readouterr().err
+    assert f"argument --json: cannot write {read_only / 'bench.json'}: Read-only file system" in err
+    assert "Traceback" not in err
+
+
+def test_bench_json_on_a_full_disk_is_a_sentence_and_no_part_of_a_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "run", lambda *args: {"measured": list(range(20000))})
+    with mounted_tmpfs(tmp_path / "small", size="64k") as small:
+        fill(small)
+        code = bench.main([*TINY, "--no-case", "--json", str(small / "bench.json")])
+        assert sorted(p.name for p in small.iterdir()) == ["filler"]
+    assert code == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["measured"][-1] == 19999
+    assert "No space left on device; the JSON printed above is the whole result" in captured.err

@@ -205,6 +205,51 @@ def test_a_missing_file_is_refused_by_name(tmp_path):
         read_parameters(tmp_path / "absent.yaml", MLCUBE_PARAMETERS)
 
 
+def _alias_bomb(levels: int = 9) -> str:
+    """A parameters file whose ``map:`` holds 10**levels leaves through nested aliases, in a few hundred
+    bytes."""
+    lines = ["map:", '  t1c: &l0 ["*a","*b","*c","*d","*e","*f","*g","*h","*i","*j"]']
+    for level in range(1, levels):
+        lines.append(f"  x{level}: &l{level} [" + ",".join([f"*l{level - 1}"] * 10) + "]")
+    lines.append(f"  t2w: *l{levels - 1}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("where", ["parameters", "config", "mapping"])
+def test_yaml_aliases_are_refused_at_once_naming_the_file(tmp_path, capsys, where):
+    import time
+
+    from brasyn.commands.cli import main
+
+    text = _alias_bomb()
+    assert len(text.encode()) < 600
+    path = _yaml(tmp_path, text if where != "mapping" else text.replace("map:\n", "").replace("  ", ""))
+    (tmp_path / "in").mkdir()
+    folders = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    argv = {
+        "parameters": ["infer", "--data_path", str(tmp_path / "in"), "--output_path", str(tmp_path / "out")],
+        "config": [*folders, "--config", str(path)],
+        "mapping": [*folders, "--map", str(path)],
+    }[where]
+    if where == "parameters":
+        argv += ["--parameters_file", str(path)]
+    start = time.perf_counter()
+    assert main(argv) == 2
+    assert time.perf_counter() - start < 10
+    err = capsys.readouterr().err
+    assert str(path) in err and "alias *l" in err and "write each value out in full" in err
+    assert "Traceback" not in err
+
+
+def test_a_refused_value_is_shown_cut_to_a_line(tmp_path):
+    path = _yaml(tmp_path, "sampler: [" + ", ".join(["ddim"] * 20000) + "]\n")
+    with pytest.raises(UsageError) as caught:
+        read_parameters(path, MLCUBE_PARAMETERS)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: sampler: ['ddim', ") and "..." in message
+    assert len(message) < 400
+
+
 # --- shared flags --------------------------------------------------------------------------------
 
 
@@ -338,7 +383,7 @@ def test_evaluate_takes_v_and_refuses_a_bad_device(tmp_path, capsys, brasyn_logg
     (tmp_path / "pred").mkdir()
     (tmp_path / "truth").mkdir()
     base = ["--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth"), "--device", "cpu"]
-    assert main([*base, "-v"]) == 0
+    assert main([*base, "-v"]) == 2  # an empty --pred: nothing to score
     assert brasyn_logger.level == logging.DEBUG
     assert main(["drop", "-v", "--input", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2
     assert brasyn_logger.level == logging.DEBUG

@@ -85,6 +85,19 @@ def test_three_contrasts_make_the_fourth_the_target(tmp_path, case_id, names, ta
     assert case.skip_reason is None
 
 
+def test_names_too_long_for_the_files_made_from_them_fail_their_case_alone(tmp_path):
+    _case(tmp_path, "L" * 236, "t1n.nii.gz", "t1c.nii.gz", "t2w.nii.gz")
+    _case(tmp_path, "M" * 235, "t1n.nii.gz", "t1c.nii.gz", "t2w.nii.gz")
+    prefix = "P" * 243  # its inputs fit (..._t1ce.nii.gz: 255 bytes), its output ..._flair.nii.gz does not
+    _case(tmp_path, "p", *(f"{prefix}_{m}.nii.gz" for m in ("t1", "t1ce", "t2")))
+    found = {item.id if isinstance(item, Case) else item.case: item for item in discover(tmp_path)}
+    assert isinstance(found["M" * 235], Case) and found["M" * 235].output_name == "M" * 235 + "-t2f.nii.gz"
+    assert isinstance(found["L" * 236], CaseError)
+    assert "the case name is 236 bytes long" in found["L" * 236].message
+    assert isinstance(found["p"], CaseError)
+    assert f"its output name {prefix}_flair.nii.gz would be 256 bytes long" in found["p"].message
+
+
 def test_conditions_follow_model_order(tmp_path):
     _case(tmp_path, "c", "c_flair.nii.gz", "c_t2.nii.gz", "c_t1ce.nii.gz")
     case = _only(discover(tmp_path))

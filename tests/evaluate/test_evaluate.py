@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from brasyn.commands.evaluate import main
 from brasyn.data.phantom import BRATS_AFFINE, phantom
 from brasyn.evaluate.pairing import pair_predictions
 from brasyn.evaluate.score import drop_choices
-from tests.helpers import make_case, save_nifti
+from tests.helpers import fill, make_case, mounted_tmpfs, save_nifti
 
 SHAPE = (24, 24, 20)
 ALL = ("t1n", "t1c", "t2w", "t2f")
@@ -54,6 +56,70 @@ def test_drop_leaves_out_what_the_medperf_cube_draws(tmp_path):
     assert sorted(p.name for p in (tmp_path / "test").iterdir()) == sorted(ids)
 
 
+def _sized_case(root: Path, case_id: str, size: int) -> dict[str, bytes]:
+    """A complete case of incompressible placeholder files of ``size`` bytes each: drop copies bytes."""
+    rng = np.random.default_rng(len(case_id) + size)
+    contents = {f"{case_id}-{m}.nii.gz": rng.bytes(size) for m in ALL}
+    (root / case_id).mkdir(parents=True)
+    for name, data in contents.items():
+        (root / case_id / name).write_bytes(data)
+    return contents
+
+
+def _copied_whole(output: Path, contents: dict[str, dict[str, bytes]]) -> None:
+    """Every case folder in ``output`` holds whole copies, and nothing else is there."""
+    assert sorted(p.name for p in output.iterdir()) == sorted(contents)
+    for case_id, files in contents.items():
+        for path in (output / case_id).iterdir():
+            assert path.read_bytes() == files[path.name]
+
+
+def test_drop_on_a_disk_that_fills_fails_that_case_alone_and_leaves_no_part_of_it(tmp_path, capsys):
+    truth = tmp_path / "truth"
+    contents = {c: _sized_case(truth, c, size) for c, size in (("A", 8192), ("B", 65536), ("C", 8192))}
+    with mounted_tmpfs(tmp_path / "disk", size="160k") as disk:
+        code = main(["drop", "--input", str(truth), "--output", str(disk / "test")])
+        _copied_whole(disk / "test", {c: contents[c] for c in ("A", "C")})
+        record = json.loads((disk / "test_dropped.json").read_text())
+    assert code == 1 and sorted(record) == ["A", "C"]
+    err = capsys.readouterr().err
+    assert "[failed] B: cannot write B-" in err and f"into {disk / 'test'}: No space left on device" in err
+    assert "then drop again into a new folder" in err and "Traceback" not in err
+
+
+def test_drop_with_an_unreadable_truth_file_fails_that_case_alone(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0 or subprocess.run(["which", "setpriv"], capture_output=True).returncode:
+        pytest.skip("needs root and setpriv to run drop as a user who cannot read a file")
+    # outside tmp_path, whose parents only root may enter
+    base = Path(tempfile.mkdtemp(prefix="brasyn-drop-"))
+    try:
+        base.chmod(0o755)
+        truth = base / "truth"
+        contents = {c: _sized_case(truth, c, 1024) for c in ("A", "B", "C")}
+        locked = truth / "B" / "B-t1n.nii.gz"
+        locked.chmod(0)
+        work = base / "work"
+        work.mkdir(mode=0o777)
+        work.chmod(0o777)
+        command = ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", sys.executable]
+        command += ["-m", "brasyn.evaluate", "drop", "--input", str(truth), "--output", str(work / "test")]
+        command += ["--seed", "1"]
+        run = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[2])
+        assert run.returncode == 1, run.stderr
+        draw = drop_choices(["A", "B", "C"], seed=1)
+        assert draw["B"].value != "t1n"  # the locked file is one drop copies
+        _copied_whole(work / "test", {c: contents[c] for c in ("A", "C")})
+        assert f"[failed] B: cannot read {locked}: Permission denied; make it readable" in run.stderr
+        assert "Traceback" not in run.stderr
+    finally:
+        shutil.rmtree(base)
+
+
 def test_drop_choices_follow_the_seed_without_touching_the_global_generator():
     random.seed(123)
     state = random.getstate()
@@ -88,6 +154,17 @@ def test_drop_refuses_to_hide_the_answer_in_the_output_or_mix_with_old_files(tmp
     assert main(base) == 2
     assert "is not empty" in capsys.readouterr().err
     assert main(["drop", "--input", str(tmp_path / "truth"), "--output", str(tmp_path / "truth" / "x")]) == 2
+
+
+def test_drop_refuses_a_record_it_cannot_write_before_copying(tmp_path, capsys):
+    _brats(tmp_path / "truth", "A")
+    with mounted_tmpfs(tmp_path / "ro", read_only=True) as read_only:
+        record = read_only / "record.json"
+        args = ["drop", "--input", str(tmp_path / "truth"), "--output", str(tmp_path / "out")]
+        assert main([*args, "--record", str(record)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write the record {record}: Read-only file system; give --record a file" in err
+    assert not (tmp_path / "out").exists() and "Traceback" not in err
 
 
 # --- pairing -----------------------------------------------------------------------------------------
@@ -303,6 +380,120 @@ def test_the_documented_form_takes_pred_seg_and_writes_csv_with_brain_masked_sco
     assert main(["--pred", str(predictions), "--truth", str(truth), "--csv", str(predictions / "x.csv")]) == 2
 
 
+def _scored(tmp_path: Path, predictions: Path, truth: Path, *extra: str) -> dict[str, dict]:
+    report = tmp_path / "scores.json"
+    args = ["--pred", str(predictions), "--truth", str(truth), "--device", "cpu", "--json", str(report)]
+    assert main([*args, *extra]) == 0
+    return {row["case"]: row for row in json.loads(report.read_text())["cases"]}
+
+
+def test_in_a_flat_truth_folder_a_case_without_a_segmentation_takes_no_other_cases(tmp_path):
+    truth, predictions = tmp_path / "truth", tmp_path / "pred"
+    for i, case in enumerate(("caseA", "caseB")):
+        save_nifti(truth / f"{case}-t2f.nii.gz", phantom(SHAPE, seed=i))
+        save_nifti(predictions / f"{case}-t2f.nii.gz", phantom(SHAPE, seed=10 + i))
+    save_nifti(truth / "caseB-seg.nii.gz", (phantom(SHAPE, seed=9) > 500).astype(np.uint8))
+    rows = _scored(tmp_path, predictions, truth)
+    assert rows["caseA"]["segmentation"] is None and rows["caseA"]["ssim_tumor"] is None
+    assert rows["caseB"]["segmentation"] == str(truth / "caseB-seg.nii.gz")
+    assert rows["caseB"]["ssim_tumor"] is not None
+
+
+def test_a_seg_folder_gives_a_case_only_its_own_segmentation_never_a_mask(tmp_path):
+    truth, predictions, segs = tmp_path / "truth", tmp_path / "pred", tmp_path / "segs"
+    for i, case in enumerate(("case1", "case10", "case2")):
+        make_case(truth, case, ("t2f",), shape=SHAPE, seed=i)
+        save_nifti(predictions / f"{case}-t2f.nii.gz", phantom(SHAPE, seed=10 + i))
+    tumour = (phantom(SHAPE, seed=9) > 500).astype(np.uint8)
+    save_nifti(segs / "case10-seg.nii.gz", tumour)
+    save_nifti(segs / "case1-brainmask.nii.gz", np.ones(SHAPE, np.uint8))
+    save_nifti(segs / "case2" / "tumour_seg.nii.gz", tumour)
+    save_nifti(segs / "case2" / "seg_brainmask.nii.gz", np.ones(SHAPE, np.uint8))
+    rows = _scored(tmp_path, predictions, truth, "--seg", str(segs))
+    assert rows["case1"]["segmentation"] is None and rows["case1"]["ssim_tumor"] is None
+    assert rows["case10"]["segmentation"] == str(segs / "case10-seg.nii.gz")
+    assert rows["case2"]["segmentation"] == str(segs / "case2" / "tumour_seg.nii.gz")
+
+
+def test_one_pairing_reads_segmentation_names_alike_in_both_forms(tmp_path):
+    from brasyn.evaluate.pairing import segmentation_in
+
+    flat, folders = tmp_path / "flat", tmp_path / "folders"
+    names = [
+        "case1-brainmask.nii.gz",
+        "case10-seg.nii.gz",
+        "case2_SEG.nii",
+        "case3.seg.nii.gz",
+    ]
+    for name in names:
+        _placeholders(tmp_path, "flat", name)
+        case = name.split("-")[0].split("_")[0].split(".")[0]
+        _placeholders(folders, case, name)
+    for root in (flat, folders):
+        assert segmentation_in(root, "case1") is None
+        assert segmentation_in(root, "case10").name == "case10-seg.nii.gz"
+        assert segmentation_in(root, "case2").name == "case2_SEG.nii"
+        assert segmentation_in(root, "case3").name == "case3.seg.nii.gz"
+
+
+def test_an_empty_predictions_folder_exits_2_without_a_table(tmp_path, capsys):
+    truth, _ = _truth_and_predictions(tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert main(["--pred", str(tmp_path / "empty"), "--truth", str(truth), "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"the predictions folder {tmp_path / 'empty'} holds no NIfTI image" in captured.err
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "holding"])
+def test_predictions_that_are_or_nest_with_the_truth_exit_2(tmp_path, capsys, where):
+    truth, _ = _truth_and_predictions(tmp_path)
+    predictions = {"same": truth, "inside": truth / "BraTS-GLI-00001-000", "holding": tmp_path}[where]
+    report = tmp_path.parent / f"{tmp_path.name}-scores.json"
+    args = ["--pred", str(predictions), "--truth", str(truth), "--device", "cpu", "--json", str(report)]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not report.exists()
+    assert "are the same or one holds the other" in captured.err and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("option", ["--json", "--csv"])
+@pytest.mark.parametrize("where", ["read-only", "under-a-file"])
+def test_a_report_that_cannot_be_written_stops_the_scoring_before_it_starts(tmp_path, capsys, option, where):
+    truth, predictions = _truth_and_predictions(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with contextlib.ExitStack() as stack:
+        if where == "read-only":
+            report = stack.enter_context(mounted_tmpfs(tmp_path / "ro", read_only=True)) / "scores"
+        else:
+            report = tmp_path / "file" / "scores"
+        code = main(
+            ["--pred", str(predictions), "--truth", str(truth), "--device", "cpu", option, str(report)]
+        )
+    assert code == 2
+    captured = capsys.readouterr()
+    assert f"argument {option}: cannot write {report}: " in captured.err
+    assert "name a file in a folder this user may write" in captured.err
+    assert "scoring" not in captured.err and captured.out == "" and "Traceback" not in captured.err
+
+
+def test_a_disk_that_fills_before_the_report_leaves_no_part_of_it(tmp_path, capsys):
+    truth, predictions = _truth_and_predictions(tmp_path)
+    with mounted_tmpfs(tmp_path / "small", size="64k") as small:
+        fill(small)
+        report = small / "scores.json"
+        code = main(
+            ["--pred", str(predictions), "--truth", str(truth), "--device", "cpu", "--json", str(report)]
+        )
+        assert sorted(p.name for p in small.iterdir()) == ["filler"]
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "mean (n=2)" in captured.out  # the scores were printed
+    assert f"cannot write the report {report}: No space left on device" in captured.err
+    assert "Traceback" not in captured.err
+
+
 def test_scoring_is_announced_before_the_wait_and_counts_the_cases(tmp_path, capsys):
     truth, predictions = _truth_and_predictions(tmp_path)
     assert main(["--pred", str(predictions), "--truth", str(truth), "--device", "cpu"]) == 0
@@ -327,7 +518,7 @@ def test_the_demo_announces_its_scoring_before_the_scores(tmp_path, monkeypatch,
 
     def synthesise(argv: list[str]) -> int:  # the main job stands in: the real FLAIR as the "synthetic" one
         output = Path(argv[argv.index("--output") + 1])
-        output.mkdir(parents=True)
+        output.mkdir(parents=True, exist_ok=True)
         name = "BraTS-GLI-00001-000-t2f.nii.gz"
         shutil.copy(truth / "BraTS-GLI-00001-000" / name, output / name)
         return 0

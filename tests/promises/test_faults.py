@@ -309,6 +309,47 @@ def test_a_nan_affine_is_never_the_same_grid():
     assert grid_difference(a, b) is not None and grid_difference(b, b) is not None
 
 
+# --- names at the file-system limit -------------------------------------------------------------------
+
+
+LONG = "L" * 255
+"""A case folder name at the limit of a file name: the folder can exist, no file named after it can."""
+
+
+def test_a_case_folder_name_at_the_file_system_limit_fails_that_case_alone(tmp_path, good_alone, capsys):
+    inputs = _batch(tmp_path)
+    make_case(inputs, LONG, seed=2, pattern="{m}.nii.gz")
+    code, report = _run(inputs, tmp_path / "out", tmp_path / "report.json")
+    assert code == 1
+    message = _failed(report, LONG)
+    assert "the case name is 255 bytes long" in message and "to at most 235 bytes" in message
+    _check(tmp_path / "out", report, good_alone, {GOOD_OUT})
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_prepare_skips_a_case_whose_name_no_cache_entry_can_hold_and_prepares_the_rest(tmp_path, capsys):
+    from brasyn.commands.train import main as train_main
+
+    data = tmp_path / "data"
+    make_case(data, "good", ("t1n", "t1c", "t2w", "t2f"), shape=(32, 32, 32), seed=1)
+    make_case(data, LONG, ("t1n", "t1c", "t2w", "t2f"), shape=(32, 32, 32), seed=2, pattern="{m}.nii.gz")
+    cache = tmp_path / "cache"
+    assert train_main(["prepare", "--data", str(data), "--cache", str(cache), "--workers", "1"]) == 0
+    assert sorted(p.name for p in cache.iterdir()) == ["good.json", "good.npy"]
+    err = capsys.readouterr().err
+    assert f"skipping {LONG}: the case name is 255 bytes long" in err and "Traceback" not in err
+
+
+def test_a_single_case_out_name_past_the_file_system_limit_exits_2_naming_it(tmp_path, capsys):
+    inputs = make_case(tmp_path, GOOD, seed=1)
+    out = tmp_path / ("O" * 252 + "-t2f.nii.gz")
+    args = [f"--{m}={p}" for m, p in inputs.items()]
+    assert main([*args, "--out", str(out), *LINEAR]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} holds a name of 263 bytes, more than the 255" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [GOOD]
+
+
 # --- unclear messages --------------------------------------------------------------------------------
 
 
