@@ -27,10 +27,16 @@ __all__ = ["Learner", "deferred_signal", "deferred_sigterm"]
 
 
 @contextlib.contextmanager
-def deferred_signal(signum: int) -> Iterator[None]:
-    """Signal ``signum`` waits till the block ends, then reaches the handler it would have reached."""
+def deferred_signal(signum: int, handled_only: bool = False) -> Iterator[None]:
+    """Signal ``signum`` waits till the block ends, then reaches the handler it would have reached.
+    ``handled_only``: only where Python handles it (a handler where there was none would interrupt
+    system calls that were never interrupted before)."""
     previous = signal.getsignal(signum)
-    if threading.current_thread() is not threading.main_thread() or previous is None:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or previous is None
+        or (handled_only and not callable(previous))
+    ):
         yield  # handlers can only be swapped on the main thread, and one set outside Python not at all
         return
     pending: list[int] = []

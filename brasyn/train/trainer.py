@@ -194,7 +194,7 @@ class Trainer(Learner):
                     raise BrasynError(f"{problem}; {CacheEntryError.ADVICE}") from None
                 waited = time.perf_counter() - waited
                 # a loader worker's death (SIGCHLD, which torch turns into an error) is reported between steps
-                with deferred_signal(signal.SIGCHLD):
+                with deferred_signal(signal.SIGCHLD, handled_only=True):
                     age = process_age() if done_here == 0 else None  # the start-up: till the first batch
                     loss = self.train_step(batch)
                     losses.append(loss)

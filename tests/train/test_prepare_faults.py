@@ -49,7 +49,9 @@ def test_a_full_disk_stops_prepare_at_the_first_case_it_cannot_write(tmp_path, c
         assert code == 2
         assert err.count(f"the disk of the cache {cache} is full (No space left on device)") == 1
         assert "could not be prepared" not in err and "Traceback" not in err
-        assert sorted(e.id for e in load_entries(cache)) == ["c00", "c01"]
+        ids = sorted(e.id for e in load_entries(cache))
+        # one at a time the third case finds the disk full; two at a time, either of two cases may
+        assert ids == ["c00", "c01"] if workers == "1" else 1 <= len(ids) <= 2
         assert _leftovers(cache) == []  # nothing partial, no lock
 
 
