@@ -38,6 +38,7 @@ import os
 import shlex
 import shutil
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from brasyn.common.runtime import select_device, torchrun_environment
 from brasyn.data.modalities import Modality
 from brasyn.model.unet import PRESETS
 from brasyn.train.cache import CacheEntry, load_entries, prepare_cache
+from brasyn.train.checkpoints import read_state
 from brasyn.train.loader import CacheDataset
 from brasyn.train.settings import TrainSettings
 from brasyn.train.trainer import Stop, Trainer
@@ -234,6 +236,7 @@ def _check_before_reading(args: argparse.Namespace, target: Modality) -> Path:
             raise UsageError(f"the data folder {folder} does not exist or is not a folder")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file; name the weights folder to add the checkpoint to")
+    _check_writable(args.out, args.out / "training" / target.value)
     if args.resume and args.restart:
         raise UsageError("--resume continues the saved training and --restart discards it: give one of them")
     state = args.out / "training" / target.value / "state.pt"
@@ -249,7 +252,26 @@ def _check_before_reading(args: argparse.Namespace, target: Modality) -> Path:
         )
     if args.resume and not state.is_file():
         raise UsageError(f"--resume: no training state at {state}; start without --resume")
+    if args.resume:
+        read_state(state, mmap=True)  # a damaged state is named now, not after the data was read
     return state
+
+
+def _check_writable(out: Path, work: Path) -> None:
+    """``--out`` (made if absent) and the training folder in it, where it exists, take a new file: a full
+    or read-only disk is named before any case is read, not when the first state is saved."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for folder in (out, work):
+            if folder.is_dir():
+                fd, name = tempfile.mkstemp(prefix=".brasyn-probe-", suffix=".tmp", dir=folder)
+                os.close(fd)
+                os.unlink(name)
+    except OSError as exc:
+        raise UsageError(
+            f"--out {out} cannot be written ({exc.strerror or exc}): give --out a folder this user may write "
+            "(not a read-only mount), or mount it writable"
+        ) from None
 
 
 def _set_aside(state: Path) -> None:

@@ -15,19 +15,34 @@ files:
 Both are written under temporary names and renamed, the JSON last: an entry is used only when its JSON is
 there, so a killed ``prepare`` leaves nothing half-written in use, and a rerun continues with the cases
 not yet done. A case that fails its checks is reported with its reason; the others are still prepared. A
-full disk stops the preparation with one message (exit 2); a warning comes first when the cases will not fit
-at the BraTS size.
+full disk stops the preparation at once with one message (exit 2); a warning comes first when the cases
+will not fit at the BraTS size. A cache that cannot be written is refused before any case is read. One
+``prepare`` writes into a cache at a time (:mod:`brasyn.train.cache_lock`); the cases are prepared in
+worker processes (:mod:`brasyn.train.workers`) that end with the preparation, and a worker killed loses
+its case alone.
+
+Reading the entries back, each JSON is checked against what training will do with it before any step is
+taken, so that a damaged entry is named and left out at the start instead of breaking a draw hours later.
+An entry is left out, with a warning that names it and says to prepare the cache again, when its JSON
+cannot be read, is of another format version, or describes something no preparation writes: a shape that
+is not (4, D, H, W), a brain count per slice of another length than D, negative or above H x W, or a
+99.9th percentile that is not a positive finite number; or when its array is missing or its header is not
+the uint16 array of that shape. The array's values are checked where they are read
+(:class:`brasyn.train.loader.CacheDataset`).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
+import math
+import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -41,11 +56,14 @@ from brasyn.data.cases import Case
 from brasyn.data.contrast_map import ContrastMap
 from brasyn.data.modalities import MODALITIES, Modality
 from brasyn.data.volumes import load_volume
+from brasyn.train.cache_lock import CacheLock, NotWritable
 from brasyn.train.training_data import find_training_cases
+from brasyn.train.workers import Lost, run_in_workers
 from brasyn.transform.model_space import to_model_space
 
 __all__ = [
     "CacheEntry",
+    "DiskFull",
     "PrepareResult",
     "SCALE",
     "dequantise",
@@ -142,7 +160,7 @@ def prepare_case(case: Case, cache: Path) -> str:
     bbox = [[int(a[0]), int(a[-1]) + 1] if len(a) else [0, 0] for a in nonzero]
     # plain writes, not a memory map: a full disk is then an OSError (ENOSPC), where writing through a
     # memory map would kill the process
-    _write_entry_file(array, lambda handle: np.lib.format.write_array(handle, quantised, allow_pickle=False))
+    _write_entry_file(array, lambda handle: _write_array(handle, quantised))
     entry = {
         "format": FORMAT,
         "id": case.id,
@@ -161,6 +179,18 @@ def prepare_case(case: Case, cache: Path) -> str:
     return case.id
 
 
+class _Stream:
+    """A file seen only through ``write``: numpy then writes an array in chunks through it, where for a
+    real file it calls ``tofile``, whose short write on a full disk is an OSError without its errno."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.write = handle.write
+
+
+def _write_array(handle: BinaryIO, array: np.ndarray) -> None:
+    np.lib.format.write_array(_Stream(handle), array, allow_pickle=False)  # type: ignore[arg-type]
+
+
 def _write_entry_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """An entry's file, atomically: its temporary ends in :data:`TEMPORARY`, so the next run's clean-up
     finds one a killed run left; not flushed to disk, since a lost entry is only prepared again."""
@@ -174,15 +204,17 @@ class DiskFull(BrasynError):
 Failure = tuple[str, str, tuple[Path, ...]]
 """A case error as plain values: :class:`CaseError` itself does not cross a process boundary."""
 
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
 
 def _prepare_one(case: Case, cache: Path) -> str | Failure:
-    """For the process pool: a failed case comes back as a value, so that the others go on."""
+    """One case, in a worker or here: a failed case comes back as a value, so that the others go on."""
     try:
         return prepare_case(case, cache)
     except CaseError as exc:
         return exc.case, exc.message, exc.files
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in FULL:
             raise DiskFull(
                 f"the disk of the cache {cache} is full ({exc.strerror}) while preparing {case.id}: free "
                 "space or give --cache a folder on a larger disk (about 64 MB a BraTS-size case), then run "
@@ -195,15 +227,36 @@ def _prepare_one(case: Case, cache: Path) -> str | Failure:
         return case.id, message, tuple(case.files.values())
 
 
-def prepare_cache(
-    cases: Sequence[Case], cache: Path, workers: int = 1, progress: bool = True
-) -> PrepareResult:
-    """Bring every case of ``cases`` into ``cache`` (made if absent); entries already up to date are kept,
-    left-over temporary files removed. ``workers`` > 1 prepares that many cases at once in processes."""
-    cache.mkdir(parents=True, exist_ok=True)
-    for stale in cache.glob(f"*{TEMPORARY}"):
-        stale.unlink()
-    result = PrepareResult([], [], [])
+def _lost(case: Case, lost: Lost) -> Failure:
+    return (
+        case.id,
+        f"its prepare worker was {lost.describe()} (the out-of-memory killer does this when memory runs "
+        "out) before the case was written: run prepare again, with fewer --workers if memory is short",
+        tuple(case.files.values()),
+    )
+
+
+def _not_writable(cache: Path, exc: OSError) -> UsageError:
+    return UsageError(
+        f"the cache folder {cache} cannot be written ({exc.strerror or exc}): give --cache a folder this "
+        "user may write (not a read-only mount), or mount it writable"
+    )
+
+
+def _check_writable(cache: Path) -> None:
+    """A file can be made in ``cache`` (a root user passes a permission check that a read-only mount
+    still refuses, so this writes instead of asking)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".brasyn-probe-", suffix=TEMPORARY, dir=cache)
+    except OSError as exc:
+        raise _not_writable(cache, exc) from None
+    Path(name).unlink()
+    os.close(fd)
+
+
+def _split(cases: Sequence[Case], cache: Path, result: PrepareResult) -> list[Case]:
+    """The cases to prepare: not those already up to date (into ``result.kept``), nor a second case of a
+    name (into ``result.errors``)."""
     seen: dict[str, Path] = {}
     todo: list[Case] = []
     for case in cases:
@@ -218,13 +271,61 @@ def prepare_cache(
             )
             continue
         seen[case.id] = case.folder
-        (result.kept if _is_current(case, cache) else todo).append(case)
+        if _is_current(case, cache):
+            result.kept.append(case.id)
+        else:
+            todo.append(case)
+    return todo
+
+
+def _clean(cache: Path, cases: Sequence[Case]) -> None:
+    """Remove what a killed writer leaves (the lock is held: no other writer is at work): temporary
+    files, and an array of one of ``cases`` whose JSON never came."""
+    for stale in cache.glob(f"*{TEMPORARY}"):
+        stale.unlink(missing_ok=True)
+    for case in cases:
+        array, meta = _paths(cache, case.id)
+        if not meta.exists():
+            array.unlink(missing_ok=True)
+
+
+def prepare_cache(
+    cases: Sequence[Case], cache: Path, workers: int = 1, progress: bool = True
+) -> PrepareResult:
+    """Bring every case of ``cases`` into ``cache`` (made if absent); entries already up to date are kept,
+    left-over temporary files removed. ``workers`` > 1 prepares that many cases at once in processes.
+
+    UsageError before any case is read when the cache cannot be written (a cache that is already up to
+    date may be read-only); DiskFull when its disk fills up, the cases finished so far kept."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = CacheLock(cache).__enter__()
+    except NotWritable as exc:
+        result = PrepareResult([], [], [])
+        if _split(cases, cache, result):
+            raise _not_writable(cache, exc) from None
+        log.info("the cache %s cannot be written but holds every case up to date: used as it is", cache)
+        return result
+    except OSError as exc:
+        raise _not_writable(cache, exc) from None
+    try:
+        _check_writable(cache)
+        _clean(cache, ())
+        return _prepare_locked(cases, cache, workers, progress)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _prepare_locked(cases: Sequence[Case], cache: Path, workers: int, progress: bool) -> PrepareResult:
+    result = PrepareResult([], [], [])
+    todo = _split(cases, cache, result)
     if result.kept and todo:
         log.info("%d case(s) already prepared in %s; preparing %d", len(result.kept), cache, len(todo))
-    result.kept = [c.id for c in result.kept]  # type: ignore[misc]
     bar = tqdm(total=len(todo), desc="prepare", unit="case", file=sys.stderr, disable=not progress)
 
-    def collect(outcome: str | Failure) -> None:
+    def collect(case: Case, outcome: str | Failure | Lost) -> None:
+        if isinstance(outcome, Lost):
+            outcome = _lost(case, outcome)
         if not isinstance(outcome, str):
             error = CaseError(*outcome)
             log.error("%s", error)  # now, not at the end: a long run shows failures as they come
@@ -237,18 +338,12 @@ def prepare_cache(
     try:
         if workers <= 1 or len(todo) <= 1:
             for case in todo:
-                collect(_prepare_one(case, cache))
+                collect(case, _prepare_one(case, cache))
         else:
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-                futures = [pool.submit(_prepare_one, case, cache) for case in todo]
-                try:
-                    for future in as_completed(futures):
-                        collect(future.result())
-                except DiskFull:
-                    pool.shutdown(cancel_futures=True)  # the cases not begun would fail the same way
-                    raise
+            run_in_workers(todo, functools.partial(_prepare_one, cache=cache), workers, collect)
     finally:
         bar.close()
+        _clean(cache, todo)  # after a stop, a full disk or a killed worker: nothing partial stays
     return result
 
 
@@ -272,33 +367,61 @@ def _warn_about_space(cache: Path, cases: int) -> None:
 
 
 def _entry(meta: Path, record: dict[str, Any]) -> CacheEntry:
+    """The entry a JSON record describes; ValueError (what is wrong) where training could not use it."""
+    if record.get("format") != FORMAT:
+        raise ValueError(f"format {record.get('format')}, expected {FORMAT}")
+    shape = tuple(int(n) for n in record["shape"])
+    if len(shape) != 4 or shape[0] != len(MODALITIES) or min(shape) <= 0:
+        raise ValueError(f"shape {list(shape)}, expected [4, D, H, W]")
+    slices = np.asarray(record["brain_slices"], dtype=np.float64)
+    if slices.shape != (shape[1],):
+        raise ValueError(f"brain_slices holds {slices.size} counts for {shape[1]} slices")
+    if not (np.isfinite(slices).all() and (slices >= 0).all() and (slices <= shape[2] * shape[3]).all()):
+        raise ValueError(f"brain_slices holds a count outside 0 .. {shape[2] * shape[3]}")
+    percentiles = {Modality(k): float(v) for k, v in record["percentiles"].items()}
+    if set(percentiles) != set(MODALITIES):
+        raise ValueError(f"percentiles of {', '.join(sorted(m.value for m in percentiles))}")
+    for m, value in percentiles.items():
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"the {m.value} percentile is {value}")
     return CacheEntry(
         id=str(record["id"]),
         array=meta.with_suffix(".npy"),
-        shape=tuple(int(n) for n in record["shape"]),  # type: ignore[arg-type]
-        brain_slices=np.asarray(record["brain_slices"], dtype=np.int64),
-        percentiles={Modality(k): float(v) for k, v in record["percentiles"].items()},
+        shape=shape,  # type: ignore[arg-type]
+        brain_slices=slices.astype(np.int64),
+        percentiles=percentiles,
     )
 
 
+def _check_array(entry: CacheEntry) -> None:
+    """The array's header (a few bytes): present, uint16, the JSON's shape."""
+    array = np.load(entry.array, mmap_mode="r")
+    if array.shape != tuple(entry.shape) or array.dtype != np.uint16:
+        raise ValueError(
+            f"its array holds {array.dtype} {list(array.shape)}, its JSON says uint16 {list(entry.shape)}"
+        )
+
+
 def load_entries(cache: Path, ids: Iterable[str] | None = None) -> list[CacheEntry]:
-    """The complete entries of ``cache`` (only those of ``ids`` when given), sorted by case id. Only JSON
-    files are read: the arrays are opened when a batch is drawn."""
+    """The complete, sound entries of ``cache`` (only those of ``ids`` when given), sorted by case id.
+    Only the JSON files and the arrays' headers are read: the arrays are opened when a batch is drawn."""
     wanted = None if ids is None else set(ids)
     entries = []
     for meta in sorted(cache.glob("*.json")):
         if wanted is not None and meta.stem not in wanted:
             continue
         try:
-            record = json.loads(meta.read_text())
-            if record.get("format") != FORMAT:
-                raise ValueError(f"format {record.get('format')}, expected {FORMAT}")
-            entry = _entry(meta, record)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            entry = _entry(meta, json.loads(meta.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("skipping the cache entry %s (%s): prepare the cache again", meta, exc)
             continue
         if not entry.array.is_file():
             log.warning("skipping the cache entry %s: its array %s is missing", meta, entry.array.name)
+            continue
+        try:
+            _check_array(entry)
+        except (OSError, ValueError, EOFError) as exc:
+            log.warning("skipping the cache entry %s (%s): prepare the cache again", meta, exc)
             continue
         entries.append(entry)
     return entries

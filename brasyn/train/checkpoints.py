@@ -18,9 +18,54 @@ from brasyn.model.unet import PRESETS
 from brasyn.train.step import Learner
 from brasyn.weights.store import save_checkpoint
 
-__all__ = ["TrainingState", "export_weights"]
+__all__ = ["TrainingState", "export_weights", "read_state"]
 
 log = logging.getLogger("brasyn.train")
+
+
+KEYS = {"step", "model", "optimizer", "generator", "ema", "config", "target"}
+"""What every saved training state holds."""
+
+
+def _damaged(path: Path, reason: str) -> BrasynError:
+    return BrasynError(
+        f"the training state {path} is damaged ({reason}): start over with --restart (the damaged file is "
+        f"kept as {path.name}.bak), or restore {path.name} from a copy and --resume"
+    )
+
+
+def read_state(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """The training state saved at ``path``; BrasynError, saying what to do, where it is truncated, empty,
+    not a state at all or holds objects other than tensors. ``mmap`` reads little, for a check."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except OSError as exc:
+        raise BrasynError(f"the training state {path} cannot be read ({exc.strerror or exc})") from None
+    except Exception as exc:  # torch's words for a broken file vary: EOFError, RuntimeError, pickle errors
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _damaged(path, reason[:200]) from None
+    if not isinstance(state, dict) or not set(state) >= KEYS:
+        raise _damaged(path, "it holds no training state")
+    if not isinstance(state["step"], int) or state["step"] < 0:
+        raise _damaged(path, f"its step is {state['step']!r}")
+    return state
+
+
+def _saved_step(path: Path) -> int | None:
+    try:
+        return int(read_state(path, mmap=True)["step"])
+    except BrasynError:
+        return None
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``: torch.save reports a full disk as a RuntimeError of its zip writer,
+    raised while the OSError is handled."""
+    while exc is not None:
+        if isinstance(exc, OSError):
+            return exc
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
 
 
 class TrainingState:
@@ -51,7 +96,23 @@ class TrainingState:
             "target": settings.target.value,
             "diffusion": settings.diffusion.to_dict(),
         }
-        atomic_write(self.path, lambda handle: torch.save(state, handle))
+        try:
+            atomic_write(self.path, lambda handle: torch.save(state, handle))
+        except (OSError, RuntimeError) as raised:
+            exc = _os_error(raised)
+            if exc is None:
+                raise
+            before = _saved_step(self.path) if self.path.is_file() else None
+            kept = (
+                f"the state saved at step {before} is kept intact"
+                if before is not None
+                else "no earlier state was saved"
+            )
+            raise BrasynError(
+                f"could not save the training state at step {learner.step} to {self.path} "
+                f"({exc.strerror or exc}); {kept}: free space on that disk (or make it writable), then "
+                "rerun with --resume"
+            ) from None
         log.info("saved training state at step %d to %s", learner.step, self.path)
 
     def load(self, learner: Learner) -> None:
@@ -59,7 +120,7 @@ class TrainingState:
         belongs to another target, config or diffusion."""
         if not self.path.is_file():
             raise BrasynError(f"--resume: no training state at {self.path}; start without --resume")
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        state = read_state(self.path)
         settings = learner.settings
         if state["target"] != settings.target.value or state["config"] != PRESETS[settings.config].to_dict():
             raise BrasynError(
@@ -77,11 +138,15 @@ class TrainingState:
                 f"--resume: {self.path} was trained with the diffusion settings {trained.to_dict()}, "
                 f"but this run uses {settings.diffusion.to_dict()}; resume with the same settings"
             )
-        learner.model.load_state_dict(state["model"])
-        learner.optimizer.load_state_dict(state["optimizer"])
-        learner.generator.set_state(state["generator"])
-        if learner.ema is not None and state["ema"] is not None:
-            learner.ema.load_state_dict(state["ema"])
+        try:
+            learner.model.load_state_dict(state["model"])
+            learner.optimizer.load_state_dict(state["optimizer"])
+            learner.generator.set_state(state["generator"])
+            if learner.ema is not None and state["ema"] is not None:
+                learner.ema.load_state_dict(state["ema"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise _damaged(self.path, reason[:200]) from None
         learner.step = int(state["step"])
 
 

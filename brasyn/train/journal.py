@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from brasyn.common.errors import BrasynError
 from brasyn.common.measure import peak_rss_mib
 
 __all__ = ["Journal", "gather_draws", "process_age"]
@@ -45,9 +46,16 @@ class Journal:
     def write(self, record: dict[str, Any]) -> None:
         if self.rank != 0:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / "log.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        path = self.folder / "log.jsonl"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise BrasynError(
+                f"could not write the training log {path} ({exc.strerror or exc}): free space on that disk "
+                "(or make it writable), then rerun with --resume"
+            ) from None
 
     def begin(self, step: int, command: str) -> None:
         """The marker line, so that the lines of a resumed run are never mistaken for another run's."""

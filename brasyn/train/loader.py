@@ -99,7 +99,7 @@ class CacheDataset:
         entry = self.entries[case]
         try:
             array = np.load(entry.array, mmap_mode="r")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             raise CacheEntryError(f"the cache entry {entry.array} cannot be read ({exc})") from None
         if array.shape != tuple(entry.shape) or array.dtype != np.uint16:
             raise CacheEntryError(
@@ -109,8 +109,20 @@ class CacheDataset:
         return array
 
     def _brain_slice(self, case: int, d: int) -> np.ndarray:
-        # the cache keeps non-zero voxels non-zero, so the brain (any contrast non-zero) is exact
-        return self._array(case)[:, d].any(axis=0)
+        # the cache keeps non-zero voxels non-zero, so the brain (any contrast non-zero) is exact, and its
+        # count must be the JSON's: an array zeroed or overwritten since it was prepared differs here
+        mask = self._array(case)[:, d].any(axis=0)
+        self._check_count(case, d, int(mask.sum()))
+        return mask
+
+    def _check_count(self, case: int, d: int, found: int) -> None:
+        expected = int(self.brain_slices[case][d])
+        if found != expected:
+            raise CacheEntryError(
+                f"the cache entry {self.entries[case].array} does not hold the data its JSON describes "
+                f"(slice {d}: {found} brain voxels, its JSON says {expected}): it was zeroed or overwritten "
+                "after it was prepared"
+            )
 
     def draw(self, generator: torch.Generator) -> Draw:
         return draw(generator, self.shapes, self.brain_slices, self._brain_slice, self.patch, self.flip)
@@ -122,6 +134,11 @@ class CacheDataset:
             for axis in example.flips:
                 source = np.flip(source, axis)
             out[i] = source
+        if self.patch is None:
+            # a whole volume draws no slice (a patch's draw checks one): check its fullest slice
+            d = int(np.argmax(self.brain_slices[example.case]))
+            found = out[:, out.shape[1] - 1 - d if 0 in example.flips else d].any(axis=0).sum()
+            self._check_count(example.case, d, int(found))
 
     def name(self, case: int) -> str:
         return self.entries[case].id

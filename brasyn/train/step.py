@@ -23,25 +23,36 @@ from brasyn.train.draws import step_seed
 from brasyn.train.loader import ExampleSource, StepBatches, decode
 from brasyn.train.settings import TrainSettings
 
-__all__ = ["Learner", "deferred_sigterm"]
+__all__ = ["Learner", "deferred_signal", "deferred_sigterm"]
 
 
 @contextlib.contextmanager
-def deferred_sigterm() -> Iterator[None]:
-    """SIGTERM waits till the block ends: a step's weight update and its count are never split, so the
-    state saved on SIGTERM is one that a resume continues exactly from."""
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread() or previous is None:
+def deferred_signal(signum: int, handled_only: bool = False) -> Iterator[None]:
+    """Signal ``signum`` waits till the block ends, then reaches the handler it would have reached.
+    ``handled_only``: only where Python handles it (a handler where there was none would interrupt
+    system calls that were never interrupted before)."""
+    previous = signal.getsignal(signum)
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or previous is None
+        or (handled_only and not callable(previous))
+    ):
         yield  # handlers can only be swapped on the main thread, and one set outside Python not at all
         return
     pending: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: pending.append(signum))
+    signal.signal(signum, lambda signum, frame: pending.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signum, previous)
         if pending:
-            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signum)
+
+
+def deferred_sigterm() -> contextlib.AbstractContextManager[None]:
+    """SIGTERM waits till the block ends: a step's weight update and its count are never split, so the
+    state saved on SIGTERM is one that a resume continues exactly from."""
+    return deferred_signal(signal.SIGTERM)
 
 
 class Learner:

@@ -6,6 +6,7 @@ GPU check times it."""
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,13 +21,24 @@ from brasyn.train.checkpoints import TrainingState, export_weights
 from brasyn.train.journal import Journal, gather_draws, process_age
 from brasyn.train.loader import CacheEntryError, ExampleSource, end_workers, make_loader
 from brasyn.train.settings import TrainSettings
-from brasyn.train.step import Learner, deferred_sigterm
+from brasyn.train.step import Learner, deferred_signal, deferred_sigterm
 from brasyn.train.training_data import intensity_ratios
 from brasyn.train.validation import Validation, ValidationStopped, Validator
 
 __all__ = ["Stop", "Trainer"]
 
 log = logging.getLogger("brasyn.train")
+
+LOST_WORKER = (
+    "a data loader worker was killed (the out-of-memory killer does this when memory runs out); the "
+    "training state is saved at step {step}: rerun with --resume (with fewer --workers or a smaller --patch "
+    "if memory is short)"
+)
+
+
+def lost_worker(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is torch's report of a DataLoader worker that died (killed, or crashed in C)."""
+    return str(exc).startswith("DataLoader worker (pid")
 
 
 class Stop(BaseException):
@@ -78,8 +90,16 @@ class Trainer(Learner):
 
     def export(self) -> None:
         """The trained (EMA when kept) weights into the weights folder, with a manifest entry."""
-        if self.rank == 0:
+        if self.rank != 0:
+            return
+        try:
             export_weights(self.out, self, self._ratios(), self._provenance())
+        except OSError as exc:
+            raise BrasynError(
+                f"could not write the trained weights into {self.out} ({exc.strerror or exc}); the training "
+                f"state at step {self.step} is saved: free space on that disk (or make it writable), then "
+                "rerun with --resume to write them"
+            ) from None
 
     # --- validation --------------------------------------------------------------------------
 
@@ -173,34 +193,42 @@ class Trainer(Learner):
                     self.save_state()
                     raise BrasynError(f"{problem}; {CacheEntryError.ADVICE}") from None
                 waited = time.perf_counter() - waited
-                age = process_age() if done_here == 0 else None  # the start-up: till the first batch
-                loss = self.train_step(batch)
-                losses.append(loss)
-                done_here += 1
-                rate = done_here / (time.perf_counter() - start)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.2f}")
-                record = {
-                    "step": self.step,
-                    "loss": loss,
-                    "steps_per_s": rate,
-                    "data_wait_s": waited,
-                    "draws": gather_draws(draws, self.world),
-                }
-                if done_here == 1:
-                    record["first_step_after_s"] = age
-                if self.validation_due():
-                    try:
-                        result = self.validate()
-                    except ValidationStopped:
-                        raise Stop() from None  # the step's line is written below, without scores
-                    record.update(result.summary())
-                    record["val_best"] = self.best is not None and self.best["step"] == self.step
-                with deferred_sigterm():
-                    self.journal.write(record)
-                    logged = self.step
-                if s.save_every and self.step % s.save_every == 0 and self.step < s.steps:
-                    self.save_state()
+                # a loader worker's death (SIGCHLD, which torch turns into an error) is reported between steps
+                with deferred_signal(signal.SIGCHLD, handled_only=True):
+                    age = process_age() if done_here == 0 else None  # the start-up: till the first batch
+                    loss = self.train_step(batch)
+                    losses.append(loss)
+                    done_here += 1
+                    rate = done_here / (time.perf_counter() - start)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.2f}")
+                    record = {
+                        "step": self.step,
+                        "loss": loss,
+                        "steps_per_s": rate,
+                        "data_wait_s": waited,
+                        "draws": gather_draws(draws, self.world),
+                    }
+                    if done_here == 1:
+                        record["first_step_after_s"] = age
+                    if self.validation_due():
+                        try:
+                            result = self.validate()
+                        except ValidationStopped:
+                            raise Stop() from None  # the step's line is written below, without scores
+                        record.update(result.summary())
+                        record["val_best"] = self.best is not None and self.best["step"] == self.step
+                    with deferred_sigterm():
+                        self.journal.write(record)
+                        logged = self.step
+                    if s.save_every and self.step % s.save_every == 0 and self.step < s.steps:
+                        self.save_state()
+        except RuntimeError as exc:
+            if not lost_worker(exc):
+                raise
+            log.error("%s: saving the training state at step %d", str(exc).strip().splitlines()[0], self.step)
+            self.save_state()
+            raise BrasynError(LOST_WORKER.format(step=self.step)) from None
         except Stop:
             if logged < self.step:  # the step was taken before its line was written
                 if record.get("step") != self.step:

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brasyn.common.errors import BrasynError
-from brasyn.data.cases import Case, complete_cases, discover
+from brasyn.common.errors import BrasynError, CaseError
+from brasyn.data.cases import Case, discover
 from brasyn.data.contrast_map import ContrastMap
-from brasyn.data.modalities import Modality, conditions_for
+from brasyn.data.modalities import MODALITIES, Modality, conditions_for
 from brasyn.data.volumes import load_volume
 from brasyn.train.draws import Draw, draw
 from brasyn.transform.intensity import median_ratios
@@ -39,15 +39,35 @@ class TrainingCase:
     """99.9th percentile of each contrast in its own units."""
 
 
+TRAINING_NEEDS = "training needs all four contrasts (t1n, t1c, t2w, t2f) of each case"
+SYNTHESIS_NEEDS = "each case needs three of " + ", ".join(m.value for m in MODALITIES)
+"""The synthesis rule in discovery's messages, which training words as its own."""
+
+
+def _skipped(case: Case | CaseError) -> str | None:
+    """Why a discovered case cannot be trained on, in training's words; None for a complete case.
+    Discovery runs without a target: a synthesis target would refuse complete cases whose files share a
+    name prefix (one output name) and word an incomplete case as a ``--target`` problem."""
+    if isinstance(case, CaseError):
+        return case.message.replace(SYNTHESIS_NEEDS, TRAINING_NEEDS)
+    if case.complete:
+        return None
+    have = ", ".join(m.value for m in MODALITIES if m in case.files)
+    absent = ", ".join(m.value for m in MODALITIES if m not in case.files)
+    return f"it holds {have} but no {absent}; {TRAINING_NEEDS}: add the missing file or leave the case out"
+
+
 def find_training_cases(folders: list[Path], mapping: ContrastMap | None = None) -> list[Case]:
     """Complete cases (all four contrasts) under ``folders``, their files named as ``--map`` says where it
     is given; others are skipped with a warning."""
     complete: list[Case] = []
     for folder in folders:
-        cases, rest = complete_cases(discover(folder, target=Modality.T1N, mapping=mapping), "training")
-        for error in rest:
-            log.warning("skipping %s: %s", error.case, error.message)
-        complete += cases
+        for case in discover(folder, mapping=mapping):
+            reason = _skipped(case)
+            if reason is None:
+                complete.append(case)  # type: ignore[arg-type]
+            else:
+                log.warning("skipping %s: %s", case.case if isinstance(case, CaseError) else case.id, reason)
     if not complete:
         raise BrasynError(
             f"no usable training case in {', '.join(map(str, folders))}: each case folder needs all four "
