@@ -60,6 +60,7 @@ from brasyn.train.trainer import Stop, Trainer
 from brasyn.train.training_data import find_training_cases
 from brasyn.train.validation import Validator, validation_cases
 from brasyn.transform.preprocess import MULTIPLE
+from brasyn.weights.official import replaced_checkpoint
 
 __all__ = ["main"]
 
@@ -158,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start over where a training state exists (kept as state.pt.bak, its log as log.jsonl.bak)",
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let a new training replace the checkpoint --out already holds for the target (refused without "
+        "it where no training state of that checkpoint is there)",
+    )
+    p.add_argument(
         "--seed", type=whole_number(), default=0, help="seed of the initial weights and every draw"
     )
     add_device_option(p)
@@ -252,6 +259,14 @@ def _check_before_reading(args: argparse.Namespace, target: Modality) -> Path:
         )
     if args.resume and not state.is_file():
         raise UsageError(f"--resume: no training state at {state}; start without --resume")
+    existing = None if state.is_file() or args.overwrite else replaced_checkpoint(args.out, target)
+    if existing is not None:
+        # no state: the checkpoint is not this training's own (imported, fetched, or trained elsewhere)
+        raise UsageError(
+            f"{args.out} already holds a {target.value} checkpoint, {existing}, that no training state there "
+            "belongs to; a new training would replace it at its first save. Choose another --out, or pass "
+            "--overwrite if it is to be replaced."
+        )
     if args.resume:
         read_state(state, mmap=True)  # a damaged state is named now, not after the data was read
     return state

@@ -184,3 +184,38 @@ def test_a_killed_data_loader_worker_stops_training_with_the_state_saved(cache, 
 def test_troubleshooting_has_a_row_for_each_message(message):
     page = (Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md").read_text()
     assert message in page
+
+
+def test_training_into_a_folder_with_someone_elses_checkpoint_is_refused_unless_told(cache, tmp_path, capsys):
+    from brasyn.weights.store import WeightStore, init_random
+
+    out = tmp_path / "w"
+    init_random(out, "tiny", seed=9, targets=["t2f"])  # stands in for imported or long-trained weights
+    before = (out / "t2f.pt").read_bytes()
+    args = tiny_train_args(cache, out, 2, "1e-3")
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{out} already holds a t2f checkpoint, {out / 't2f.pt'}" in err and "--overwrite" in err
+    assert "training case(s)" not in err  # said before the data is read
+    assert (out / "t2f.pt").read_bytes() == before and not (out / "training").exists()
+    assert train_main([*args, "--overwrite"]) == 0
+    assert (out / "t2f.pt").read_bytes() != before
+    # its own checkpoint, with its training state beside it: continued without --overwrite
+    assert train_main([*args, "--steps", "3", "--resume"]) == 0
+    assert WeightStore(out).info("t2f").provenance.get("command") != "init"
+
+
+def test_training_into_a_folder_of_released_files_keeps_the_other_three_in_use(cache, tmp_path):
+    from brasyn.model.unet import PRESETS, Denoiser
+    from brasyn.weights.store import WeightStore, _randomise
+
+    out = tmp_path / "downloads"
+    out.mkdir()
+    for seed, name in enumerate(("t1_gen.pt", "t1ce_gen.pt", "t2_gen.pt")):
+        model = Denoiser.from_config(PRESETS["tiny"])
+        _randomise(model, torch.Generator().manual_seed(seed))
+        torch.save(model.state_dict(), out / name)  # as the official code saves them; no manifest
+    assert train_main(tiny_train_args(cache, out, 2, "1e-3")) == 0
+    store = WeightStore(out)
+    assert [m.value for m in store.targets()] == ["t1n", "t1c", "t2w", "t2f"]
+    assert store.info("t1n").file == "t1_gen.pt" and store.info("t2f").file == "t2f.pt"
