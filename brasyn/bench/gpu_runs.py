@@ -109,7 +109,10 @@ def batch(
             precision=variant["precision"], channels_last=variant["channels_last"], compile=variant["compile"]
         )
         predictor = DiffusionPredictor(
-            WeightStore(root / "weights"), device, Sampling("dpm++2m", sizes.fast_steps), speed
+            WeightStore(root / "weights", quality_notice=False),
+            device,
+            Sampling("dpm++2m", sizes.fast_steps),
+            speed,
         )
         predictor.model_for(target)
         with backends(device, variant["tf32"]):

@@ -138,8 +138,23 @@ def compare_samplers(
                             **{k: v for k, v in scores.items() if v is not None},
                         }
                     )
-                    log.info("%s", rows[-1])
+                    log.info("%s", row_text(rows[-1]))
     return rows
+
+
+def row_text(row: dict[str, Any]) -> str:
+    """A result row as one log line (``case=... target=t2f ssim=0.9123 ...``), numbers to 4 figures."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, dict):
+            return ",".join(f"{k}:{text(v)}" for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return "x".join(map(text, value))
+        return str(value)
+
+    return " ".join(f"{k}={text(v)}" for k, v in row.items())
 
 
 def _crop_window(brain: np.ndarray, crop: tuple[int, int, int] | None) -> tuple[slice, ...]:
@@ -185,12 +200,19 @@ def compare_precision(
                 ("bf16", Variant(sampler, steps, "bf16"), seed),
             ):
                 runner = Synthesizer(_predictor(weights, device, variant), run_seed)
-                log.info("%s %s: %s %d steps, %s, seed %d", case.id, target, sampler, steps, name, run_seed)
+                log.info(
+                    "%s %s: %s, %s, seed %d",
+                    case.id,
+                    target,
+                    Sampling(sampler, steps).describe(),
+                    name,
+                    run_seed,
+                )
                 start = time.perf_counter()
                 results[name] = runner.predict(images, target, case.id)
                 seconds[name] = round(time.perf_counter() - start, 2)
             rows.append(_precision_row(case, target, sampler, steps, images, results, seconds))
-            log.info("%s", rows[-1])
+            log.info("%s", row_text(rows[-1]))
     return rows
 
 

@@ -129,7 +129,10 @@ def time_case(settings: BenchSettings, device: torch.device, shape: tuple[int, i
         synthetic_case(root / "input", CASE_ID, shape)
         init_random(root / "weights", settings.config, targets=[CASE_TARGET])
         predictor = DiffusionPredictor(
-            WeightStore(root / "weights"), device, Sampling(settings.sampler, settings.steps), settings.speed
+            WeightStore(root / "weights", quality_notice=False),
+            device,
+            Sampling(settings.sampler, settings.steps),
+            settings.speed,
         )
         model_load = elapsed_ms(lambda: predictor.model_for(CASE_TARGET), device)
         reset_peak_memory(device)
@@ -296,10 +299,9 @@ def run(settings: BenchSettings, device: torch.device) -> dict[str, Any]:
             BRATS_SHAPE if tuple(settings.shape) == TRAINING_SHAPE else tuple(settings.shape)
         )
         log.info(
-            "timing one %s case end to end, %d %s steps",
+            "timing one %s case end to end, %s",
             "x".join(map(str, shape)),
-            settings.steps,
-            settings.sampler,
+            Sampling(settings.sampler, settings.steps).describe(),
         )
         result["case"] = time_case(settings, device, tuple(shape))
     result.update(peak_memory_figures(device))

@@ -130,10 +130,8 @@ class DiffusionPredictor:
         return next((k for k in ("random", "demo", "trained") if k in kinds), None)
 
     def summary(self) -> str:
-        steps = self.sampling.steps_taken
         return (
-            f"weights {self.weights.folder}; {self.sampling.sampler}, {steps} steps, on {self.device} "
-            f"in {self.precision}"
+            f"weights {self.weights.folder}; {self.sampling.describe()}, on {self.device} in {self.precision}"
         )
 
     def settings(self) -> dict[str, Any]:
@@ -318,15 +316,18 @@ class NearestPredictor(_Baseline):
 def _diffusion(weights: Path, device: str, sampling: Sampling, speed: SpeedSettings) -> DiffusionPredictor:
     chosen = select_device(device)
     predictor = DiffusionPredictor(WeightStore(weights), chosen, sampling, speed)
-    for target in predictor.weights.targets():  # which weights ran, for whoever reads the log later
-        info = predictor.weights.info(target)
-        log.info(
-            "weights %s: %s, sha256 %s (%s)",
-            target.value,
-            predictor.weights.folder / info.file,
-            info.sha256,
-            info.provenance.get("source", "unknown source"),
-        )
+    store = predictor.weights
+    # which weights ran, for whoever reads the log later: one line; the digests are in the run report
+    log.info(
+        "weights %s: %s",
+        store.folder,
+        ", ".join(
+            f"{t.value} {store.info(t).file} ({store.info(t).provenance.get('source', 'unknown source')})"
+            for t in store.targets()
+        ),
+    )
+    for target in store.targets():
+        log.debug("weights %s: sha256 %s", target.value, store.info(target).sha256)
     if chosen.type == "cpu" and device.strip().lower() == "auto":
         # a fall-back, not a choice: say what it will cost before the first case starts
         targets = predictor.weights.targets()

@@ -128,6 +128,13 @@ class Sampling:
         """The steps the sampler takes: ``steps``, or 1 for "x0" whatever ``steps`` says."""
         return self.algorithm.steps_for(self.steps)
 
+    def describe(self) -> str:
+        """The sampling in words, for logs: ``20 ddim steps``, or ``x0 (one prediction)``."""
+        taken = self.steps_taken
+        if self.sampler == "x0":
+            return "x0 (one prediction)"
+        return f"{taken} {self.sampler} step{'s' if taken != 1 else ''}"
+
 
 class Diffusion:
     """The noise schedule of cWDM and the operations on it.

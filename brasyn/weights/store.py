@@ -73,10 +73,14 @@ logger = logging.getLogger("brasyn.weights")
 class WeightStore:
     """The checkpoints of one weights folder; models are loaded on demand and kept."""
 
-    def __init__(self, folder: Path | str) -> None:
+    def __init__(self, folder: Path | str, *, quality_notice: bool = True) -> None:
         """``folder``: a weights folder, its ``manifest.json``, or one checkpoint file in it: then the
         folder's manifest (or official names) is read for that file's entry, and only that checkpoint is
-        used (a case missing another contrast fails naming the folder to give instead)."""
+        used (a case missing another contrast fails naming the folder to give instead).
+        ``quality_notice=False`` keeps quiet about random or demo weights (a benchmark's own throwaway
+        weights)."""
+        self.quality_notice = quality_notice
+        self._noticed: set[str] = set()
         path = Path(folder)
         named = path if path.is_file() and path.name != MANIFEST_NAME else None
         self.folder = path.parent if path.is_file() else path
@@ -87,6 +91,24 @@ class WeightStore:
         if named is not None:
             self._check_named_file(named)
         self._models: dict[tuple[Modality, str], Denoiser] = {}
+
+    def _notice_quality(self, quality: str) -> None:
+        """Warn once per store (one run) that its weights are random or demo quality, not once per target."""
+        if not self.quality_notice or quality == "trained" or quality in self._noticed:
+            return
+        self._noticed.add(quality)
+        if quality == "random":
+            logger.warning(
+                "the weights in %s are RANDOM (python -m brasyn.weights init): they make noise, not images; "
+                "for tests only",
+                self.folder,
+            )
+        else:
+            logger.warning(
+                "the weights in %s are demo quality (a small model trained briefly on a few cases), not for "
+                "real use: fetch the released ones with python -m brasyn.weights fetch-official --out DIR",
+                self.folder,
+            )
 
     def __repr__(self) -> str:
         return f"WeightStore({str(self.folder)!r}, targets={[m.value for m in self.targets()]})"
@@ -172,21 +194,7 @@ class WeightStore:
             sum(p.numel() for p in model.parameters()) / 1e6,
             device,
         )
-        if info.quality == "random":
-            logger.warning(
-                "the %s weights in %s are RANDOM (python -m brasyn.weights init): they make noise, not "
-                "images; use them for tests only, and import or train real weights for anything else",
-                info.target.value,
-                self.folder,
-            )
-        elif info.quality == "demo":
-            logger.warning(
-                "the %s weights in %s are demo quality (a small model trained briefly on a few cases): "
-                "for real use, import the official cWDM checkpoints (python -m brasyn.weights "
-                "import-official) or train your own (python -m brasyn.train) and pass --weights DIR",
-                info.target.value,
-                self.folder,
-            )
+        self._notice_quality(info.quality)
         self._models[key] = model
         return model
 

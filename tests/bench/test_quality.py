@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brasyn.bench.quality import parse_variant
+from brasyn.bench.quality import parse_variant, row_text
 from brasyn.commands import quality
 from brasyn.commands.cli import main as cli_main
 from brasyn.evaluate.metrics import score
@@ -77,3 +77,8 @@ def test_bad_variants_and_folders_without_complete_cases_exit_2(complete, tmp_pa
     with pytest.raises(ValueError, match="precision"):
         parse_variant("ddim:5:fp16")
     assert quality.main(["samplers", "--data", str(tmp_path), "--weights", str(complete / "weights")]) == 2
+
+
+def test_a_result_row_is_logged_as_words_not_a_python_dict():
+    row = {"case": "A", "target": "t2f", "shape": [112, 112, 80], "ssim": 0.912345, "seconds": {"fp32": 1.5}}
+    assert row_text(row) == "case=A target=t2f shape=112x112x80 ssim=0.9123 seconds=fp32:1.5"

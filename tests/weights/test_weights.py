@@ -542,6 +542,7 @@ def test_demo_quality_checkpoints_say_so_when_loaded(tmp_path):
 
     save_checkpoint(tmp_path, Denoiser.from_config(PRESETS["tiny"]), "t2f", provenance={"quality": "demo"})
     save_checkpoint(tmp_path, Denoiser.from_config(PRESETS["tiny"]), "t1n")
+    save_checkpoint(tmp_path, Denoiser.from_config(PRESETS["tiny"]), "t2w", provenance={"quality": "demo"})
     store = WeightStore(tmp_path)
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
@@ -556,4 +557,13 @@ def test_demo_quality_checkpoints_say_so_when_loaded(tmp_path):
         weights_log.removeHandler(handler)
     assert len(records) == 1
     message = records[0].getMessage()
-    assert "demo quality" in message and "import-official" in message
+    assert "demo quality" in message and "fetch-official" in message
+    records.clear()
+    weights_log.addHandler(handler)
+    try:
+        store.load("t2w")  # another demo target of the same run: said once is enough
+        other = WeightStore(tmp_path, quality_notice=False)  # a benchmark's own weights: nothing said
+        other.load("t2f")
+    finally:
+        weights_log.removeHandler(handler)
+    assert records == []
