@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from brasyn.commands.command import parse_arguments, run_command
+from brasyn.commands.command import HelpFormatter, HelpParser, parse_arguments, run_command
 from brasyn.commands.options import add_map_option, add_verbosity_option, contrast_mapping
 from brasyn.common.errors import BrasynError, CaseError, ExitCode
 from brasyn.common.version import __version__
@@ -47,10 +47,12 @@ def _complete_cases(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m brasyn.baselines", description="Fit the linear and nearest-contrast baselines."
+        formatter_class=HelpFormatter,
+        prog="python -m brasyn.baselines",
+        description="Fit the linear and nearest-contrast baselines.",
     )
     add_verbosity_option(parser)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(parser_class=HelpParser, dest="command", required=True)
     fit = commands.add_parser("fit", help=f"fit on complete cases and write {BASELINES_NAME}")
     fit.add_argument(
         "--data", type=Path, action="append", required=True, help="folder of complete cases (repeatable)"

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from brasyn.bench.speed import BenchSettings, run
-from brasyn.commands.command import Subcommands, parse_arguments, print_json, run_command
+from brasyn.commands.command import HelpFormatter, Subcommands, parse_arguments, print_json, run_command
 from brasyn.commands.converters import one_of, output_file, whole_number
 from brasyn.commands.gpu_check import main as gpu_main
 from brasyn.commands.loader_bench import loader_main, quantisation_main
@@ -45,7 +45,9 @@ __all__ = ["build_parser", "main", "settings_from"]
 def build_parser() -> argparse.ArgumentParser:
     """The bench's flags; the speed switches, device, sampler and steps are those of ``python -m
     brasyn`` (:mod:`brasyn.commands.options`), with the same defaults, so a figure means what a run does."""
-    parser = argparse.ArgumentParser(prog="python -m brasyn.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter, prog="python -m brasyn.bench", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--config", type=one_of(*sorted(PRESETS)), default="official", help="denoiser size")
     parser.add_argument(
         "--shape",

@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from brasyn.commands.command import Subcommands, parse_arguments, run_command
+from brasyn.commands.command import HelpFormatter, Subcommands, parse_arguments, run_command
 from brasyn.commands.converters import contrast, one_of, shard_spec, whole_number
 from brasyn.commands.demo import run_demo
 from brasyn.commands.doctor import main as doctor_main
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The main command's flags; every value is checked by the converter that also checks the MLCube
     parameters file (:data:`brasyn.commands.options.MLCUBE_PARAMETERS`)."""
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="brasyn",
         description="Synthesise the missing MR contrast (t1n, t1c, t2w or t2f) of every case folder.",
         epilog="Other forms: 'brasyn --t1n FILE --t1c FILE --t2w FILE --out FILE [options]' synthesises one "
@@ -198,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_mlcube_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brasyn infer", description="MLCube inference task")
+    parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter, prog="brasyn infer", description="MLCube inference task"
+    )
     parser.add_argument("--data_path", type=Path, required=True, help="input folder of case folders")
     parser.add_argument("--output_path", type=Path, required=True, help="output folder")
     parser.add_argument("--weights", type=Path, default=None, help="weights folder (or its manifest.json)")

@@ -24,7 +24,46 @@ from brasyn.common.files import atomic_write
 from brasyn.common.logs import configure_logging
 from brasyn.common.runtime import writable_cache_environment
 
-__all__ = ["Subcommands", "parse_arguments", "print_json", "run_command", "verbosity"]
+__all__ = [
+    "HelpFormatter",
+    "HelpParser",
+    "Subcommands",
+    "parse_arguments",
+    "print_json",
+    "run_command",
+    "verbosity",
+]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` that shows a default only where one means something: not on required options or options
+    without a default (``default: None``), not on switches and counters (``default: False``, ``0``), and
+    not where the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        silent = (
+            "default" in text.lower()
+            or "%(default)" in text
+            or default is None
+            or default is argparse.SUPPRESS
+            or action.required
+            or isinstance(default, bool)
+            or isinstance(action, argparse._CountAction)
+            or not action.option_strings
+            or default == []
+        )
+        return text if silent else super()._get_help_string(action)
+
+
+class HelpParser(argparse.ArgumentParser):
+    """An argument parser whose ``--help`` uses :class:`HelpFormatter`; sub-commands are made with it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
 
 log = logging.getLogger(__name__)
 

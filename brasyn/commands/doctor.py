@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from brasyn.commands.command import parse_arguments, run_command
+from brasyn.commands.command import HelpFormatter, parse_arguments, run_command
 from brasyn.commands.options import add_device_option, add_verbosity_option
 from brasyn.common.errors import BrasynError
 from brasyn.common.health import Check, Status, machine_checks
@@ -25,6 +25,7 @@ __all__ = ["build_parser", "doctor", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="brasyn doctor",
         description="Check torch, CUDA, the driver, the GPUs, the weights, the output folder, the user "
         "and /dev/shm for a run; one line per check (ok, warning or problem, and what to do). "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from brasyn.commands.command import Subcommands, parse_arguments, run_command
+from brasyn.commands.command import HelpFormatter, Subcommands, parse_arguments, run_command
 from brasyn.commands.converters import one_of, output_file, whole_number
 from brasyn.commands.options import add_device_option, add_verbosity_option
 from brasyn.commands.segment import main as segment_main
@@ -33,6 +33,7 @@ __all__ = ["main"]
 
 def _score_parser() -> argparse.ArgumentParser:
     s = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="python -m brasyn.evaluate",
         description="Score synthetic contrasts against the real images ('drop' makes a test set).",
         epilog="python -m brasyn.evaluate drop --input DIR --output DIR [--seed 7] [--record FILE]",
@@ -71,6 +72,7 @@ def _score_parser() -> argparse.ArgumentParser:
 
 def _drop_parser() -> argparse.ArgumentParser:
     d = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="python -m brasyn.evaluate drop",
         description="Copy complete cases less one random contrast each, as the MedPerf preparation does.",
     )

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brasyn.commands.command import parse_arguments, run_command
+from brasyn.commands.command import HelpFormatter, parse_arguments, run_command
 from brasyn.commands.options import add_verbosity_option
 from brasyn.common.errors import BrasynError, ExitCode, UsageError
 from brasyn.common.files import atomic_write, own_folder
@@ -99,7 +99,9 @@ def write_example(out: Path, source: Path | None = None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m brasyn.example", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter, prog="python -m brasyn.example", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder to write input/ and truth/ into")
     parser.add_argument(
         "--source", type=Path, default=None, help=f"folder of real cases (default {DEFAULT_SOURCE})"

@@ -12,7 +12,7 @@ import torch
 
 from brasyn.bench.gpu_check import gpu_check, markdown
 from brasyn.bench.gpu_parts import DEFAULT_BUDGET_S, QUICK_BUDGET_S
-from brasyn.commands.command import parse_arguments, run_command
+from brasyn.commands.command import HelpFormatter, parse_arguments, run_command
 from brasyn.commands.converters import real_number
 from brasyn.commands.options import add_device_option, add_verbosity_option
 from brasyn.common.errors import ExitCode, UsageError
@@ -24,7 +24,9 @@ log = logging.getLogger("brasyn.bench")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m brasyn.bench gpu", description="The GPU check: one command, a hard time budget."
+        formatter_class=HelpFormatter,
+        prog="python -m brasyn.bench gpu",
+        description="The GPU check: one command, a hard time budget.",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu.json and gpu.md")
     parser.add_argument(

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from brasyn.bench.loader_bench import LoaderBenchSettings, measure, quantisation
-from brasyn.commands.command import parse_arguments, print_json, run_command
+from brasyn.commands.command import HelpFormatter, parse_arguments, print_json, run_command
 from brasyn.commands.converters import contrast, output_file, real_number, whole_number
 from brasyn.commands.options import add_verbosity_option
 from brasyn.common.errors import ExitCode, UsageError
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m brasyn.bench loader",
         description="Samples per second of the training data loader and the main process's wait per step.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--cache", type=Path, required=True, help="a prepared cache (python -m brasyn.train prepare)"
@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_quantisation_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m brasyn.bench quantisation")
+    parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter, prog="python -m brasyn.bench quantisation"
+    )
     parser.add_argument("--data", type=Path, required=True, help="a folder of complete cases")
     parser.add_argument("--json", type=output_file, help="also write the JSON to this file")
     add_verbosity_option(parser)

@@ -42,6 +42,7 @@ __all__ = [
     "MLCUBE_PARAMETERS",
     "mlcube_weights",
     "NAMINGS",
+    "add_data_option",
     "add_device_option",
     "add_map_option",
     "add_method_option",
@@ -248,6 +249,19 @@ def add_device_option(parser: argparse.ArgumentParser, default: str = "auto") ->
         metavar="{auto,cpu,cuda,cuda:N}",
         help="auto (the GPU with the most free memory, else the CPU), cpu, cuda or cuda:N "
         f"(default {default})",
+    )
+
+
+def add_data_option(parser: argparse.ArgumentParser, *, required: bool, after: str = "") -> None:
+    """``--data DIR [DIR ...]``, also repeatable: the training commands take their folders one way."""
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        action="extend",
+        required=required,
+        metavar="DIR",
+        help="folders of complete cases (several after one --data, or --data repeated)" + after,
     )
 
 

@@ -16,9 +16,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from brasyn.commands.command import parse_arguments, run_command
+from brasyn.commands.command import HelpFormatter, parse_arguments, run_command
 from brasyn.commands.converters import whole_number
-from brasyn.commands.options import add_map_option, add_verbosity_option, contrast_mapping
+from brasyn.commands.options import add_data_option, add_map_option, add_verbosity_option, contrast_mapping
 from brasyn.common.errors import ExitCode
 from brasyn.train.cache import prepare_folders
 
@@ -31,11 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m brasyn.train prepare",
         description="Bring complete cases into model space once, for training any of the four targets.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument(
-        "--data", type=Path, nargs="+", action="extend", required=True, help="folders of complete cases"
-    )
+    add_data_option(p, required=True)
     p.add_argument("--cache", type=Path, required=True, help="the cache folder (made if absent)")
     p.add_argument("--workers", type=whole_number(1), default=1, help="cases prepared at once")
     add_map_option(p)

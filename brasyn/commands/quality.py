@@ -24,7 +24,7 @@ from brasyn.bench.quality import (
     markdown_table,
     parse_variant,
 )
-from brasyn.commands.command import parse_arguments, print_json, run_command
+from brasyn.commands.command import HelpFormatter, HelpParser, parse_arguments, print_json, run_command
 from brasyn.commands.converters import contrast, output_file, whole_number
 from brasyn.commands.options import (
     add_device_option,
@@ -44,9 +44,11 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m brasyn.quality", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter, prog="python -m brasyn.quality", description=__doc__.split("\n\n")[0]
+    )
     add_verbosity_option(parser)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(parser_class=HelpParser, dest="command", required=True)
     for name in ("samplers", "precision"):
         p = commands.add_parser(name)
         p.add_argument("--data", type=Path, required=True, help="folder of complete case folders")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from brasyn.commands.command import parse_arguments, run_command
+from brasyn.commands.command import HelpFormatter, parse_arguments, run_command
 from brasyn.commands.converters import one_of, whole_number
 from brasyn.commands.options import add_verbosity_option
 from brasyn.evaluate.segscore import COHORTS, SegmentRequest, segment_and_score
@@ -23,6 +23,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="python -m brasyn.evaluate segment",
         description="Segment the cases completed with the synthetic contrast and score the labels.",
     )

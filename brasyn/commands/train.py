@@ -44,9 +44,15 @@ from typing import Any
 
 import torch
 
-from brasyn.commands.command import Subcommands, parse_arguments, run_command
+from brasyn.commands.command import HelpFormatter, Subcommands, parse_arguments, run_command
 from brasyn.commands.converters import contrast, one_of, real_number, whole_number
-from brasyn.commands.options import add_device_option, add_map_option, add_verbosity_option, contrast_mapping
+from brasyn.commands.options import (
+    add_data_option,
+    add_device_option,
+    add_map_option,
+    add_verbosity_option,
+    contrast_mapping,
+)
 from brasyn.common.acceleration import PRECISIONS, resolve_precision
 from brasyn.common.errors import BrasynError, ExitCode, UsageError
 from brasyn.common.runtime import select_device, torchrun_environment
@@ -73,14 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m brasyn.train",
         description="Train a cWDM denoiser for one target contrast and add it to a weights folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument(
-        "--data",
-        type=Path,
-        action="append",
-        help="folder of complete cases (repeatable), prepared into --cache first",
-    )
+    add_data_option(p, required=False, after=", prepared into --cache first")
     p.add_argument(
         "--cache",
         type=Path,

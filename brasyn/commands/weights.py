@@ -18,7 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from brasyn.commands.command import parse_arguments, run_command
+from brasyn.commands.command import HelpFormatter, HelpParser, parse_arguments, run_command
 from brasyn.commands.converters import contrast, whole_number
 from brasyn.commands.options import add_verbosity_option
 from brasyn.common.errors import BrasynError, ExitCode, UsageError
@@ -36,10 +36,12 @@ logger = logging.getLogger("brasyn.weights")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m brasyn.weights", description="Create, import, verify and list brasyn weights folders."
+        formatter_class=HelpFormatter,
+        prog="python -m brasyn.weights",
+        description="Create, import, verify and list brasyn weights folders.",
     )
     add_verbosity_option(parser)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(parser_class=HelpParser, dest="command", required=True)
     contrasts = [m.value for m in MODALITIES]
 
     init = commands.add_parser("init", help="write randomly initialised checkpoints (tests, smoke runs)")

@@ -275,7 +275,10 @@ def test_import_official_into_the_download_folder_writes_only_a_manifest(downloa
 def test_import_official_of_a_folder_with_a_bad_file_writes_nothing(tmp_path, downloads, capsys):
     (downloads / "t1ce_gen.pt").write_bytes(b"truncated download")
     assert weights_main(["import-official", str(downloads), "--out", str(tmp_path / "w")]) == 2
-    assert "t1ce_gen.pt could not be read" in capsys.readouterr().err
+    assert (
+        "t1ce_gen.pt is a text file ('truncated download' ...), not a torch checkpoint"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "w").exists()
 
 
