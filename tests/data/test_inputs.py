@@ -90,6 +90,32 @@ def test_a_file_two_contrasts_patterns_match_fails_its_case_naming_file_and_patt
     assert isinstance(other, Case) and other.target is T2F  # the other case goes on
 
 
+def test_two_t1_files_suggest_the_map_lines_with_their_names_filled_in(tmp_path):
+    # the most common hospital pair: a native and a post-contrast MPRAGE, both read as t1n by name
+    _touch(tmp_path / "in" / "patient7", *HOSPITAL)
+    error = _only(discover(tmp_path / "in"))
+    assert isinstance(error, CaseError)
+    assert error.message == (
+        "more than one file for the same contrast (t1n: T1_MPRAGE.nii.gz, T1_MPRAGE_post.nii.gz); name each "
+        "file's contrast with --map, e.g. --map t1n='T1_MPRAGE.nii.gz' --map t1c='T1_MPRAGE_post.nii.gz' "
+        "(or rename or remove one of them)"
+    )
+    # the lines as suggested make the case run, keeping its t1c
+    case = _only(
+        discover(tmp_path / "in", mapping=parse_map(["t1n=T1_MPRAGE.nii.gz", "t1c=T1_MPRAGE_post.nii.gz"]))
+    )
+    assert isinstance(case, Case) and case.target is T2F and case.files[T1C].name == "T1_MPRAGE_post.nii.gz"
+
+
+def test_suggested_map_lines_replace_the_case_id_so_they_fit_every_case(tmp_path):
+    for case in ("P1", "P2"):
+        _touch(tmp_path / "in" / case, f"{case}_t1.nii.gz", f"{case}_t1_vibe_KM.nii.gz", f"{case}_t2.nii.gz")
+    errors = discover(tmp_path / "in")
+    assert [e.case for e in errors] == ["P1", "P2"]
+    assert all(isinstance(e, CaseError) for e in errors)
+    assert "--map t1n='*_t1.nii.gz' --map t1c='*_t1_vibe_KM.nii.gz'" in errors[1].message
+
+
 def test_a_pattern_matching_two_files_names_the_pattern(tmp_path):
     _touch(tmp_path / "in" / "a", *HOSPITAL)
     error = _only(discover(tmp_path / "in", mapping=parse_map("t1c=*MPRAGE*")))
