@@ -55,6 +55,9 @@ class Recognition:
     ambiguous: list[tuple[str, AmbiguousNameError]] = field(default_factory=list)
     ignored: dict[str, str] = field(default_factory=dict)
     """Files that are no contrast image (segmentations, masks, other files): why, in words for the log."""
+    mapped_ids: dict[str, str] = field(default_factory=dict)
+    """Files named by ``--map``: the case id the pattern reads from each (see
+    :meth:`~brasyn.data.contrast_map.ContrastMap.case_id`; empty where none), for flat folders."""
     case_id: str | None = None
     """The case id the names were read after, if any (it becomes ``*`` in the ``--map`` lines suggested)."""
 
@@ -129,6 +132,7 @@ def recognise(
         if matched:
             modality = matched[0][0]
             seen.mapped[name] = ContrastMap(tuple(matched))
+            seen.mapped_ids[name] = seen.mapped[name].case_id(name)
             seen.found.setdefault(modality, []).append((name, _mapped_name(name, modality)))
             continue
         try:

@@ -369,3 +369,45 @@ def test_infer_single_writes_the_bytes_of_the_command_and_keeps_an_output_when_t
     assert written == out and out.read_bytes() == command.read_bytes()
     with pytest.raises(FileExistsError, match="overwrite=True"):
         brasyn.infer_single(t1n=t1n, t1c=t1c, t2f=t2f, output_file=out, overwrite=False, device="cpu")
+
+
+# --- nnU-Net folders: channel files named by --map ----------------------------------------------------
+
+NNUNET = ["t1n=*_0000.nii.gz", "t1c=*_0001.nii.gz", "t2w=*_0002.nii.gz"]
+
+
+def test_one_nnunet_case_is_named_after_its_case_id_not_the_folder(tmp_path):
+    _touch(tmp_path / "imagesTs", *(f"BraTS_001_{c:04d}.nii.gz" for c in range(3)))
+    case = _only(discover(tmp_path / "imagesTs", mapping=parse_map(NNUNET)))
+    assert isinstance(case, Case)
+    assert (case.id, case.target, case.output_name) == ("BraTS_001", T2F, "BraTS_001-t2f.nii.gz")
+
+
+def test_two_nnunet_cases_in_one_folder_are_split_by_the_case_id_the_patterns_read(tmp_path):
+    names = [f"BraTS_{i:03d}_{c:04d}.nii.gz" for i in (1, 2) for c in range(3)]
+    _touch(tmp_path / "imagesTs", *names, "dataset.json")
+    found = discover(tmp_path / "imagesTs", mapping=parse_map(NNUNET))
+    assert [(c.id, c.output_name, c.files[T1C].name) for c in found] == [
+        ("BraTS_001", "BraTS_001-t2f.nii.gz", "BraTS_001_0001.nii.gz"),
+        ("BraTS_002", "BraTS_002-t2f.nii.gz", "BraTS_002_0001.nii.gz"),
+    ]
+
+
+def test_nnunet_channel_files_without_a_map_suggest_the_map_lines(tmp_path, capsys):
+    folder = tmp_path / "imagesTs"
+    for c in range(3):
+        save_nifti(folder / f"BraTS_001_{c:04d}.nii.gz", phantom((40, 48, 32), seed=c))
+    assert main(["--input", str(folder), "--output", str(tmp_path / "out"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"the input folder {folder} holds BraTS_001_0000.nii.gz, BraTS_001_0001.nii.gz, BraTS_001_0002.nii.gz: "
+        "nnU-Net channel files (case_0000.nii.gz ...) name no contrast; name each channel's contrast with --map "
+        "as your dataset.json maps the channel numbers, e.g. --map t1n='*_0000.nii.gz' --map t1c='*_0001.nii.gz' "
+        "--map t2w='*_0002.nii.gz' --map t2f='*_0003.nii.gz' (cases side by side are told apart by the id "
+        "before _0000)"
+    ) in err
+    assert "rename" not in err and "Traceback" not in err
+    # the suggested lines run it, and the output is named after the case
+    maps = [a for rule in NNUNET for a in ("--map", rule)]
+    assert main(["--input", str(folder), "--output", str(tmp_path / "out"), *FAST, *maps]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["BraTS_001-t2f.nii.gz"]
