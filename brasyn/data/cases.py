@@ -26,6 +26,7 @@ from brasyn.data.modalities import (
     Modality,
     conditions_for,
     modality_from_alias,
+    naming_note,
     output_file_name,
     parse_contrast_name,
     split_image_extension,
@@ -335,7 +336,11 @@ def _with_target(
             case_id,
             _names(list(files.values())),
         )
-    return Case(case_id, folder, files, target, output_file_name(case_id, target, names, naming))
+    output_name = output_file_name(case_id, target, names, naming)
+    note = naming_note(case_id, target, names, output_name, naming)
+    if note is not None:
+        logger.info("%s", note)
+    return Case(case_id, folder, files, target, output_name)
 
 
 def _skipped(case_id: str, folder: Path, files: dict[Modality, Path], reason: str) -> Case:
