@@ -34,6 +34,7 @@ from brasyn.commands.converters import contrast, one_of, shard_spec, whole_numbe
 from brasyn.commands.demo import run_demo
 from brasyn.commands.doctor import main as doctor_main
 from brasyn.commands.dry_run import print_plan
+from brasyn.commands.info import main as info_main
 from brasyn.commands.options import (
     MLCUBE_IGNORED,
     MLCUBE_PARAMETERS,
@@ -402,7 +403,8 @@ def _doctor(argv: list[str]) -> int:
 
 
 main = Subcommands(
-    {"infer": _mlcube_infer, "demo": _demo, "hotfix": _hotfix, "doctor": _doctor}, default=_main_job
+    {"infer": _mlcube_infer, "demo": _demo, "hotfix": _hotfix, "doctor": _doctor, "info": info_main},
+    default=_main_job,
 )
 """``python -m brasyn`` / ``entrypoint.py`` / ``brasyn``: the main job, MLCube's ``infer`` and ``hotfix``
-tasks, ``brasyn demo`` and ``brasyn doctor``."""
+tasks, ``brasyn demo``, ``brasyn doctor`` and ``brasyn info``."""

@@ -5,7 +5,8 @@ for such a test (:mod:`brasyn.evaluate.score`).
                                    [--record FILE]
     python -m brasyn.evaluate [score] --pred DIR --truth TRUTH [--seg DIR] [--dropped FILE] [--json FILE]
                                       [--csv FILE] [--device auto|cpu|cuda[:N]]
-    python -m brasyn.evaluate segment --completed DIR --truth TRUTH (--segmenter CMD | --pred-seg DIR)
+    python -m brasyn.evaluate segment (--completed DIR | --inputs TEST --pred PRED) --truth TRUTH
+                                      (--segmenter CMD | --pred-seg DIR)
 
 ``drop`` writes the record of the dropped contrasts outside ``OUTPUT`` (default: ``<OUTPUT>_dropped.json``
 beside it), where no container will see it; ``score --dropped FILE`` then counts a dropped contrast

@@ -1,7 +1,8 @@
 """``python -m brasyn.evaluate segment``: segment the cases completed with the synthetic contrast and score
 the labels with the BraTS metric package (:mod:`brasyn.evaluate.segscore`).
 
-    python -m brasyn.evaluate segment --completed DIR --truth TRUTH (--segmenter CMD | --pred-seg DIR)
+    python -m brasyn.evaluate segment (--completed DIR | --inputs TEST --pred PRED) --truth TRUTH
+        (--segmenter CMD | --pred-seg DIR)
         [--cohort gli] [--timeout S] [--keep DIR] [--json FILE] [--csv FILE] [-v | -q]
 
 Exit status: 0 when every case was scored, 1 when any failed (the others still are), 2 when the run cannot
@@ -27,8 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m brasyn.evaluate segment",
         description="Segment the cases completed with the synthetic contrast and score the labels.",
     )
+    p.add_argument("--completed", type=Path, help="folder of case folders holding all four contrasts")
     p.add_argument(
-        "--completed", type=Path, required=True, help="folder of case folders holding all four contrasts"
+        "--inputs",
+        type=Path,
+        help="instead of --completed: the test folder (three contrasts per case, as drop writes it); each "
+        "case is completed with its synthetic contrast from --pred",
+    )
+    p.add_argument(
+        "--pred",
+        "--predictions",
+        dest="predictions",
+        type=Path,
+        help="with --inputs: the folder the synthetic contrasts were written to",
     )
     p.add_argument("--truth", type=Path, required=True, help="the truth, with <case>-seg.nii.gz per case")
     p.add_argument(
@@ -61,6 +73,8 @@ def main(argv: list[str]) -> int:
             keep=args.keep,
             json_report=args.json,
             csv_report=args.csv,
+            inputs=args.inputs,
+            predictions=args.predictions,
         )
         return segment_and_score(request)
 

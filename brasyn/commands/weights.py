@@ -29,7 +29,7 @@ from brasyn.weights.official import import_official, import_official_folder
 from brasyn.weights.release import RELEASE_REPO, default_revision, is_official_architecture, release_check
 from brasyn.weights.store import WeightStore, init_random, verify_folder
 
-__all__ = ["main"]
+__all__ = ["list_weights", "main"]
 
 logger = logging.getLogger("brasyn.weights")
 
@@ -123,7 +123,8 @@ def _verify_folder(folder: Path) -> ExitCode:
     return ExitCode.FAILED_CASES if failures else ExitCode.OK
 
 
-def _list_folder(folder: Path) -> ExitCode:
+def list_weights(folder: Path) -> ExitCode:
+    """One line per checkpoint of the weights folder ``folder`` (``list``, and ``brasyn info FOLDER``)."""
     store = WeightStore(folder)
     for target in store.targets():
         info = store.info(target)
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             return ExitCode.OK
         if args.command == "verify":
             return _verify_folder(args.folder)
-        return _list_folder(args.folder)
+        return list_weights(args.folder)
 
     # a corrupt file or an unwritable folder is the user's to fix: one sentence, no traceback
     return run_command(body, usage_errors=(BrasynError, ValueError, OSError))

@@ -17,7 +17,7 @@ from pathlib import Path
 from brasyn.common.errors import BrasynError, CaseError, UsageError
 from brasyn.common.files import NAME_MAX, long_name
 from brasyn.data.contrast_map import ContrastMap
-from brasyn.data.flat_cases import ONE_FOLDER_PER_CASE, flat_groups
+from brasyn.data.flat_cases import ONE_FOLDER_PER_CASE, case_prefixes, flat_groups
 from brasyn.data.modalities import (
     MODALITIES,
     NAMING_SCHEMES,
@@ -26,6 +26,7 @@ from brasyn.data.modalities import (
     Modality,
     conditions_for,
     modality_from_alias,
+    naming_note,
     output_file_name,
     parse_contrast_name,
     split_image_extension,
@@ -153,7 +154,7 @@ def _read_flat(
     groups = flat_groups([p.name for p in files], seen)
     if groups is None:
         hint = f"; if the folder holds several cases, {ONE_FOLDER_PER_CASE}"
-        return [_read_case(root.resolve().name or "case", root, files, wanted, naming, mapping, hint)]
+        return [_read_case(_flat_case_id(root, seen), root, files, wanted, naming, mapping, hint)]
     by_name = {p.name: p for p in files}
     logger.info(
         "%s holds several cases side by side: %d case(s) by the start of the names", root, len(groups)
@@ -167,6 +168,16 @@ def _read_flat(
             hint = f"; if grouping by the start of the names is wrong, {ONE_FOLDER_PER_CASE}"
             results.append(_read_case(group.case_id, root, paths, wanted, naming, mapping, hint))
     return results
+
+
+def _flat_case_id(root: Path, seen: Recognition) -> str:
+    """The id of the one case a flat folder holds: the case id the ``--map`` patterns read from its names
+    where they all agree (nnU-Net's ``BraTS_001_0000.nii.gz`` ... under ``*_0000.nii.gz``: ``BraTS_001``,
+    not the folder ``imagesTs``), else the folder's name."""
+    ids = set(case_prefixes(seen).values())
+    if seen.mapped and len(ids) == 1 and "" not in ids:
+        return ids.pop()
+    return root.resolve().name or "case"
 
 
 def _parsed(name: str) -> ContrastName | None:
@@ -208,6 +219,11 @@ def _holds_images(folder: Path) -> bool:
         return True
 
 
+NNUNET_MAP = " ".join(
+    f"--map {contrast}='*_{channel:04d}.nii.gz'"
+    for channel, contrast in enumerate(("t1n", "t1c", "t2w", "t2f"))
+)
+"""The ``--map`` lines of nnU-Net's BraTS channel order (0000 t1n, 0001 t1c, 0002 t2w, 0003 t2f)."""
 _NNUNET = re.compile(r"_\d{4}\.(nii|nii\.gz|mha|nrrd)$", re.IGNORECASE)
 
 
@@ -226,8 +242,8 @@ def describe_no_cases(root: Path) -> str:
     if nnunet:
         return (
             f"the input folder {root} holds {shown}: nnU-Net channel files (case_0000.nii.gz ...) name no "
-            "contrast; rename each to the contrast it holds (your dataset.json maps the channel numbers, "
-            f"e.g. 0000 -> t1n) and put each case in its own folder; expected {expected}"
+            f"contrast; name each channel's contrast with --map as your dataset.json maps the channel "
+            f"numbers, e.g. {NNUNET_MAP} (cases side by side are told apart by the id before _0000)"
         )
     return f"no case found in the input folder {root} (it holds {shown}); expected {expected}"
 
@@ -320,7 +336,11 @@ def _with_target(
             case_id,
             _names(list(files.values())),
         )
-    return Case(case_id, folder, files, target, output_file_name(case_id, target, names, naming))
+    output_name = output_file_name(case_id, target, names, naming)
+    note = naming_note(case_id, target, names, output_name, naming)
+    if note is not None:
+        logger.info("%s", note)
+    return Case(case_id, folder, files, target, output_name)
 
 
 def _skipped(case_id: str, folder: Path, files: dict[Modality, Path], reason: str) -> Case:

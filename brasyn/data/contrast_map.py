@@ -10,6 +10,7 @@ patterns only; the one piece of I/O is reading a mapping file, which a command l
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,18 @@ class ContrastMap:
         """Every rule whose pattern matches the base name ``name`` (letter case ignored)."""
         folded = name.casefold()
         return [(m, p) for m, p in self.rules if fnmatch.fnmatchcase(folded, p.casefold())]
+
+    def case_id(self, name: str) -> str:
+        """The case id a pattern reads from ``name``: what the leading ``*`` of the first matching pattern
+        that starts with one stands for, less trailing separators (``BraTS_001`` of
+        ``BraTS_001_0000.nii.gz`` under ``*_0000.nii.gz``); empty where no such pattern matches."""
+        for _, pattern in self.rules:
+            if not pattern.startswith("*") or pattern.startswith("**"):
+                continue
+            found = re.match("(.*?)" + fnmatch.translate(pattern[1:]), name, re.IGNORECASE | re.DOTALL)
+            if found:
+                return found.group(1).rstrip("-_.")
+        return ""
 
     def describe(self) -> str:
         """The rules as a user would write them (``t1c='*MPRAGE_post*'``), for messages and the report."""

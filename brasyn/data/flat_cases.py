@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from brasyn.data.modalities import Modality
 from brasyn.data.names import Recognition
 
-__all__ = ["FlatGroup", "flat_groups", "group_flat", "ONE_FOLDER_PER_CASE"]
+__all__ = ["FlatGroup", "case_prefixes", "flat_groups", "group_flat", "ONE_FOLDER_PER_CASE"]
 
 ONE_FOLDER_PER_CASE = "put one sub-folder per case (named after the case) under the input folder"
 
@@ -76,18 +76,24 @@ def group_flat(
     return sorted([*groups.values(), *strays], key=lambda g: g.case_id)
 
 
+def case_prefixes(seen: Recognition) -> dict[str, str]:
+    """Contrast image -> the case id its name starts with, read by the built-in names or, for a file named
+    by ``--map``, by its pattern (empty where neither reads one)."""
+    return {
+        name: seen.mapped_ids.get(name, "") if name in seen.mapped else contrast.prefix
+        for hits in seen.found.values()
+        for name, contrast in hits
+    }
+
+
 def flat_groups(names: list[str], seen: Recognition) -> list[FlatGroup] | None:
     """The cases of a flat folder holding ``names`` (read, without a case id, as ``seen``), or None when
     its images make one case: they name fewer than two case ids, or no contrast occurs twice.
 
-    The case ids come from the built-in names only: a file named by ``--map`` gives none, though it counts
-    (for each contrast whose patterns match it) towards a contrast occurring twice."""
-    prefixes = {
-        name: contrast.prefix
-        for hits in seen.found.values()
-        for name, contrast in hits
-        if name not in seen.mapped
-    }
+    The case ids come from the built-in names and, for a file named by ``--map``, from what the pattern's
+    leading ``*`` stands for (``BraTS_001`` of ``BraTS_001_0000.nii.gz`` under ``*_0000.nii.gz``); a file
+    two contrasts' patterns match counts, for each of them, towards a contrast occurring twice."""
+    prefixes = case_prefixes(seen)
     counts: dict[Modality, int] = {m: len(hits) for m, hits in seen.found.items()}
     for rules in seen.conflicts.values():
         for modality in {m for m, _ in rules.rules}:

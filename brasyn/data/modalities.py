@@ -9,6 +9,7 @@ so that the rules can be tested on bare strings.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -30,6 +31,8 @@ __all__ = [
     "parse_contrast_name",
     "naming_family",
     "output_file_name",
+    "naming_note",
+    "plain_case_name",
 ]
 
 
@@ -343,3 +346,56 @@ def output_file_name(
     if "/" in result or "\\" in result or result.startswith("."):
         raise ValueError(f"cannot build a flat output file name for case {case_id!r}: got {result!r}")
     return result
+
+
+FAMILY_NAMES: dict[str, str] = {
+    "brats2023": "BraTS 2023",
+    "brats2021": "BraTS 2021",
+    "toolkit": "the BraTS-Toolkit's",
+    "gd": "the t1Gd",
+}
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def plain_case_name(case_id: str) -> str:
+    """``case_id`` in letters, digits, ``.``, ``-`` and ``_`` only (``Patient_002_Muller`` of
+    ``Patient 002 (Müller)``): a name every file system, shell and pipeline takes as it is."""
+    ascii_text = unicodedata.normalize("NFKD", case_id).encode("ascii", "ignore").decode()
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", ascii_text).strip("_.") or "case"
+
+
+def naming_note(
+    case_id: str,
+    target: Modality | str,
+    names: Iterable[ContrastName],
+    output_name: str,
+    naming: str = "input",
+) -> str | None:
+    """A sentence for the log where the output's name may surprise: the target's spelling is an
+    abbreviation taken from the inputs' scheme (``P003_Fla.mha`` beside ``P003_T1``, ``_T1c``, ``_T2``:
+    the BraTS-Toolkit's ``fla``, capitalised as the inputs are), or the name is the case folder's and that
+    holds characters a plain file name avoids (``Patient 002 (Müller)-t2w.nii.gz``). None otherwise."""
+    if naming != "input":
+        return None
+    target = modality_from_alias(target)
+    names = list(names)
+    plain = output_file_name(case_id, target, names, "brats2023")
+    inputs = ", ".join(n.name for n in names)
+    if output_name != plain:
+        token = _token_for(target, names)
+        usual = {NAMING_FAMILIES[family][target] for family in ("brats2023", "brats2021")}
+        if token.lower() in usual or any(n.modality is target for n in names):
+            return None
+        family = naming_family({n.modality: n.token for n in names})
+        spelled = ", ".join(NAMING_FAMILIES[family][m] for m in MODALITIES)
+        return (
+            f"{case_id}: the output is named {output_name} after its inputs ({inputs}): "
+            f"{FAMILY_NAMES[family]} names ({spelled}) in their letter case; "
+            f"--naming brats2023 names it {plain}"
+        )
+    if _PLAIN_NAME.fullmatch(case_id):
+        return None
+    return (
+        f"{case_id}: the output is named {output_name} after the case folder, as its input names hold no "
+        f"case id ({inputs}); for a plain file name rename the folder, e.g. to {plain_case_name(case_id)}"
+    )

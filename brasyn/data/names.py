@@ -10,6 +10,7 @@ turn. Names only, no file is opened: the rules can be tested on bare strings.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -24,7 +25,13 @@ from brasyn.data.modalities import (
     split_image_extension,
 )
 
-__all__ = ["NameProblem", "Recognition", "recognise"]
+__all__ = ["NameProblem", "Recognition", "recognise", "suggest_map"]
+
+_CONTRAST_AGENT = frozenset(
+    {"ce", "gd", "gad", "gado", "contrast", "kontrast", "km", "c", "enhanced", "plus"}
+)
+"""Words of scanner exports that mark a T1 taken after the contrast agent (``T1_MPRAGE_post``,
+``t1_gd``, ``T1+KM``): where two files read as t1n, the one with such a word is the t1c."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,11 @@ class Recognition:
     ambiguous: list[tuple[str, AmbiguousNameError]] = field(default_factory=list)
     ignored: dict[str, str] = field(default_factory=dict)
     """Files that are no contrast image (segmentations, masks, other files): why, in words for the log."""
+    mapped_ids: dict[str, str] = field(default_factory=dict)
+    """Files named by ``--map``: the case id the pattern reads from each (see
+    :meth:`~brasyn.data.contrast_map.ContrastMap.case_id`; empty where none), for flat folders."""
+    case_id: str | None = None
+    """The case id the names were read after, if any (it becomes ``*`` in the ``--map`` lines suggested)."""
 
     @property
     def contrasts(self) -> dict[Modality, str]:
@@ -86,9 +98,13 @@ class Recognition:
             for m in MODALITIES
             if m in duplicated
         )
-        advice = "rename or remove one of them"
         if any(name in self.mapped for hits in duplicated.values() for name, _ in hits):
-            advice += ", or make the --map pattern match one file per case"
+            advice = "rename or remove one of them, or make the --map pattern match one file per case"
+        else:
+            lines = " ".join(
+                f"--map {contrast}='{pattern}'" for contrast, pattern in suggest_map(self, duplicated)
+            )
+            advice = f"name each file's contrast with --map, e.g. {lines} (or rename or remove one of them)"
         return NameProblem(
             f"more than one file for the same contrast ({details}); {advice}{hint}",
             [name for hits in duplicated.values() for name, _ in hits],
@@ -107,7 +123,7 @@ def recognise(
     segmentations or masks. ``case_id``: the names are read after it where they start with it
     (see :func:`~brasyn.data.modalities.parse_contrast_name`).
     """
-    seen = Recognition()
+    seen = Recognition(case_id=case_id)
     for name in names:
         matched = mapping.matches(name) if mapping and _mappable(name) else []
         if len({m for m, _ in matched}) > 1:
@@ -116,6 +132,7 @@ def recognise(
         if matched:
             modality = matched[0][0]
             seen.mapped[name] = ContrastMap(tuple(matched))
+            seen.mapped_ids[name] = seen.mapped[name].case_id(name)
             seen.found.setdefault(modality, []).append((name, _mapped_name(name, modality)))
             continue
         try:
@@ -154,3 +171,48 @@ def _ignore_reason(name: str) -> str:
     if is_annotation_name(name):
         return "a segmentation or mask"
     return "no contrast name (t1n, t1c, t2w, t2f or an alias) in it"
+
+
+def _after_agent(name: str) -> bool:
+    """Whether ``name`` says it was taken after the contrast agent (a word of it starts with ``post``, or is
+    one of :data:`_CONTRAST_AGENT`)."""
+    stem = (split_image_extension(name) or (name, ""))[0]
+    words = [w for w in re.split(r"[^a-z0-9]+", stem.casefold()) if w]
+    return any(w.startswith("post") or w in _CONTRAST_AGENT for w in words)
+
+
+def suggest_map(
+    seen: Recognition, duplicated: dict[Modality, list[tuple[str, ContrastName]]]
+) -> list[tuple[str, str]]:
+    """``--map`` rules (contrast, pattern) that give each of the ``duplicated`` files a contrast of its own.
+
+    A file of two read as t1n whose name marks the contrast agent (``T1_MPRAGE_post``) is suggested as
+    t1c; of the rest the first keeps its contrast and the others take the contrasts the case lacks, in
+    order (``CONTRAST`` where none is left: the user must say). The pattern is the file name itself, with
+    the case id replaced by ``*`` so that the same line fits every case of the folder."""
+    absent = [m for m in MODALITIES if m not in seen.found]
+    rules: list[tuple[str, str]] = []
+    for modality, hits in duplicated.items():
+        names = [name for name, _ in hits]
+        assigned: dict[str, str] = {}
+        if modality is Modality.T1N and Modality.T1C in absent:
+            agent = [n for n in names if _after_agent(n)]
+            if len(agent) == 1:
+                assigned[agent[0]] = Modality.T1C.value
+                absent.remove(Modality.T1C)
+        for name in names:
+            if name in assigned:
+                continue
+            if modality.value not in assigned.values():
+                assigned[name] = modality.value
+            else:
+                assigned[name] = absent.pop(0).value if absent else "CONTRAST"
+        rules.extend((assigned[n], _pattern_for(n, seen.case_id)) for n in names)
+    return rules
+
+
+def _pattern_for(name: str, case_id: str | None) -> str:
+    n = len(case_id or "")
+    if case_id and len(name) > n + 1 and name[:n].casefold() == case_id.casefold() and name[n] in "-_.":
+        return "*" + name[n:]
+    return name

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,10 @@ device and thread count are not compared: they change no setting of the model, o
 the last bits of a float."""
 
 
-def read_record(path: Path) -> dict[str, Any] | None:
-    """The settings record of an existing output, or None where it holds none (or cannot be read)."""
+def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The settings record of an existing output (a path or its text), or None where it holds none (or
+    cannot be read)."""
+    path = Path(path)
     try:
         if is_itk_path(path):
             reader = sitk.ImageFileReader()

@@ -373,3 +373,48 @@ def test_complete_cases_keeps_four_contrast_cases_and_says_what_the_others_lack(
         "two": rest[1].message,
     }
     assert "needs three of" in rest[1].message  # discovery's own error passes through unchanged
+
+
+# --- output names that may surprise: the log says the rule and the plain alternative --------------------
+
+
+def test_an_abbreviated_output_name_is_explained_with_the_plain_alternative(tmp_path, caplog):
+    _case(tmp_path, "P003", "P003_T1.mha", "P003_T1c.mha", "P003_T2.mha")
+    with caplog.at_level(logging.INFO, logger="brasyn.cases"):
+        (case,) = discover(tmp_path)
+    assert case.output_name == "P003_Fla.mha"  # named as the inputs are, as before
+    assert (
+        "P003: the output is named P003_Fla.mha after its inputs (P003_T1.mha, P003_T1c.mha, P003_T2.mha): "
+        "the BraTS-Toolkit's names (t1, t1c, t2, fla) in their letter case; --naming brats2023 names it "
+        "P003-t2f.mha"
+    ) in caplog.messages
+    (plain,) = discover(tmp_path, naming="brats2023")
+    assert plain.output_name == "P003-t2f.mha"
+
+
+def test_an_output_named_after_an_awkward_folder_name_suggests_a_plain_one(tmp_path, caplog):
+    _case(tmp_path, "Patient 002 (Müller)", "T1.nii.gz", "T1c.nii.gz", "Flair.nii.gz")
+    _case(tmp_path, "P004", "T1.nii.gz", "T1c.nii.gz", "Flair.nii.gz")
+    with caplog.at_level(logging.INFO, logger="brasyn.cases"):
+        found = discover(tmp_path)
+    assert [c.output_name for c in found] == ["P004-t2w.nii.gz", "Patient 002 (Müller)-t2w.nii.gz"]
+    notes = [m for m in caplog.messages if "the output is named" in m]
+    assert notes == [
+        "Patient 002 (Müller): the output is named Patient 002 (Müller)-t2w.nii.gz after the case folder, as "
+        "its input names hold no case id (T1.nii.gz, T1c.nii.gz, Flair.nii.gz); for a plain file name rename "
+        "the folder, e.g. to Patient_002_Muller"
+    ]
+
+
+def test_usual_output_names_get_no_note(tmp_path, caplog):
+    _case(tmp_path, "BraTS2021_00000", *(f"BraTS2021_00000_{m}.nii.gz" for m in ("t1", "t1ce", "t2")))
+    _case(
+        tmp_path, "BraTS-GLI-00001-000", *(f"BraTS-GLI-00001-000-{m}.nii.gz" for m in ("t1n", "t2w", "t2f"))
+    )
+    with caplog.at_level(logging.INFO, logger="brasyn.cases"):
+        found = discover(tmp_path)
+    assert [c.output_name for c in found] == [
+        "BraTS-GLI-00001-000-t1c.nii.gz",
+        "BraTS2021_00000_flair.nii.gz",
+    ]
+    assert not [m for m in caplog.messages if "the output is named" in m]

@@ -90,6 +90,32 @@ def test_a_file_two_contrasts_patterns_match_fails_its_case_naming_file_and_patt
     assert isinstance(other, Case) and other.target is T2F  # the other case goes on
 
 
+def test_two_t1_files_suggest_the_map_lines_with_their_names_filled_in(tmp_path):
+    # the most common hospital pair: a native and a post-contrast MPRAGE, both read as t1n by name
+    _touch(tmp_path / "in" / "patient7", *HOSPITAL)
+    error = _only(discover(tmp_path / "in"))
+    assert isinstance(error, CaseError)
+    assert error.message == (
+        "more than one file for the same contrast (t1n: T1_MPRAGE.nii.gz, T1_MPRAGE_post.nii.gz); name each "
+        "file's contrast with --map, e.g. --map t1n='T1_MPRAGE.nii.gz' --map t1c='T1_MPRAGE_post.nii.gz' "
+        "(or rename or remove one of them)"
+    )
+    # the lines as suggested make the case run, keeping its t1c
+    case = _only(
+        discover(tmp_path / "in", mapping=parse_map(["t1n=T1_MPRAGE.nii.gz", "t1c=T1_MPRAGE_post.nii.gz"]))
+    )
+    assert isinstance(case, Case) and case.target is T2F and case.files[T1C].name == "T1_MPRAGE_post.nii.gz"
+
+
+def test_suggested_map_lines_replace_the_case_id_so_they_fit_every_case(tmp_path):
+    for case in ("P1", "P2"):
+        _touch(tmp_path / "in" / case, f"{case}_t1.nii.gz", f"{case}_t1_vibe_KM.nii.gz", f"{case}_t2.nii.gz")
+    errors = discover(tmp_path / "in")
+    assert [e.case for e in errors] == ["P1", "P2"]
+    assert all(isinstance(e, CaseError) for e in errors)
+    assert "--map t1n='*_t1.nii.gz' --map t1c='*_t1_vibe_KM.nii.gz'" in errors[1].message
+
+
 def test_a_pattern_matching_two_files_names_the_pattern(tmp_path):
     _touch(tmp_path / "in" / "a", *HOSPITAL)
     error = _only(discover(tmp_path / "in", mapping=parse_map("t1c=*MPRAGE*")))
@@ -343,3 +369,45 @@ def test_infer_single_writes_the_bytes_of_the_command_and_keeps_an_output_when_t
     assert written == out and out.read_bytes() == command.read_bytes()
     with pytest.raises(FileExistsError, match="overwrite=True"):
         brasyn.infer_single(t1n=t1n, t1c=t1c, t2f=t2f, output_file=out, overwrite=False, device="cpu")
+
+
+# --- nnU-Net folders: channel files named by --map ----------------------------------------------------
+
+NNUNET = ["t1n=*_0000.nii.gz", "t1c=*_0001.nii.gz", "t2w=*_0002.nii.gz"]
+
+
+def test_one_nnunet_case_is_named_after_its_case_id_not_the_folder(tmp_path):
+    _touch(tmp_path / "imagesTs", *(f"BraTS_001_{c:04d}.nii.gz" for c in range(3)))
+    case = _only(discover(tmp_path / "imagesTs", mapping=parse_map(NNUNET)))
+    assert isinstance(case, Case)
+    assert (case.id, case.target, case.output_name) == ("BraTS_001", T2F, "BraTS_001-t2f.nii.gz")
+
+
+def test_two_nnunet_cases_in_one_folder_are_split_by_the_case_id_the_patterns_read(tmp_path):
+    names = [f"BraTS_{i:03d}_{c:04d}.nii.gz" for i in (1, 2) for c in range(3)]
+    _touch(tmp_path / "imagesTs", *names, "dataset.json")
+    found = discover(tmp_path / "imagesTs", mapping=parse_map(NNUNET))
+    assert [(c.id, c.output_name, c.files[T1C].name) for c in found] == [
+        ("BraTS_001", "BraTS_001-t2f.nii.gz", "BraTS_001_0001.nii.gz"),
+        ("BraTS_002", "BraTS_002-t2f.nii.gz", "BraTS_002_0001.nii.gz"),
+    ]
+
+
+def test_nnunet_channel_files_without_a_map_suggest_the_map_lines(tmp_path, capsys):
+    folder = tmp_path / "imagesTs"
+    for c in range(3):
+        save_nifti(folder / f"BraTS_001_{c:04d}.nii.gz", phantom((40, 48, 32), seed=c))
+    assert main(["--input", str(folder), "--output", str(tmp_path / "out"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"the input folder {folder} holds BraTS_001_0000.nii.gz, BraTS_001_0001.nii.gz, BraTS_001_0002.nii.gz: "
+        "nnU-Net channel files (case_0000.nii.gz ...) name no contrast; name each channel's contrast with --map "
+        "as your dataset.json maps the channel numbers, e.g. --map t1n='*_0000.nii.gz' --map t1c='*_0001.nii.gz' "
+        "--map t2w='*_0002.nii.gz' --map t2f='*_0003.nii.gz' (cases side by side are told apart by the id "
+        "before _0000)"
+    ) in err
+    assert "rename" not in err and "Traceback" not in err
+    # the suggested lines run it, and the output is named after the case
+    maps = [a for rule in NNUNET for a in ("--map", rule)]
+    assert main(["--input", str(folder), "--output", str(tmp_path / "out"), *FAST, *maps]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["BraTS_001-t2f.nii.gz"]
