@@ -257,13 +257,10 @@ def run(args: argparse.Namespace) -> int:
     speed = speed_settings(args)
     mapping = contrast_mapping(args)
     dry_run = getattr(args, "dry_run", False)
-    check_folders(
-        None if single else args.input,
-        args.output,
-        report=args.report,
-        extras=args.extras,
-        create=not dry_run,  # a dry run refuses what a run would, and creates nothing
-    )
+    folders = {"report": args.report, "extras": args.extras}
+    # refused now what cannot work; created only once the run will really start, so that a run which
+    # stops with exit 2 (no cases, bad weights) leaves no empty output folder behind, as a dry run
+    check_folders(None if single else args.input, args.output, **folders, create=False)
     predictor = make_predictor(args.method, args.weights, args.device, sampling, speed)
     speed.configure_backends(predictor.device)  # process-wide switches: set once, here
     if single is not None:
@@ -277,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("%d case(s) in %s; %s; seed %d", len(found), args.input, predictor.summary(), args.seed)
     if dry_run:
         return _print_plan(args, found, predictor)
+    check_folders(None if single else args.input, args.output, **folders, create=True)
     batch = run_batch(
         found,
         Synthesizer(predictor, seed=args.seed, progress=not args.no_progress),

@@ -331,6 +331,20 @@ def train(args: argparse.Namespace, command: str) -> ExitCode:
     rank, world = (0, 1) if job is None else (job.rank, job.world_size)
     target = Modality(args.target)
     state = _check_before_reading(args, target)
+    if args.resume:
+        saved = int(read_state(state, mmap=True)["step"])
+        if saved >= args.steps:
+            # continuing would train nothing and only write the same model again: leave everything
+            log.warning(
+                "the training state %s is at step %d, already at --steps %d or beyond: nothing to train, "
+                "and the checkpoint in %s is left as it is; give --steps above %d to train on",
+                state,
+                saved,
+                args.steps,
+                args.out,
+                saved,
+            )
+            return ExitCode.OK
     device = select_device(args.device)  # under torchrun "auto" is this process's own GPU
     # "auto" becomes what this device runs fast; a bf16 it cannot run is refused (ValueError: exit 2)
     precision = resolve_precision(args.precision, device)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
-__all__ = ["DATE_FORMAT", "LOG_FORMAT", "configure_logging"]
+__all__ = ["DATE_FORMAT", "LOG_FORMAT", "configure_logging", "demoted"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -45,3 +47,23 @@ def configure_logging(verbosity: int = 0) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+
+
+@contextmanager
+def demoted(logger_name: str, prefix: str, level: int = logging.DEBUG) -> Iterator[None]:
+    """While in the block, records logged on ``logger_name`` itself whose message starts with ``prefix``
+    are logged at ``level`` instead: for a caller that reports those outcomes its own way (a validation
+    during training, where an early model's failed case is expected, not an error)."""
+
+    def lower(record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(prefix):
+            record.levelno, record.levelname = level, logging.getLevelName(level)
+            return logging.getLogger(logger_name).isEnabledFor(level)
+        return True
+
+    logger = logging.getLogger(logger_name)
+    logger.addFilter(lower)
+    try:
+        yield
+    finally:
+        logger.removeFilter(lower)

@@ -37,7 +37,10 @@ from brasyn.data.volumes import Volume, load_volume, write_problem, write_volume
 from brasyn.inference.predictors import Predictor, Progress
 from brasyn.transform.model_space import ModelSpace, from_model_space, to_model_space
 
-__all__ = ["PHASES", "CaseResult", "Loaded", "Preview", "Synthesizer"]
+__all__ = ["EMPTY_IMAGE", "PHASES", "CaseResult", "Loaded", "Preview", "Synthesizer"]
+
+EMPTY_IMAGE = "the synthetic image is empty"
+"""The start of a case's error when the model predicted nothing (an early or unfit model)."""
 
 log = logging.getLogger("brasyn")
 
@@ -248,8 +251,7 @@ class Synthesizer:
             if not np.any(data):
                 raise CaseError(
                     case.id,
-                    "the synthetic image is empty (all voxels 0); check the inputs and "
-                    f"{self.predictor.describe()}",
+                    f"{EMPTY_IMAGE} (all voxels 0); check the inputs and {self.predictor.describe()}",
                     case.files.values(),
                 )
             clock = time.perf_counter()

@@ -139,26 +139,16 @@ class Trainer(Learner):
             result = self.validator.validate(
                 self.trained.eval(), self.step, self._ratios(), self.settings.diffusion, self._provenance()
             )
-        if result.score is not None and (self.best is None or result.score > self.best["val_ssim"]):
+        nothing_scored = not any(row.get("status") == "scored" for row in result.rows)
+        if (
+            result.score is not None
+            and not nothing_scored
+            and (self.best is None or result.score > self.best["val_ssim"])
+        ):
             with deferred_sigterm():  # the folder swap and what the run remembers of it go together
                 self.validator.keep_best(result)
                 self.best = {"step": self.step, "val_ssim": result.score}
-            log.info(
-                "step %d: validation SSIM %.4f, the best so far: kept in %s",
-                self.step,
-                result.score,
-                self.validator.best_folder,
-            )
-        elif result.score is not None:
-            log.info(
-                "step %d: validation SSIM %.4f (best %.4f at step %d)",
-                self.step,
-                result.score,
-                self.best["val_ssim"] if self.best else float("nan"),
-                self.best["step"] if self.best else -1,
-            )
-        else:
-            log.warning("step %d: no validation case could be scored (see the warnings above)", self.step)
+        _log_validation(result, self.step, self.best, self.validator.best_folder, nothing_scored)
         return result
 
     # --- the loop ----------------------------------------------------------------------------
@@ -244,3 +234,22 @@ class Trainer(Learner):
         self.save_state()
         self.journal.end(self.step, self.best)
         return losses
+
+
+def _log_validation(
+    result: Validation, step: int, best: dict[str, Any] | None, folder: Path, nothing_scored: bool
+) -> None:
+    if result.score is None:
+        log.warning("step %d: there is no validation case to score", step)
+    elif nothing_scored:  # an early model's images are empty: normal at the start, nothing kept as the best
+        log.info("step %d: validation SSIM 0: no case could be synthesised yet", step)
+    elif best is not None and best["step"] == step:
+        log.info("step %d: validation SSIM %.4f, the best so far: kept in %s", step, result.score, folder)
+    else:
+        log.info(
+            "step %d: validation SSIM %.4f (best %.4f at step %d)",
+            step,
+            result.score,
+            best["val_ssim"] if best else float("nan"),
+            best["step"] if best else -1,
+        )

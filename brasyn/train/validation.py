@@ -31,6 +31,7 @@ from torch import nn
 
 from brasyn.common.acceleration import SpeedSettings
 from brasyn.common.errors import BrasynError
+from brasyn.common.logs import demoted
 from brasyn.data.cases import Case, complete_cases, discover
 from brasyn.data.contrast_map import ContrastMap
 from brasyn.data.modalities import Modality
@@ -38,7 +39,7 @@ from brasyn.evaluate.pairing import Pair, segmentation_of
 from brasyn.evaluate.score import Row, score_pair
 from brasyn.inference.batch import run_batch
 from brasyn.inference.predictors import DiffusionPredictor
-from brasyn.inference.synthesize import Synthesizer
+from brasyn.inference.synthesize import EMPTY_IMAGE, Synthesizer
 from brasyn.model.diffusion import DiffusionConfig, Sampling
 from brasyn.weights.store import WeightStore, save_checkpoint
 
@@ -102,7 +103,7 @@ class Validation:
     step: int
     score: float | None
     """Mean of :func:`case_score` over the cases, a case that could not be synthesised or scored counting
-    0 (as a missing prediction does in the challenge); None when no case could be scored."""
+    0 (as a missing prediction does in the challenge, so 0 when none could be); None without cases."""
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -179,11 +180,12 @@ class Validator:
         rows: list[Row] = []
         with tempfile.TemporaryDirectory(prefix="val-", dir=self.work / "validation") as tmp:
             inputs = withheld_inputs(self.cases, self.target, Path(tmp) / "inputs")
-            batch = run_batch(
-                discover(inputs, target=self.target, mapping=self.mapping),
-                Synthesizer(predictor, self.seed, progress=False),
-                Path(tmp) / "outputs",
-            )
+            with demoted("brasyn", "[failed]"):  # said below, in validation's words
+                batch = run_batch(
+                    discover(inputs, target=self.target, mapping=self.mapping),
+                    Synthesizer(predictor, self.seed, progress=False),
+                    Path(tmp) / "outputs",
+                )
             if batch.interrupted:
                 raise ValidationStopped(batch.signal or signal.SIGTERM)
             outputs = {r.case: r for r in batch.results}
@@ -191,7 +193,10 @@ class Validator:
                 result = outputs.get(case.id)
                 if result is None or result.status != "written" or result.output is None:
                     message = result.message if result is not None else "not synthesised"
-                    log.warning("validation: %s could not be synthesised: %s", case.id, message)
+                    if EMPTY_IMAGE in message:  # what an early model makes: expected, scored 0
+                        log.info("validation: %s: the model's image is still empty; it counts 0", case.id)
+                    else:
+                        log.warning("validation: %s could not be synthesised: %s", case.id, message)
                     rows.append(Row(case.id, self.target.value, "failed", message=message))
                     continue
                 pair = Pair(
@@ -204,7 +209,7 @@ class Validator:
                 rows.append(score_pair(pair, self.device))
         scores = [case_score(row) for row in rows]
         scored = [s for s in scores if s is not None]
-        score = sum(scored) / len(scores) if scored else None
+        score = sum(scored) / len(scores) if scores else None
         return Validation(step, score, [row.to_dict() for row in rows], time.perf_counter() - start)
 
     def _recover(self) -> None:

@@ -61,3 +61,12 @@ def test_heading_anchors_are_the_ones_github_makes():
         _slug("Before a run: `brasyn doctor` and `--dry-run`") == "before-a-run-brasyn-doctor-and---dry-run"
     )
     assert _slug("Speed") == "speed"
+
+
+def test_troubleshooting_lists_the_message_of_an_empty_synthetic_image():
+    from brasyn.inference import synthesize
+
+    message = f"{synthesize.EMPTY_IMAGE} (all voxels 0); check the inputs and"
+    assert message == "the synthetic image is empty (all voxels 0); check the inputs and"
+    assert "{EMPTY_IMAGE} (all voxels 0); check the inputs and " in Path(synthesize.__file__).read_text()
+    assert f"`{message} ...`" in (DOCS_ROOT / "docs" / "troubleshooting.md").read_text()

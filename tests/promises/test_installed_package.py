@@ -103,6 +103,11 @@ def test_the_installed_wheel_runs_the_demo_a_default_run_the_baseline_and_infer_
     _run([*brasyn, "--output", str(tmp_path / "linear"), "--method", "linear", *RUN], cwd=elsewhere)
     assert (tmp_path / "linear" / "c1-t2f.nii.gz").is_file()
 
+    # the organiser's helpers are console scripts too
+    listed = _run([venv / "bin" / "brasyn-weights", "list", str(weights)], cwd=elsewhere)
+    assert listed.stdout.count("t1n.pt") == 1 and "t2f  t2f.pt" in listed.stdout
+    assert "fit" in _run([venv / "bin" / "brasyn-baselines", "--help"], cwd=elsewhere).stdout
+
     case = tmp_path / "in" / "c1"
     single = (
         "import brasyn, sys; from pathlib import Path; c = Path(sys.argv[1]); "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from brasyn.commands.cli import DEFAULT_WEIGHTS, main
 from brasyn.data.phantom import phantom
 from tests.helpers import make_case, save_nifti
@@ -156,3 +158,17 @@ def test_threads_are_pinned_and_recorded_in_the_report(tmp_path):
         assert json.loads(report.read_text())["settings"]["threads"] == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("fault", ["empty input", "bad weights", "no case"])
+def test_a_run_that_cannot_start_creates_no_output_folder(tmp_path, fault, capsys):
+    (tmp_path / "in").mkdir()
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out" / "sub")]
+    if fault == "bad weights":
+        make_case(tmp_path / "in", "BraTS-GLI-00001-000")
+        args += ["--weights", str(tmp_path / "no-such-weights")]
+    elif fault == "no case":
+        (tmp_path / "in" / "notes.txt").write_text("not a case")
+    assert main(args) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -219,3 +219,19 @@ def test_training_into_a_folder_of_released_files_keeps_the_other_three_in_use(c
     store = WeightStore(out)
     assert [m.value for m in store.targets()] == ["t1n", "t1c", "t2w", "t2f"]
     assert store.info("t1n").file == "t1_gen.pt" and store.info("t2f").file == "t2f.pt"
+
+
+def test_resume_with_steps_not_beyond_the_saved_step_trains_nothing_and_says_so(cache, tmp_path, capsys):
+    out = tmp_path / "w"
+    args = tiny_train_args(cache, out, 3, "1e-3")
+    assert train_main(args) == 0
+    files = {p: p.read_bytes() for p in [out / "t2f.pt", out / "manifest.json", _state(out)]}
+    capsys.readouterr()
+    assert train_main([*args, "--steps", "2", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"the training state {_state(out)} is at step 3, already at --steps 2 or beyond: nothing to train"
+        in err
+    )
+    assert "training case(s)" not in err  # said before the data is read
+    assert {p: p.read_bytes() for p in files} == files  # nothing rewritten

@@ -229,3 +229,17 @@ def test_a_val_folder_without_a_complete_case_is_refused_before_training(cache, 
     err = capsys.readouterr().err
     assert "no usable validation case" in err and "three" in err
     assert not (out / "training" / "t2f" / "state.pt").exists()
+
+
+def test_an_early_models_empty_images_count_zero_without_an_error(cache, val, tmp_path, capsys):
+    out = tmp_path / "w"
+    # learning rate 0: the model stays as built, whose last layer is zero, so its images are empty
+    assert train_main(tiny_train_args(cache, out, 1, "0", "--val-steps", "2", "--val", str(val))) == 0
+    (record,) = _validations(out)
+    assert record["val_ssim"] == 0.0 and record["val_failed"] == 2  # 0 as documented, not null
+    assert all("the synthetic image is empty" in r["message"] for r in record["val_cases"])
+    err = capsys.readouterr().err
+    assert " ERROR " not in err and "[failed]" not in err
+    assert "validation: with-seg: the model's image is still empty; it counts 0" in err
+    assert "validation SSIM 0: no case could be synthesised yet" in err
+    assert not (out / "training" / "t2f" / "best").exists()  # nothing worth keeping as the best
