@@ -102,6 +102,7 @@ class FakeRuntime:
         self.image_env, self.workdir = dockerfile_config()
         self.image_env.update(image_env or {})
         self.runs: list[Run] = []
+        self.warnings: list[str] = []  # what the caller's log warned of, where a test collects it
         self.containers = FakeContainers(self)
         self.images = FakeImages(self)
         self.api = FakeApi()

@@ -8,7 +8,9 @@ import enum
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import pytest
@@ -36,7 +38,7 @@ def documented_entry() -> tuple[str, dict]:
 
 
 @pytest.fixture()
-def orchestrator(tmp_path, monkeypatch):
+def orchestrator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any, FakeRuntime]]:
     """``(MissingMRI, algorithm member, runtime)``: the orchestrator's algorithms file with the documented
     entry added, and its Docker client answered by the stand-in runtime."""
     pytest.importorskip("brats", reason="the BraTS orchestrator (pip install brats==0.1.14) is absent")
@@ -53,12 +55,20 @@ def orchestrator(tmp_path, monkeypatch):
     runtime = FakeRuntime(entry["run_args"]["docker_image"], tmp_path / "container-tmp", TEST_IMAGE_ENV)
     monkeypatch.setattr(brats_docker, "client", runtime)
     member = enum.Enum("Local", {"BRASYN": key}, type=Algorithms).BRASYN
-    return brats_missing.MissingMRI, member, runtime
+    # the orchestrator's warnings (an all-zero output, an input of an unusual shape) and errors
+    from loguru import logger
+
+    logger.enable("brats")  # the package turns its own log off on import
+    sink = logger.add(runtime.warnings.append, level="WARNING", format="{message}")
+    yield brats_missing.MissingMRI, member, runtime
+    logger.remove(sink)
+    logger.disable("brats")
 
 
 def _check_run(runtime: FakeRuntime, count: int) -> None:
     """What the orchestrator asked of the runtime, and what the container left in /output."""
     (run,) = runtime.runs
+    assert runtime.warnings == []
     kwargs = run.kwargs
     assert {spec["bind"] for spec in kwargs["volumes"].values()} == {"/input", "/output"}
     assert all(spec["mode"] == "rw" for spec in kwargs["volumes"].values())
