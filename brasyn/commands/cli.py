@@ -397,6 +397,7 @@ def _run_parsed(args: argparse.Namespace, argv: list[str]) -> int:
                 args.devices,
                 shard=args.shard,
                 finished=lambda codes: merge_shard_reports(report, codes, keep=keep),
+                threads=args.threads,
             )
     return run(args)
 
