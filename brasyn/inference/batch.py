@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
 from brasyn.common.errors import CaseError, ExitCode, UsageError
 from brasyn.common.files import atomic_write
 from brasyn.common.health import output_problem
@@ -32,28 +30,16 @@ from brasyn.data.cases import Case
 from brasyn.data.modalities import Modality
 from brasyn.data.volumes import remove_stale_temporaries
 from brasyn.inference.prefetch import prefetched
-from brasyn.inference.preview import (
-    MATPLOTLIB_MISSING,
-    matplotlib_available,
-    preview_figure,
-    slice_centre,
-    write_preview,
-)
+from brasyn.inference.preview import MATPLOTLIB_MISSING, matplotlib_available, preview_settings, previewer
 from brasyn.inference.progress import BatchBar
 from brasyn.inference.sharding import Shard
 from brasyn.inference.stopping import Interrupted, Stopper, signal_name
-from brasyn.inference.synthesize import CaseResult, Preview, Synthesizer
-from brasyn.model.samplers import SAMPLERS
-from brasyn.transform.intensity import keep_signal
-from brasyn.transform.model_space import ModelSpace
-from brasyn.transform.preprocess import MODEL_AXES
+from brasyn.inference.synthesize import CaseResult, Synthesizer
 
 __all__ = [
     "BatchResult",
     "check_folders",
     "merge_shard_reports",
-    "preview_settings",
-    "previewer",
     "report_path_for",
     "run_batch",
     "summary_table",
@@ -283,43 +269,6 @@ def check_folders(
         _writable_folder(extras, f"the folder {extras} for --extras", elsewhere, create)
 
 
-def previewer(folder: Path, settings: str = "") -> Preview:
-    """Writes ``folder/<case>-<target>.png`` (:mod:`brasyn.inference.preview`): the three inputs as the model
-    saw them and the synthetic contrast as it is written (thresholded, zero outside the brain), in three
-    planes through the largest abnormality; ``settings`` (how the image was made) goes into the title."""
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def preview(case: Case, images: np.ndarray, record: ModelSpace, model_space: np.ndarray) -> None:
-        brain = record.model_brain()
-        target = Modality(case.target)
-        volumes = {Modality(m): image for m, image in zip(record.contrasts, images, strict=True)}
-        volumes[target] = keep_signal(model_space, brain)
-        centre, where = slice_centre(volumes[Modality.T2F], brain)
-        title = f"{case.id} \u2014 target {target.value}" + (f" \u2014 {settings}" if settings else "")
-        shape = "x".join(str(s) for s in images.shape[1:])
-        description = f"{title}; model grid {shape}; slices through the {where} at voxel {tuple(centre)}"
-        try:
-            figure = preview_figure(volumes, target, title, centre, MODEL_AXES)
-        except (ValueError, RuntimeError) as exc:  # an extra: the written case stands
-            log.warning("%s: no preview: it could not be drawn (%s)", case.id, exc)
-            return
-        write_preview(folder / f"{case.id}-{target.value}.png", figure, description)
-        log.debug("%s: preview through the %s at voxel %s", case.id, where, tuple(centre))
-
-    return preview
-
-
-def preview_settings(synthesizer: Synthesizer) -> str:
-    """How a synthesizer makes its images, for a preview's title: the method, and for the diffusion
-    model its sampler, steps and run seed."""
-    settings = synthesizer.predictor.settings()
-    text = str(settings.get("method", ""))
-    if "sampler" in settings:
-        steps = SAMPLERS[settings["sampler"]].steps_for(settings["steps"])
-        text += f", {settings['sampler']} {steps} step{'s' if steps != 1 else ''}, seed {synthesizer.seed}"
-    return text
-
-
 def _case_id(item: Case | CaseError) -> str:
     return item.case if isinstance(item, CaseError) else item.id
 
@@ -360,7 +309,7 @@ def run_batch(
     if shard is None or shard.count == 1:
         # with several shards another process may be writing into the same folder right now
         remove_stale_temporaries(output)
-    preview = previewer(extras, preview_settings(synthesizer)) if extras is not None else None
+    preview = previewer(extras, *preview_settings(synthesizer)) if extras is not None else None
     results: list[CaseResult] = []
     stream = prefetched(
         found,
