@@ -63,8 +63,8 @@ from brasyn.commands.sources import add_config_option, apply_sources
 from brasyn.common.errors import CaseError
 from brasyn.data.cases import Case, discover, refuse_no_cases, single_case
 from brasyn.inference.batch import check_folders, merge_shard_reports, run_batch
-from brasyn.inference.plan import plan_batch
-from brasyn.inference.predictors import Predictor, make_predictor
+from brasyn.inference.plan import cpu_time_warning, plan_batch
+from brasyn.inference.predictors import DiffusionPredictor, Predictor, make_predictor
 from brasyn.inference.sharding import is_devices_worker, run_workers, shard_from_environment
 from brasyn.inference.synthesize import Synthesizer
 from brasyn.weights.bundled import BUNDLED_WEIGHTS, holds_demo_weights
@@ -275,6 +275,8 @@ def run(args: argparse.Namespace) -> int:
     if dry_run:
         return _print_plan(args, found, predictor)
     check_folders(None if single else args.input, args.output, **folders, create=True)
+    if isinstance(predictor, DiffusionPredictor) and predictor.fell_back_to_cpu:
+        _warn_cpu_time(args, found, predictor)
     batch = run_batch(
         found,
         Synthesizer(predictor, seed=args.seed, progress=not args.no_progress),
@@ -306,6 +308,25 @@ def run(args: argparse.Namespace) -> int:
         resume_any=args.resume_any,
     )
     return int(batch.exit_code)
+
+
+def _warn_cpu_time(
+    args: argparse.Namespace, found: list[Case | CaseError], predictor: DiffusionPredictor
+) -> None:
+    """Before the first case of a run that fell back to the CPU: what one case and the whole batch (this
+    process's share of it, less the outputs kept) will take."""
+    plan = plan_batch(
+        found,
+        Synthesizer(predictor, seed=args.seed, progress=False),
+        args.output,
+        overwrite=args.overwrite,
+        grid_of=args.grid_of,
+        resume_any=args.resume_any,
+        shard=args.shard or shard_from_environment(),
+    )
+    warning = cpu_time_warning(plan, predictor)
+    if warning:
+        log.warning("%s", warning)
 
 
 def _print_plan(args: argparse.Namespace, found: list[Case | CaseError], predictor: Predictor) -> int:
@@ -376,6 +397,7 @@ def _run_parsed(args: argparse.Namespace, argv: list[str]) -> int:
                 args.devices,
                 shard=args.shard,
                 finished=lambda codes: merge_shard_reports(report, codes, keep=keep),
+                threads=args.threads,
             )
     return run(args)
 

@@ -16,14 +16,11 @@ import json
 import logging
 import os
 import signal
-import threading
 from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-
-import numpy as np
 
 from brasyn.common.errors import CaseError, ExitCode, UsageError
 from brasyn.common.files import atomic_write
@@ -33,27 +30,16 @@ from brasyn.data.cases import Case
 from brasyn.data.modalities import Modality
 from brasyn.data.volumes import remove_stale_temporaries
 from brasyn.inference.prefetch import prefetched
-from brasyn.inference.preview import (
-    MATPLOTLIB_MISSING,
-    matplotlib_available,
-    preview_figure,
-    slice_centre,
-    write_preview,
-)
+from brasyn.inference.preview import MATPLOTLIB_MISSING, matplotlib_available, preview_settings, previewer
+from brasyn.inference.progress import BatchBar
 from brasyn.inference.sharding import Shard
-from brasyn.inference.synthesize import CaseResult, Preview, Synthesizer
-from brasyn.model.samplers import SAMPLERS
-from brasyn.transform.intensity import keep_signal
-from brasyn.transform.model_space import ModelSpace
-from brasyn.transform.preprocess import MODEL_AXES
+from brasyn.inference.stopping import Interrupted, Stopper, signal_name
+from brasyn.inference.synthesize import CaseResult, Synthesizer
 
 __all__ = [
     "BatchResult",
-    "Interrupted",
     "check_folders",
     "merge_shard_reports",
-    "preview_settings",
-    "previewer",
     "report_path_for",
     "run_batch",
     "summary_table",
@@ -63,14 +49,23 @@ __all__ = [
 log = logging.getLogger("brasyn")
 
 STATUSES = ("written", "skipped", "failed")
+NOT_RUN = "not run"
+"""The status of a case a stop signal kept from running or cut short: listed, so a stop says what is left."""
 
 
-class Interrupted(BaseException):
-    """A stop signal arrived: the batch ends after discarding the case in progress."""
+def count_statuses(results: Sequence[CaseResult]) -> dict[str, int]:
+    """Cases per status; ``not_run`` only where a stop left some (a finished run's totals stay three)."""
+    counts = {s: sum(r.status == s for r in results) for s in STATUSES}
+    not_run = sum(r.status == NOT_RUN for r in results)
+    if not_run:
+        counts["not_run"] = not_run
+    return counts
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
+
+def counts_text(counts: dict[str, int]) -> str:
+    """``3 written, 0 skipped, 1 failed`` (``, 2 not run`` after a stop)."""
+    text = f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed"
+    return text + (f", {counts['not_run']} not run" if counts.get("not_run") else "")
 
 
 @dataclass
@@ -89,7 +84,7 @@ class BatchResult:
 
     @property
     def counts(self) -> dict[str, int]:
-        return {s: sum(r.status == s for r in self.results) for s in STATUSES}
+        return count_statuses(self.results)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -108,44 +103,6 @@ class BatchResult:
             "summary": self.counts,
             "cases": [r.to_dict() for r in self.results],
         }
-
-
-class _Stopper:
-    """SIGTERM and SIGINT stop the loop: the first one raises :class:`Interrupted` where the loop is;
-    every later one (a job manager signalling the process group while a wrapper forwards the same
-    signal) is only noted, so the stop that has begun always ends with a report and its exit status,
-    and after a stop both signals stay ignored for the rest of the process. Outside the main thread,
-    where Python cannot install handlers, the caller's handling stays."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.stopping = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is None:
-            self.signum = signum
-        if not self.stopping:
-            self.stopping = True
-            raise Interrupted(signum)
-
-    def __enter__(self) -> _Stopper:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def finish(self) -> None:
-        """The loop is over: a signal from now on is noted (it stops nothing that is left)."""
-        self.stopping = True
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, previous in self._previous.items():
-            # once a stop has begun the process is on its way out: a repeated signal must not kill it
-            # before it has returned its exit status
-            signal.signal(signum, signal.SIG_IGN if self.signum is not None else previous)
 
 
 def _log_result(result: CaseResult, number: int, total: int) -> None:
@@ -228,21 +185,14 @@ def merge_shard_reports(path: Path, codes: Sequence[int], keep: bool = True) -> 
         "finished": max(part["finished"] for part in parts),
         "device": ", ".join(devices),
         "interrupted": any(part["interrupted"] for part in parts),
-        "summary": {s: sum(r.status == s for r in results) for s in STATUSES},
+        "summary": count_statuses(results),
         "cases": cases,
         "shards": shards,
     }
     if results:
         print(summary_table(results), flush=True)  # tables go to stdout, as in every command
     counts = merged["summary"]
-    log.info(
-        "all %d workers: %d written, %d skipped, %d failed%s",
-        count,
-        counts["written"],
-        counts["skipped"],
-        counts["failed"],
-        f"; report {path}" if keep else "",
-    )
+    log.info("all %d workers: %s%s", count, counts_text(counts), f"; report {path}" if keep else "")
     if keep:
         write_report(path, merged)
     return merged
@@ -319,43 +269,6 @@ def check_folders(
         _writable_folder(extras, f"the folder {extras} for --extras", elsewhere, create)
 
 
-def previewer(folder: Path, settings: str = "") -> Preview:
-    """Writes ``folder/<case>-<target>.png`` (:mod:`brasyn.inference.preview`): the three inputs as the model
-    saw them and the synthetic contrast as it is written (thresholded, zero outside the brain), in three
-    planes through the largest abnormality; ``settings`` (how the image was made) goes into the title."""
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def preview(case: Case, images: np.ndarray, record: ModelSpace, model_space: np.ndarray) -> None:
-        brain = record.model_brain()
-        target = Modality(case.target)
-        volumes = {Modality(m): image for m, image in zip(record.contrasts, images, strict=True)}
-        volumes[target] = keep_signal(model_space, brain)
-        centre, where = slice_centre(volumes[Modality.T2F], brain)
-        title = f"{case.id} \u2014 target {target.value}" + (f" \u2014 {settings}" if settings else "")
-        shape = "x".join(str(s) for s in images.shape[1:])
-        description = f"{title}; model grid {shape}; slices through the {where} at voxel {tuple(centre)}"
-        try:
-            figure = preview_figure(volumes, target, title, centre, MODEL_AXES)
-        except (ValueError, RuntimeError) as exc:  # an extra: the written case stands
-            log.warning("%s: no preview: it could not be drawn (%s)", case.id, exc)
-            return
-        write_preview(folder / f"{case.id}-{target.value}.png", figure, description)
-        log.debug("%s: preview through the %s at voxel %s", case.id, where, tuple(centre))
-
-    return preview
-
-
-def preview_settings(synthesizer: Synthesizer) -> str:
-    """How a synthesizer makes its images, for a preview's title: the method, and for the diffusion
-    model its sampler, steps and run seed."""
-    settings = synthesizer.predictor.settings()
-    text = str(settings.get("method", ""))
-    if "sampler" in settings:
-        steps = SAMPLERS[settings["sampler"]].steps_for(settings["steps"])
-        text += f", {settings['sampler']} {steps} step{'s' if steps != 1 else ''}, seed {synthesizer.seed}"
-    return text
-
-
 def _case_id(item: Case | CaseError) -> str:
     return item.case if isinstance(item, CaseError) else item.id
 
@@ -396,7 +309,7 @@ def run_batch(
     if shard is None or shard.count == 1:
         # with several shards another process may be writing into the same folder right now
         remove_stale_temporaries(output)
-    preview = previewer(extras, preview_settings(synthesizer)) if extras is not None else None
+    preview = previewer(extras, *preview_settings(synthesizer)) if extras is not None else None
     results: list[CaseResult] = []
     stream = prefetched(
         found,
@@ -406,11 +319,14 @@ def run_batch(
         ),
         enabled=prefetch and len(found) > 1,
     )
-    stopper = _Stopper()
+    stopper = Stopper()
+    bar = BatchBar(len(found), enabled=synthesizer.progress)
+    taken = 0
     with stopper:
         try:
             with closing(stream):
                 for item, loaded in stream:
+                    taken += 1
                     if isinstance(item, CaseError):
                         result = CaseResult(
                             case=item.case,
@@ -429,6 +345,7 @@ def run_batch(
                             resume_any=resume_any,
                         )
                     results.append(result)
+                    bar.case_done(result.seconds if "sample" in result.phases else None)
                     _log_result(result, len(results), len(found))
         except Interrupted:
             pass  # the stopper holds the signal
@@ -436,11 +353,34 @@ def run_batch(
             stopper.signum = stopper.signum or signal.SIGINT
         finally:
             stopper.finish()
+            bar.close()
         interrupted, signum = stopper.signum is not None, stopper.signum
         if interrupted:
             log.error("stopped by a signal; the case in progress was discarded, finished cases are kept")
+            results += _not_run(found, results, signum, cut_short=taken > len(results))
         batch = _finish(results, started, interrupted, signum, shard, context, report, output, table)
     return batch
+
+
+def _not_run(
+    found: Sequence[Case | CaseError], results: Sequence[CaseResult], signum: int | None, cut_short: bool
+) -> list[CaseResult]:
+    """A row for each case of the share a stop left: the one it cut short (``cut_short``), then those
+    never started, in the batch's order."""
+    done = {r.case for r in results}
+    left, name = [item for item in found if _case_id(item) not in done], signal_name(signum)
+    rows = []
+    for index, item in enumerate(left):
+        if index == 0 and cut_short:
+            message = f"stopped by {name} while it was synthesised; nothing of it was written: rerun"
+        else:
+            message = f"not started: the run was stopped by {name}; rerun"
+        target = item.target.value if isinstance(item, Case) and item.target is not None else None
+        files = [str(f) for f in (item.files.values() if isinstance(item, Case) else item.files)]
+        rows.append(
+            CaseResult(case=_case_id(item), status=NOT_RUN, target=target, message=message, files=files)
+        )
+    return rows
 
 
 def _finish(
@@ -468,7 +408,15 @@ def _finish(
         table.write(summary_table(results) + "\n")
         table.flush()
     counts = batch.counts
-    log.info("%d written, %d skipped, %d failed", counts["written"], counts["skipped"], counts["failed"])
+    if counts.get("not_run"):
+        # what the stop left, in the words a rerun needs: nothing was lost, the same command resumes
+        log.warning(
+            "%s: stopped by %s; the same command again runs the cases not run (finished ones are kept)",
+            counts_text(counts),
+            signal_name(signum),
+        )
+    else:
+        log.info("%s", counts_text(counts))
     if report is not None:
         write_report(report_path_for(report, shard), batch.report())
     if shard is None or shard.count == 1:

@@ -22,9 +22,12 @@ from brasyn.inference.predictors import DiffusionPredictor
 from brasyn.inference.sharding import Shard
 from brasyn.inference.synthesize import Synthesizer
 
-__all__ = ["BatchPlan", "CasePlan", "plan_batch"]
+__all__ = ["QUICK_STEPS", "BatchPlan", "CasePlan", "cpu_time_warning", "duration", "plan_batch"]
 
 log = logging.getLogger(__name__)
+
+QUICK_STEPS = 10
+"""The model calls of the quick setting the CPU warning advises (``--sampler dpm++2m --steps 10``)."""
 
 
 @dataclass(frozen=True)
@@ -122,3 +125,32 @@ def plan_batch(
             except (RuntimeError, ValueError, WeightsError) as exc:  # an estimate is never a refusal
                 log.warning("no time estimate for %s: %s", target.value, exc)
     return BatchPlan(cases, seconds)
+
+
+def duration(seconds: float) -> str:
+    """A time as a reader takes it in: seconds, minutes or hours."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def cpu_time_warning(plan: BatchPlan, predictor: DiffusionPredictor) -> str | None:
+    """What a batch that fell back to the CPU will cost: one case and all the cases to write, from the
+    plan's timed forward; the quick sampler is advised only where it takes fewer model calls than this
+    run. None where nothing is to be written or there is no estimate."""
+    total, todo = plan.estimated_seconds, plan.to_write
+    if total is None or not todo or todo[0].target is None:
+        return None
+    steps = predictor.steps(todo[0].target)
+    text = (
+        f"on this CPU one BraTS-size case with {predictor.sampling.sampler}, {steps} steps takes about "
+        f"{duration(total / len(todo))}"
+    )
+    if len(todo) > 1:
+        text += f", the {len(todo)} cases to synthesise about {duration(total)}"
+    text += " (timed from one forward); "
+    if steps > QUICK_STEPS:
+        text += f"for a quick result use --sampler dpm++2m --steps {QUICK_STEPS}, or "
+    return text + "run where a GPU is visible (docker run --gpus all)"

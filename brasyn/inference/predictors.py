@@ -119,6 +119,8 @@ class DiffusionPredictor:
         self.speed = speed or SpeedSettings()
         self.precision = resolve_precision(self.speed.precision, device)
         """The precision the denoiser runs in ("auto" resolved for the device)."""
+        self.fell_back_to_cpu = False
+        """Whether ``--device auto`` found no usable GPU (the run then says what the CPU will cost)."""
         self._diffusions: dict[DiffusionConfig, Diffusion] = {}
         self._models: dict[Modality, torch.nn.Module] = {}
 
@@ -328,32 +330,9 @@ def _diffusion(weights: Path, device: str, sampling: Sampling, speed: SpeedSetti
     )
     for target in store.targets():
         log.debug("weights %s: sha256 %s", target.value, store.info(target).sha256)
-    if chosen.type == "cpu" and device.strip().lower() == "auto":
-        # a fall-back, not a choice: say what it will cost before the first case starts
-        targets = predictor.weights.targets()
-        try:
-            seconds = predictor.estimate_case_seconds(targets[0]) if targets else None
-        except (RuntimeError, ValueError, WeightsError) as exc:  # an estimate must never stop the run
-            log.debug("no time estimate: %s", exc)
-            seconds = None
-        if seconds is not None:
-            log.warning(
-                "on this CPU one BraTS-size case with %s, %d steps takes about %s (timed from one "
-                "forward); for a quick result use --sampler dpm++2m --steps 10, or run where a GPU is "
-                "visible (docker run --gpus all)",
-                sampling.sampler,
-                predictor.steps(targets[0]),
-                _duration(seconds),
-            )
+    # a fall-back, not a choice: the batch says what it will cost before its first case
+    predictor.fell_back_to_cpu = chosen.type == "cpu" and device.strip().lower() == "auto"
     return predictor
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _baseline(kind: type[_Baseline]) -> Callable[[Path, str, Sampling, SpeedSettings], _Baseline]:

@@ -5,7 +5,12 @@ The figure (:func:`preview_figure`) has a title naming the case, the synthesised
 made; one column per contrast, always t1n, t1c, t2w, t2f whatever the target, the synthetic column titled
 ``<contrast> (synthetic)`` in a coloured frame; rows axial, coronal and sagittal in the radiological
 convention (patient right on the image's left, anterior and superior at the top), with the patient
-directions (R/L, A/P, S/I) written at the edges of each panel.
+directions (R/L, A/P, S/I) written at the edges of each panel and the slice's index in its corner. Each
+column is windowed on its own brain: from the 0.5th to the 99.5th percentile of its voxels inside the brain
+(:func:`window`), so a contrast whose brain is bright overall (t1n after min-max scaling) is not drawn
+white. Below the panels, in capitals: a synthetic image is not for diagnosis, and, where the weights are
+demo or random, that they are (:func:`notes`); the PNG's text record says the same, with the model grid,
+the crossing voxel and the slices.
 
 Where the slices cross (:func:`slice_centre`): the centre of mass of the largest connected region of
 abnormally bright FLAIR (t2f) signal inside the brain, where a lesion shows best; "abnormally bright" is
@@ -18,6 +23,7 @@ matplotlib is imported only when a figure is drawn, so a run without ``--extras`
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,20 +32,35 @@ from typing import Any
 
 import numpy as np
 
+from brasyn.common.errors import WeightsError
 from brasyn.common.files import atomic_write
+from brasyn.data.cases import Case
 from brasyn.data.modalities import MODALITIES, Modality
+from brasyn.inference.predictors import DiffusionPredictor
+from brasyn.inference.synthesize import Preview, Synthesizer
+from brasyn.model.samplers import SAMPLERS
+from brasyn.transform.intensity import keep_signal
+from brasyn.transform.model_space import ModelSpace
+from brasyn.transform.preprocess import MODEL_AXES
 
 __all__ = [
     "MATPLOTLIB_MISSING",
     "MIN_LESION_MM3",
+    "NOT_FOR_DIAGNOSIS",
     "PLANES",
     "Panel",
+    "matplotlib_available",
+    "notes",
     "panels",
     "preview_figure",
+    "preview_settings",
+    "previewer",
     "slice_centre",
-    "matplotlib_available",
+    "window",
     "write_preview",
 ]
+
+log = logging.getLogger("brasyn")
 
 MIN_LESION_MM3 = 500
 """The smallest bright region taken as the abnormality to centre on (voxels are 1 mm in model space)."""
@@ -54,6 +75,13 @@ MATPLOTLIB_MISSING = (
     "pip install matplotlib==3.11.2 (see requirements.txt), or leave out --extras"
 )
 _OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
+WINDOW_PERCENTILES = (0.5, 99.5)
+"""Each column is drawn from the first to the second percentile of its voxels inside the brain."""
+NOT_FOR_DIAGNOSIS = "SYNTHETIC IMAGE, NOT FOR DIAGNOSIS"
+QUALITY_NOTES = {
+    "demo": "DEMO WEIGHTS: the bundled small model, not the released cWDM checkpoints; demo quality",
+    "random": "RANDOM WEIGHTS (python -m brasyn.weights init): noise, for tests only",
+}
 
 
 def matplotlib_available() -> bool:
@@ -128,6 +156,10 @@ class Panel:
     """One plane of one volume as shown, with the patient direction at each edge."""
 
     plane: str
+    index: int
+    """The slice's index along the axis the plane cuts."""
+    count: int
+    """The slices along that axis."""
     image: np.ndarray
     """Rows top to bottom, columns left to right, as drawn."""
     left: str
@@ -152,14 +184,30 @@ def panels(volume: np.ndarray, centre: Sequence[int], axes: Sequence[str]) -> li
 
     return [
         # rows follow the second axis downwards
-        Panel("axial", volume[:, :, z].T, *across(a0), _OPPOSITE[a1], a1),
+        Panel("axial", z, volume.shape[2], volume[:, :, z].T, *across(a0), _OPPOSITE[a1], a1),
         # rows follow the third axis upwards
-        Panel("coronal", volume[:, y, :].T[::-1], *across(a0), a2, _OPPOSITE[a2]),
-        Panel("sagittal", volume[x, :, :].T[::-1], *across(a1), a2, _OPPOSITE[a2]),
+        Panel("coronal", y, volume.shape[1], volume[:, y, :].T[::-1], *across(a0), a2, _OPPOSITE[a2]),
+        Panel("sagittal", x, volume.shape[0], volume[x, :, :].T[::-1], *across(a1), a2, _OPPOSITE[a2]),
     ]
 
 
 # --- the figure -----------------------------------------------------------------------------------
+
+
+def window(volume: np.ndarray, brain: np.ndarray | None = None) -> tuple[float, float]:
+    """The grey levels a column is drawn between: :data:`WINDOW_PERCENTILES` of ``volume`` inside
+    ``brain`` (without a mask, or with an empty one: of its non-zero voxels)."""
+    values = volume[brain] if brain is not None and brain.any() else volume[volume != 0]
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = (float(v) for v in np.percentile(values, WINDOW_PERCENTILES))
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def notes(quality: str | None) -> list[str]:
+    """What a reader of a preview must know about the image: it is synthetic, and, for ``quality``
+    "demo" or "random" weights, that they are."""
+    return [NOT_FOR_DIAGNOSIS, *([QUALITY_NOTES[quality]] if quality in QUALITY_NOTES else [])]
 
 
 def _column_title(contrast: Modality, synthetic: Modality) -> str:
@@ -172,9 +220,12 @@ def preview_figure(
     title: str,
     centre: Sequence[int],
     axes: Sequence[str] = ("L", "P", "S"),
+    brain: np.ndarray | None = None,
+    footer: Sequence[str] = (),
 ) -> Any:
     """A matplotlib ``Figure`` (no pyplot: nothing global) of the four contrasts (columns t1n, t1c, t2w,
-    t2f) in three planes (rows) through ``centre``, each contrast scaled to its own 99.5th percentile."""
+    t2f) in three planes (rows) through ``centre``, each contrast windowed on its own ``brain``
+    (:func:`window`); the lines of ``footer`` (:func:`notes`) below the panels."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(10.0, 8.4), dpi=100, facecolor="black")
@@ -182,10 +233,10 @@ def preview_figure(
     figure.suptitle(title, color="white", fontsize=11)
     for column, contrast in enumerate(MODALITIES):
         volume = volumes[contrast]
-        high = float(np.percentile(volume, 99.5)) if np.any(volume) else 1.0
+        low, high = window(volume, brain)
         for row, panel in enumerate(panels(volume, centre, axes)):
             ax = grid[row][column]
-            ax.imshow(panel.image, cmap="gray", vmin=0.0, vmax=high or 1.0, interpolation="nearest")
+            ax.imshow(panel.image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_facecolor("black")
@@ -202,7 +253,13 @@ def preview_figure(
             ax.text(0.98, 0.5, panel.right, ha="right", va="center", **letter)
             ax.text(0.5, 0.98, panel.top, ha="center", va="top", **letter)
             ax.text(0.5, 0.02, panel.bottom, ha="center", va="bottom", **letter)
-    figure.subplots_adjust(left=0.04, right=0.99, bottom=0.01, top=0.9, wspace=0.03, hspace=0.05)
+            ax.text(0.02, 0.98, f"slice {panel.index} of {panel.count}", ha="left", va="top", **letter)
+    for line, text in enumerate(footer):
+        figure.text(
+            0.5, 0.035 - 0.025 * line, text, ha="center", va="center", color=SYNTHETIC_COLOUR, fontsize=10
+        )
+    bottom = 0.01 + 0.025 * len(footer)
+    figure.subplots_adjust(left=0.04, right=0.99, bottom=bottom, top=0.9, wspace=0.03, hspace=0.05)
     return figure
 
 
@@ -218,3 +275,58 @@ def write_preview(path: Path, figure: Any, description: str = "") -> None:
         suffix=".png",
         durable=False,
     )
+
+
+def previewer(
+    folder: Path, settings: str = "", quality: Mapping[Modality, str | None] | None = None
+) -> Preview:
+    """Writes ``folder/<case>-<target>.png``: the three inputs as the model saw them and the synthetic
+    contrast as it is written (thresholded, zero outside the brain), in three planes through the largest
+    abnormality; ``settings`` (how the image was made) goes into the title, and the quality of each
+    target's weights (``quality``: "demo", "random" ...) below the panels (:func:`notes`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def preview(case: Case, images: np.ndarray, record: ModelSpace, model_space: np.ndarray) -> None:
+        brain = record.model_brain()
+        target = Modality(case.target)
+        volumes = {Modality(m): image for m, image in zip(record.contrasts, images, strict=True)}
+        volumes[target] = keep_signal(model_space, brain)
+        centre, where = slice_centre(volumes[Modality.T2F], brain)
+        title = f"{case.id} \u2014 target {target.value}" + (f" \u2014 {settings}" if settings else "")
+        footer = notes((quality or {}).get(target))
+        shape = "x".join(str(s) for s in images.shape[1:])
+        x, y, z = centre
+        description = (
+            f"{title}; model grid {shape}; slices through the {where} at voxel {tuple(centre)}: axial slice "
+            f"{z}, coronal slice {y}, sagittal slice {x}; each column windowed on its brain's "
+            f"{WINDOW_PERCENTILES[0]}-{WINDOW_PERCENTILES[1]}th percentiles; " + "; ".join(footer)
+        )
+        try:
+            figure = preview_figure(volumes, target, title, centre, MODEL_AXES, brain, footer)
+        except (ValueError, RuntimeError) as exc:  # an extra: the written case stands
+            log.warning("%s: no preview: it could not be drawn (%s)", case.id, exc)
+            return
+        write_preview(folder / f"{case.id}-{target.value}.png", figure, description)
+        log.debug("%s: preview through the %s at voxel %s", case.id, where, tuple(centre))
+
+    return preview
+
+
+def preview_settings(synthesizer: Synthesizer) -> tuple[str, dict[Modality, str | None]]:
+    """How a synthesizer makes its images, for a preview's title (the method, and for the diffusion model
+    its sampler, steps and run seed), and the quality of each target's weights."""
+    predictor = synthesizer.predictor
+    settings = predictor.settings()
+    text = str(settings.get("method", ""))
+    if "sampler" in settings:
+        steps = SAMPLERS[settings["sampler"]].steps_for(settings["steps"])
+        text += f", {settings['sampler']} {steps} step{'s' if steps != 1 else ''}, seed {synthesizer.seed}"
+    quality: dict[Modality, str | None] = {}
+    for target in MODALITIES:
+        try:  # the baselines have no weights to be of any quality
+            quality[target] = (
+                predictor.weights.info(target).quality if isinstance(predictor, DiffusionPredictor) else None
+            )
+        except WeightsError:  # no weights for it: no case of it is written, so none is previewed
+            quality[target] = None
+    return text, quality

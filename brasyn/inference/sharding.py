@@ -8,7 +8,9 @@ Slurm arrays (``--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``) and Kube
 
 ``--devices all|N`` (:func:`run_workers`) starts the same ``python -m brasyn`` command once per GPU (or N
 times on the CPU), each with ``--shard i/n`` and its own ``--device``, so every worker runs the ordinary
-batch on its share; SIGTERM is forwarded to all.
+batch on its share; SIGTERM is forwarded to all. On the CPU each worker gets its share of the threads one
+process would take (``--threads``; unless one was given), since N workers each taking every core would
+only fight over them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "parse_shard",
     "run_workers",
     "shard_from_environment",
+    "thread_share",
     "without_option",
     "worker_count",
 ]
@@ -104,6 +107,13 @@ def worker_count(spec: str, gpus: int) -> int:
     return count
 
 
+def thread_share(count: int, threads: int | None = None) -> int:
+    """The CPU threads each of ``count`` workers gets: its share of ``threads`` (default: what torch
+    takes in this process, all the cores it may use, or ``OMP_NUM_THREADS``), at least one."""
+    threads = torch.get_num_threads() if threads is None else threads
+    return max(1, threads // count)
+
+
 WORKER_VARIABLE = "BRASYN_DEVICES_WORKER"
 """Set in the environment of the worker processes that ``--devices`` starts."""
 
@@ -118,12 +128,14 @@ def run_workers(
     spec: str,
     shard: Shard | None = None,
     finished: Callable[[list[int]], object] | None = None,
+    threads: int = 0,
 ) -> ExitCode:
     """Run ``argv`` (a ``python -m brasyn`` command line with ``--devices``) in worker processes and
     combine their exit codes: any stopped -> 143, any unusable -> 2, any failed case -> 1. ``--devices``
     makes the shares itself, so a ``shard`` of its own or a torchrun start is refused. ``finished`` is
     called with the workers' exit codes (worker i ran share i) once all have ended, e.g. to merge their
-    reports."""
+    reports. ``threads``: the run's ``--threads`` (0: not given; on the CPU each worker then gets
+    :func:`thread_share`)."""
     if shard is not None or shard_from_environment() is not None:
         raise UsageError(
             "--devices starts its own shares: leave out --shard and do not start it with torchrun"
@@ -131,7 +143,13 @@ def run_workers(
     gpus = torch.cuda.device_count()
     count = worker_count(spec, gpus)
     base = without_option(without_option(argv, "--devices"), "--device")
-    log.info("starting %d worker(s) on %s", count, f"{gpus} GPU(s)" if gpus else "the CPU")
+    if gpus:
+        log.info("starting %d worker(s) on %d GPU(s)", count, gpus)
+    else:
+        if not threads:
+            threads = thread_share(count)
+            base = [*without_option(base, "--threads"), "--threads", str(threads)]
+        log.info("starting %d worker(s) on the CPU, %d thread(s) each", count, threads)
     # the workers import this very package, installed or not
     package_root = str(Path(__file__).resolve().parents[2])
     env = {

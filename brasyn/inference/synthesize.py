@@ -15,7 +15,6 @@ intensity, back onto the reference grid) and ``write``.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from brasyn.common.errors import CaseError, WeightsError
 from brasyn.common.measure import peak_memory_mib, reset_peak_memory
@@ -35,6 +33,7 @@ from brasyn.data.modalities import Modality, conditions_for
 from brasyn.data.provenance import Decision, decide, short_description
 from brasyn.data.volumes import Volume, load_volume, write_problem, write_volume
 from brasyn.inference.predictors import Predictor, Progress
+from brasyn.inference.progress import step_bar
 from brasyn.transform.model_space import ModelSpace, from_model_space, to_model_space
 
 __all__ = ["EMPTY_IMAGE", "PHASES", "CaseResult", "Loaded", "Preview", "Synthesizer"]
@@ -92,16 +91,6 @@ class Loaded:
 Preview = Callable[[Case, np.ndarray, ModelSpace, np.ndarray], None]
 """Called after a write with the case, its model-space conditions, their record and the model-space
 [0, 1] result."""
-
-
-def _progress_bar(total: int, description: str) -> tqdm:
-    return tqdm(
-        total=total,
-        desc=description,
-        file=sys.stderr,
-        leave=False,
-        mininterval=0.5 if sys.stderr.isatty() else 30.0,
-    )
 
 
 class Synthesizer:
@@ -239,7 +228,7 @@ class Synthesizer:
                 result.resampled, result.grid_of = True, record.grid.reference.value
             steps = self.predictor.steps(case.target)
             if self.progress and steps:
-                bar = _progress_bar(steps, f"{case.id} {case.target}")
+                bar = step_bar(steps, f"{case.id} {case.target}")  # None off a terminal
             clock = time.perf_counter()
             model_space = self.predict(
                 ready.images, case.target, case.id, (lambda info: bar.update(1)) if bar else None

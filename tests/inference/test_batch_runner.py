@@ -51,7 +51,7 @@ def test_a_stop_inside_a_write_keeps_finished_cases_and_leaves_nothing_of_the_on
 ):
     """SIGTERM arrives while the second case's bytes are on disk under the temporary name, before the
     rename: the first case stays whole, the second has no file under any name, the third is not begun,
-    and the report says the run was interrupted."""
+    and the report says the run was interrupted and lists the two cases not run."""
     output, report = tmp_path / "out", tmp_path / "report.json"
     real_fsync = os.fsync
     writes: list[int] = []
@@ -72,7 +72,15 @@ def test_a_stop_inside_a_write_keeps_finished_cases_and_leaves_nothing_of_the_on
     assert nib.load(output / f"{CASES[0]}-t2f.nii.gz").get_fdata().shape == (40, 44, 36)
     saved = json.loads(report.read_text())
     assert saved["interrupted"] is True
-    assert [(c["case"], c["status"]) for c in saved["cases"]] == [(CASES[0], "written")]
+    # the cases the stop left are listed: the one it cut short, then the one never begun
+    assert [(c["case"], c["status"]) for c in saved["cases"]] == [
+        (CASES[0], "written"),
+        (CASES[1], "not run"),
+        (CASES[2], "not run"),
+    ]
+    assert saved["cases"][1]["message"].startswith("stopped by SIGTERM while it was synthesised")
+    assert saved["cases"][2]["message"].startswith("not started: the run was stopped by SIGTERM")
+    assert saved["summary"] == {"written": 1, "skipped": 0, "failed": 0, "not_run": 2}
     # the stop that has begun ends with its report: a repeated signal no longer stops this process
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
 

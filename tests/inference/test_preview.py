@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -127,3 +129,71 @@ def test_extras_without_matplotlib_is_refused_before_the_run(tmp_path, monkeypat
     brasyn.inference.batch.check_folders(
         tmp_path / "in", tmp_path / "out2"
     )  # without --extras it is not needed
+
+
+def test_each_column_is_windowed_on_its_own_brain_so_a_bright_brain_is_not_drawn_white():
+    flair, brain = _head(blob_at=None)
+    rng = np.random.default_rng(4)
+    # t1n after min-max scaling: the whole brain bright, in 0.7-1.0
+    t1n = np.where(brain, 0.7 + 0.3 * rng.random(SHAPE), 0.0).astype(np.float32)
+    volumes = {m: flair for m in MODALITIES} | {Modality.T1N: t1n}
+    figure = preview_figure(volumes, Modality.T2F, "c1", (32, 36, 24))
+    shown = figure.axes[0].images[0]
+    low, high = shown.get_clim()
+    assert (low, high) == pytest.approx(tuple(np.percentile(t1n[brain], [0.5, 99.5])))
+    inside = np.asarray(shown.get_array())[brain[:, :, 24].T]
+    grey = (inside - low) / (high - low)
+    assert np.percentile(grey, 5) < 0.2 and np.percentile(grey, 95) > 0.8  # the full grey range, not white
+    assert figure.axes[3].images[0].get_clim() == pytest.approx(
+        tuple(np.percentile(flair[brain], [0.5, 99.5]))
+    )
+
+
+def test_each_panel_names_its_slice():
+    volumes = {m: np.random.default_rng(5).random(SHAPE).astype(np.float32) for m in MODALITIES}
+    texts = _texts(preview_figure(volumes, Modality.T2F, "c1", (30, 31, 20)))
+    # axial through z = 20 of 48, coronal through y = 31 of 72, sagittal through x = 30 of 64; every column
+    for label in ("slice 20 of 48", "slice 31 of 72", "slice 30 of 64"):
+        assert texts.count(label) == 4, texts
+
+
+@pytest.mark.parametrize("weights", ["random", "demo"])
+def test_a_preview_says_it_is_synthetic_and_not_for_diagnosis_and_names_demo_or_random_weights(
+    tmp_path, tiny_weights, monkeypatch, weights
+):
+    from PIL import Image
+
+    import brasyn.inference.preview
+    from brasyn.commands.cli import DEFAULT_WEIGHTS, main
+    from tests.helpers import make_case
+
+    drawn = []
+    real_write = brasyn.inference.preview.write_preview
+
+    def keep(path, figure, description=""):
+        drawn.append(figure)
+        real_write(path, figure, description)
+
+    monkeypatch.setattr(brasyn.inference.preview, "write_preview", keep)
+    make_case(tmp_path / "in", "c1", seed=1, shape=(48, 56, 40))
+    folder = {"random": tiny_weights, "demo": DEFAULT_WEIGHTS}[weights]
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--weights", str(folder)]
+    extras = tmp_path / "previews"
+    assert main([*args, "--sampler", "x0", "--device", "cpu", "--no-progress", "--extras", str(extras)]) == 0
+    note = {
+        "random": "RANDOM WEIGHTS (python -m brasyn.weights init): noise, for tests only",
+        "demo": "DEMO WEIGHTS: the bundled small model, not the released cWDM checkpoints; demo quality",
+    }[weights]
+    (figure,) = drawn
+    texts = _texts(figure)
+    assert "SYNTHETIC IMAGE, NOT FOR DIAGNOSIS" in texts and note in texts
+    record = Image.open(extras / "c1-t2f.png").text["Description"]
+    assert record.endswith(f"; SYNTHETIC IMAGE, NOT FOR DIAGNOSIS; {note}"), record
+    found = re.search(
+        r"at voxel \((\d+), (\d+), (\d+)\): axial slice (\d+), coronal slice (\d+), sagittal slice (\d+)",
+        record,
+    )
+    assert found, record
+    x, y, z, axial, coronal, sagittal = (int(g) for g in found.groups())
+    assert (axial, coronal, sagittal) == (z, y, x)
+    assert "each column windowed on its brain's 0.5-99.5th percentiles" in record

@@ -193,7 +193,7 @@ def _started(inputs: Path, weights: Path, output: Path, report: Path) -> subproc
         text=True,
     )
     deadline, seen = time.time() + 120, ""
-    while time.time() < deadline and "slow t2f" not in seen:  # sampling has started
+    while time.time() < deadline and "loaded t2f denoiser" not in seen:  # sampling starts (no bar in a pipe)
         seen += proc.stderr.read(1)
     return proc
 

@@ -448,7 +448,8 @@ def test_terminated_run_leaves_nothing_partial(tmp_path, tiny_weights):
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
         seen = ""
-        while time.time() < deadline and "slow t2f" not in seen:  # the progress bar has started
+        # the model is loaded as sampling starts (a pipe gets no progress bar to wait for)
+        while time.time() < deadline and "loaded t2f denoiser" not in seen:
             seen += proc.stderr.read(1)
         proc.send_signal(sig)
         proc.communicate(timeout=60)
