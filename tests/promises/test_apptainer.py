@@ -71,6 +71,7 @@ def test_entrypoint_writes_every_case_with_only_out_and_tmpdir_writable(open_tmp
     for i, case in enumerate(CASES):
         make_case(open_tmp / "in", case, ("t1n", "t1c", "t2w"), seed=3 * i)
     (open_tmp / "home").mkdir()
+    (open_tmp / "venv").mkdir()
     for folder in ("out", "scratch"):
         (open_tmp / folder).mkdir()
         (open_tmp / folder).chmod(0o777)  # host folders bound writable for the run's uid
@@ -86,6 +87,8 @@ def test_entrypoint_writes_every_case_with_only_out_and_tmpdir_writable(open_tmp
     setup = " && ".join(
         [
             f"mount --bind {open_tmp} /mnt",
+            # this Python's environment, seen at /mnt/venv: it may lie under a folder masked below
+            f"mount --bind {sys.prefix} /mnt/venv",
             *(
                 f"mount --bind /mnt/{d} /mnt/{d} && mount -o remount,bind,ro /mnt/{d}"
                 for d in ("image", "in", "home")
@@ -94,7 +97,8 @@ def test_entrypoint_writes_every_case_with_only_out_and_tmpdir_writable(open_tmp
         ]
     )
     # the uid switch of the container prefix, without its own network namespace and HOME handling
-    run = [*prefix[prefix.index("setpriv") : prefix.index("env")], sys.executable, "/mnt/image/entrypoint.py"]
+    python = f"/mnt/venv/{Path(sys.executable).relative_to(sys.prefix)}"
+    run = [*prefix[prefix.index("setpriv") : prefix.index("env")], python, "/mnt/image/entrypoint.py"]
     run += ["--input", "/mnt/in", "--output", "/mnt/out"]
     command = [
         "unshare",

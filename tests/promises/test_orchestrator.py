@@ -153,3 +153,19 @@ def test_the_documented_entry_is_a_plain_cpu_compatible_image_the_orchestrator_l
     image = algorithm.run_args.docker_image
     version = re.search(r'^version = "(.*)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     assert image == f"brasyn:{version}"
+
+
+@pytest.mark.slow
+def test_the_documented_python_runs_as_written(orchestrator, shared_dir, tmp_path, monkeypatch):
+    from tests.promises.test_readme_python import _block
+
+    _, code = _block("MissingMRI(algorithm=Brasyn.BRASYN)")
+    files = _case(shared_dir, "BraTS-GLI-00001-000")
+    for contrast in ("t1c", "t1n", "t2w"):  # the names the example uses, in the folder it runs in
+        shutil.copy(files[contrast], tmp_path / f"{contrast}.nii.gz")
+        (tmp_path / "cases" / "glioma").mkdir(parents=True, exist_ok=True)
+        shutil.copy(files[contrast], tmp_path / "cases" / "glioma" / f"glioma-{contrast}.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/orchestrator.md", "exec"), {"__name__": "docs"})
+    _assert_brasyn_output(tmp_path / "t2f.nii.gz", "t2f", files["t2f"])
+    _assert_brasyn_output(tmp_path / "out" / "glioma-t2f.nii.gz", "t2f", files["t2f"])

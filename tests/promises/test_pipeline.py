@@ -451,6 +451,7 @@ def test_terminated_run_leaves_nothing_partial(tmp_path, tiny_weights):
         # the model is loaded as sampling starts (a pipe gets no progress bar to wait for)
         while time.time() < deadline and "loaded t2f denoiser" not in seen:
             seen += proc.stderr.read(1)
+        time.sleep(1.0)  # into the sampling steps, where a stop lands in a long run
         proc.send_signal(sig)
         proc.communicate(timeout=60)
         assert proc.returncode == (143 if sig == signal.SIGTERM else -signal.SIGKILL)
