@@ -209,6 +209,7 @@ def test_mlcube_parameters_choose_the_method(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["BraTS-GLI-00001-000-t2f.nii.gz"]
 
 
+@pytest.mark.slow
 def test_baselines_on_real_cases_leave_one_out(shared_dir, tmp_path):
     """Fit on three real cases, fill in the fourth's t2f with each baseline: same file name, grid and
     header as the diffusion path writes, and a scale near the real contrast's."""

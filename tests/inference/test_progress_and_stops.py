@@ -100,6 +100,7 @@ def test_a_terminal_gets_a_batch_bar_with_elapsed_and_eta_and_a_log_file_gets_no
     ("signum", "code"),
     [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)],  # one fast, one slow
 )
+@pytest.mark.slow
 def test_a_stop_counts_and_lists_the_cases_not_run(tmp_path, tiny_weights, signum, code):
     inputs = _cases(tmp_path / "in", 4)
     report = tmp_path / "report.json"

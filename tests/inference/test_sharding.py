@@ -109,6 +109,7 @@ def test_two_process_torchrun_writes_what_one_process_writes_and_fails_when_a_ra
     ]
 
 
+@pytest.mark.slow
 def test_devices_starts_one_worker_per_share_and_writes_what_one_process_writes(tmp_path, batch, capfd):
     inputs, fast, single = batch
     report = tmp_path / "r" / "report.json"
@@ -217,6 +218,7 @@ def test_the_merged_report_names_a_worker_that_wrote_none(tmp_path, caplog):
     assert merge_shard_reports(report, [2, 2]) is None and not report.exists()
 
 
+@pytest.mark.slow
 def test_devices_on_the_cpu_gives_each_worker_its_share_of_the_threads(tmp_path, tiny_weights):
     """Two workers each taking every core only fight over them: each computes with half the threads one
     process takes (at least one); an explicit --threads is kept."""

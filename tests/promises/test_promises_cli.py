@@ -244,6 +244,7 @@ def _alive(pid: int) -> bool:
     return not (status.exists() and "zombie" in status.read_text())
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_devices_run_stops_its_workers_keeps_finished_cases_and_exits_143(
     tmp_path, tiny_weights
 ):

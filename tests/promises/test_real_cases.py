@@ -66,6 +66,7 @@ def test_real_cases_come_back_on_their_own_grid_orientation_and_scale(real_input
     assert nib.aff2axcodes(nib.load(output / CASES["BraTS-MET-00110-000"][1]).affine) == ("R", "A", "S")
 
 
+@pytest.mark.slow
 def test_geometry_and_intensity_are_undone_exactly_on_real_files(real_inputs, tiny_weights, tmp_path):
     """With a 'model' that returns its first condition, the written file must be that input, normalised,
     thresholded and rescaled, voxel for voxel in the input's own orientation (RAS case included)."""

@@ -43,6 +43,7 @@ def test_quantisation_keeps_every_non_zero_voxel_within_one_step():
     assert np.abs(dequantise(q) - values).max() <= 1.0 / SCALE
 
 
+@pytest.mark.slow
 def test_prepared_entries_give_the_in_memory_batches_within_the_quantisation_step(shared_dir, real_cache):
     """t1n is the fourth channel here: the cache (canonical order) must be permuted like the in-memory
     stack, whose conditions come first."""
@@ -75,6 +76,7 @@ def _copy_real(shared_dir: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_a_killed_prepare_continues_where_it_stopped_and_never_uses_a_half_entry(shared_dir, tmp_path):
     data, cache = _copy_real(shared_dir, tmp_path / "data"), tmp_path / "cache"
     command = [sys.executable, "-m", "brasyn.train", "prepare", "--data", str(data), "--cache", str(cache)]
