@@ -9,18 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from brasyn.inference.plan import BatchPlan
+from brasyn.inference.plan import BatchPlan, duration
 
-__all__ = ["duration", "print_plan"]
-
-
-def duration(seconds: float) -> str:
-    """A time as a reader takes it in: seconds, minutes or hours."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+__all__ = ["print_plan"]
 
 
 def _estimate_line(plan: BatchPlan, device: str, steps: str) -> str:
