@@ -325,7 +325,13 @@ def _prepare_locked(cases: Sequence[Case], cache: Path, workers: int, progress: 
 
     def collect(case: Case, outcome: str | Failure | Lost) -> None:
         if isinstance(outcome, Lost):
-            outcome = _lost(case, outcome)
+            # a worker can die between renaming its entry into place and handing back its result: the
+            # entry it left is whole (renames are atomic), so the case is prepared, not lost
+            if _is_current(case, cache):
+                log.info("%s: its prepare worker was %s after writing it: kept", case.id, outcome.describe())
+                outcome = case.id
+            else:
+                outcome = _lost(case, outcome)
         if not isinstance(outcome, str):
             error = CaseError(*outcome)
             log.error("%s", error)  # now, not at the end: a long run shows failures as they come
