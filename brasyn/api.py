@@ -47,6 +47,7 @@ def infer_single(
     device: str = "auto",
     seed: int = 42,
     precision: str = "fp32",
+    draws: int = 1,
     overwrite: bool = True,
     progress: bool = False,
 ) -> Path:
@@ -56,9 +57,9 @@ def infer_single(
     Exactly three of ``t1n``, ``t1c``, ``t2w``, ``t2f`` are given (image files: NIfTI, MetaImage, NRRD);
     ``output_file`` ends in ``.nii.gz`` (or the inputs' format). ``weights`` is a weights folder with
     ``manifest.json`` (default: the bundled demo weights); ``method``, ``sampler``, ``steps``, ``eta``,
-    ``device``, ``seed`` and ``precision`` mean what the flags of the same name mean (the defaults are
-    the command's: the official 1000-step sampler; ``sampler="dpm++2m", steps=10`` is quick). With
-    ``overwrite=False`` an existing output is kept and :class:`FileExistsError` raised.
+    ``device``, ``seed``, ``precision`` and ``draws`` mean what the flags of the same name mean (the
+    defaults are the command's: the official 1000-step sampler; ``sampler="dpm++2m", steps=10`` is
+    quick). With ``overwrite=False`` an existing output is kept and :class:`FileExistsError` raised.
 
     Raises :class:`~brasyn.common.errors.UsageError` when the call cannot start (not three inputs, a missing
     file, a bad setting or weights folder) and :class:`~brasyn.common.errors.CaseError` when the case fails
@@ -71,7 +72,7 @@ def infer_single(
         raise FileExistsError(f"{output} already exists; pass overwrite=True to replace it")
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        sampling = Sampling(sampler=sampler, steps=steps, eta=eta)
+        sampling = Sampling(sampler=sampler, steps=steps, eta=eta, draws=draws)
         speed = SpeedSettings(precision=precision)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

@@ -40,6 +40,7 @@ from brasyn.commands.options import (
     MLCUBE_PARAMETERS,
     NAMINGS,
     add_device_option,
+    add_draws_option,
     add_map_option,
     add_method_option,
     add_sampling_options,
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=42,
         help="run seed (default 42); each case's seed follows from it and the case id",
     )
+    add_draws_option(parser)
     add_device_option(parser)
     add_threads_option(parser)
     speed = add_speed_options(parser)
@@ -185,7 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); under torchrun the rank is the share",
     )
     add("--report", type=Path, help="write a JSON report here (outside the output folder)")
-    add("--extras", type=Path, help="write a PNG preview per case here (outside the output folder)")
+    add(
+        "--extras",
+        type=Path,
+        help="write a PNG preview per case here (outside the output folder), and with --draws N > 1 each "
+        "case's uncertainty map <case>-<target>-std.nii.gz",
+    )
     add("--no-progress", action="store_true", help="no progress bars")
     add(
         "--dry-run",

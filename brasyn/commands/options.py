@@ -33,7 +33,7 @@ from brasyn.common.errors import UsageError
 from brasyn.common.version import __version__
 from brasyn.data.contrast_map import ContrastMap
 from brasyn.inference.predictors import METHODS
-from brasyn.model.diffusion import Sampling
+from brasyn.model.diffusion import MAX_DRAWS, Sampling
 from brasyn.model.samplers import SAMPLERS
 from brasyn.weights.official import OFFICIAL_NAMES, official_target
 
@@ -46,6 +46,7 @@ __all__ = [
     "add_device_option",
     "add_map_option",
     "add_method_option",
+    "add_draws_option",
     "add_sampling_options",
     "add_single_case_options",
     "add_speed_options",
@@ -166,10 +167,24 @@ def add_sampling_options(
         )
 
 
+def add_draws_option(parser: argparse.ArgumentParser) -> None:
+    """``--draws N``: the output is the mean of N samples, their spread the uncertainty map."""
+    parser.add_argument(
+        "--draws",
+        type=whole_number(1, MAX_DRAWS),
+        default=1,
+        help="synthesise N samples per case, each from its own noise, and write their voxel-wise mean; with "
+        "--extras also <case>-<target>-std.nii.gz, their per-voxel standard deviation (default 1; N times "
+        "the sampling time)",
+    )
+
+
 def sampling_settings(args: argparse.Namespace) -> Sampling:
-    """The :class:`~brasyn.inference.predictors.Sampling` of parsed arguments (``--eta`` 0 where a command
-    has none)."""
-    return Sampling(sampler=args.sampler, steps=args.steps, eta=getattr(args, "eta", 0.0))
+    """The :class:`~brasyn.inference.predictors.Sampling` of parsed arguments (``--eta`` 0 and one draw
+    where a command has no such flag)."""
+    return Sampling(
+        sampler=args.sampler, steps=args.steps, eta=getattr(args, "eta", 0.0), draws=getattr(args, "draws", 1)
+    )
 
 
 def add_version_option(parser: argparse.ArgumentParser, prog: str) -> None:
@@ -339,6 +354,7 @@ MLCUBE_PARAMETERS: dict[str, Converter] = {
     "sampler": one_of(*SAMPLERS),
     "steps": whole_number(1, 1000),
     "seed": whole_number(0),
+    "draws": whole_number(1, MAX_DRAWS),
     "device": device_spec,
     "eta": real_number(0, 1),
     "naming": one_of(*NAMINGS),

@@ -6,8 +6,11 @@ each contrast in turn (or ``--target``) withheld and synthesised from the other 
     python -m brasyn.quality precision --data DIR [--weights DIR] [--target t2f] [--case ID ...]
                                       [--sampler ddpm] [--steps 1000] [--crop D H W] [--seed 42]
                                       [--device D] [--json FILE]
+    python -m brasyn.quality draws --data DIR [--weights DIR] [--target t2f] [--case ID ...]
+                                  [--variant dpm++2m:10 --variant ddim:50] [--counts 1 2 4 8]
+                                  [--device D] [--json FILE]
 
-The measurements themselves: :mod:`brasyn.bench.quality`.
+The measurements themselves: :mod:`brasyn.bench.quality` and :mod:`brasyn.bench.draws`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from brasyn.bench.draws import DEFAULT_COUNTS, DEFAULT_DRAW_VARIANTS, compare_draws, draws_table
 from brasyn.bench.quality import (
     DEFAULT_VARIANTS,
     compare_precision,
@@ -37,6 +41,7 @@ from brasyn.common.acceleration import SpeedSettings
 from brasyn.common.errors import BrasynError, ExitCode
 from brasyn.common.runtime import select_device
 from brasyn.data.modalities import Modality
+from brasyn.model.diffusion import MAX_DRAWS
 from brasyn.weights.bundled import BUNDLED_WEIGHTS
 from brasyn.weights.store import WeightStore
 
@@ -49,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_verbosity_option(parser)
     commands = parser.add_subparsers(parser_class=HelpParser, dest="command", required=True)
-    for name in ("samplers", "precision"):
+    for name in ("samplers", "precision", "draws"):
         p = commands.add_parser(name)
         p.add_argument("--data", type=Path, required=True, help="folder of complete case folders")
         p.add_argument("--weights", type=Path, default=BUNDLED_WEIGHTS)
@@ -63,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     samplers = commands.choices["samplers"]
     samplers.add_argument(
         "--variant", action="append", help=f"sampler:steps[:precision] (default {DEFAULT_VARIANTS})"
+    )
+    draws = commands.choices["draws"]
+    draws.add_argument(
+        "--variant", action="append", help=f"sampler:steps[:precision] (default {DEFAULT_DRAW_VARIANTS})"
+    )
+    draws.add_argument(
+        "--counts",
+        type=whole_number(1, MAX_DRAWS),
+        nargs="+",
+        default=list(DEFAULT_COUNTS),
+        help=f"numbers of draws to score (default {' '.join(map(str, DEFAULT_COUNTS))}); one chain of the "
+        "largest serves them all",
     )
     precision = commands.choices["precision"]
     add_sampling_options(precision, eta=False)
@@ -81,6 +98,9 @@ def _compare(argv: list[str] | None) -> int:
     if args.command == "samplers":
         variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
         rows = compare_samplers(cases, targets, weights, device, variants, args.seed)
+    elif args.command == "draws":
+        variants = [parse_variant(v) for v in (args.variant or DEFAULT_DRAW_VARIANTS)]
+        rows = compare_draws(cases, targets, weights, device, variants, args.counts, args.seed)
     else:
         crop = tuple(args.crop) if args.crop else None
         rows = compare_precision(cases, targets, weights, device, args.sampler, args.steps, args.seed, crop)
@@ -88,9 +108,11 @@ def _compare(argv: list[str] | None) -> int:
     print_json(result, args.json)
     if args.command == "samplers":
         sys.stderr.write(markdown_table(rows) + "\n")
+    elif args.command == "draws":
+        sys.stderr.write(draws_table(rows) + "\n")
     return ExitCode.OK
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m brasyn.quality``: the sampler table or the precision check."""
+    """``python -m brasyn.quality``: the sampler table, the precision check or the draws table."""
     return run_command(lambda: _compare(argv), usage_errors=(BrasynError, ValueError))

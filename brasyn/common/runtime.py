@@ -212,15 +212,18 @@ def torchrun_environment(env: Mapping[str, str] | None = None) -> TorchrunEnviro
     return TorchrunEnvironment(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
 
 
-def case_seed(seed: int, case_id: str) -> int:
-    """A seed for one case, fixed by the run's seed and the case id alone (not by batch order)."""
+def case_seed(seed: int, case_id: str, draw: int = 0) -> int:
+    """A seed for draw ``draw`` of one case, fixed by the run's seed, the case id and the draw's index
+    alone (not by batch order, shard or how many draws a run takes)."""
+    # draw 0 keeps the seed a one-draw run always had, so its outputs stay the bytes they were
+    key = f"{seed}:{case_id}" if draw == 0 else f"{seed}:{case_id}:draw{draw}"
     # the file system's bytes for a folder name that is not UTF-8 (surrogate escapes); UTF-8 as before
-    digest = hashlib.sha256(f"{seed}:{case_id}".encode("utf-8", "surrogateescape")).digest()
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def case_generator(seed: int, case_id: str, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(case_seed(seed, case_id))
+def case_generator(seed: int, case_id: str, device: torch.device, draw: int = 0) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(case_seed(seed, case_id, draw))
 
 
 def return_freed_memory() -> bool:

@@ -2,7 +2,8 @@
 
 Every output carries a record (a flat JSON object): the brasyn version, the target, the method and what
 decides its voxels (sampler, steps, eta where the sampler uses it, precision, the sha256 of the weights, the
-seed where the method draws random numbers, ``--grid-of`` and whether the case was resampled). NIfTI holds
+seed where the method draws random numbers, the number of draws averaged, ``--grid-of`` and whether the
+case was resampled). NIfTI holds
 it as a header extension of code 6 (comment) with ``{"brasyn": {...}}`` and a short form in ``descrip``;
 MetaImage and NRRD hold it under the metadata key ``brasyn`` (:func:`brasyn.data.volumes.write_volume` writes
 it, :func:`read_record` reads it back). Nothing in it depends on the time or the machine, so two runs with
@@ -41,7 +42,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-COMPARED = ("method", "sampler", "steps", "eta", "precision", "weights", "seed")
+COMPARED = ("method", "sampler", "steps", "eta", "precision", "weights", "seed", "draws")
 """The settings that decide an output's voxels: a rerun that differs in one of them synthesises again.
 ``grid_of`` counts too, for a case that was resampled (otherwise it changes nothing). Speed switches,
 device and thread count are not compared: they change no setting of the model, only (on some devices)
@@ -87,7 +88,7 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The compared settings in which ``old`` (an output's record) and ``new`` (this run's) differ."""
     if old.get("method") != new.get("method"):
         return ["method"]  # the rest belongs to one method or the other: naming it says nothing more
-    keys = [k for k in COMPARED if old.get(k) != new.get(k)]
+    keys = [k for k in COMPARED if _setting(old, k) != _setting(new, k)]
     if "sampler" in keys and "eta" in keys:
         keys.remove("eta")  # recorded for ddim alone: it differs because the sampler does
     if old.get("resampled") and old.get("grid_of") != new.get("grid_of"):
@@ -95,9 +96,17 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return keys
 
 
+def _setting(record: dict[str, Any], key: str) -> Any:
+    """A compared setting of a record; a sampled output that records no ``draws`` was one draw (it was
+    written before several could be taken, and is what ``--draws 1`` writes)."""
+    if key == "draws" and "sampler" in record:
+        return record.get("draws", 1)
+    return record.get(key)
+
+
 def describe(record: dict[str, Any], keys: list[str]) -> str:
     """``keys`` of ``record`` in words, e.g. ``sampler x0, steps 1``."""
-    return ", ".join(f"{k} {_value(k, record.get(k))}" for k in keys)
+    return ", ".join(f"{k} {_value(k, _setting(record, k))}" for k in keys)
 
 
 def _value(key: str, value: Any) -> str:
@@ -114,6 +123,8 @@ def short_description(record: dict[str, Any]) -> str:
     words = ["brasyn", str(record.get("version", "")), str(record.get("target", "")), str(record["method"])]
     if "sampler" in record:
         words += [str(record["sampler"]), f"{record.get('steps')} steps", f"seed {record.get('seed')}"]
+        if record.get("draws", 1) > 1:
+            words.append(f"mean of {record['draws']}")
     return " ".join(w for w in words if w)[:79]
 
 

@@ -29,8 +29,9 @@ from brasyn.common.version import __version__
 from brasyn.data.cases import Case
 from brasyn.data.modalities import Modality
 from brasyn.data.volumes import remove_stale_temporaries
+from brasyn.inference.extras import extras_writer
 from brasyn.inference.prefetch import prefetched
-from brasyn.inference.preview import MATPLOTLIB_MISSING, matplotlib_available, preview_settings, previewer
+from brasyn.inference.preview import MATPLOTLIB_MISSING, matplotlib_available
 from brasyn.inference.progress import BatchBar
 from brasyn.inference.sharding import Shard
 from brasyn.inference.stopping import Interrupted, Stopper, signal_name
@@ -296,7 +297,8 @@ def run_batch(
     stdout, where every command prints its tables; None for commands whose stdout is their own JSON,
     such as the benchmarks).
 
-    ``extras`` is a folder for a PNG preview per written case (:func:`previewer`). ``report`` is written
+    ``extras`` is a folder for a PNG preview per written case and, with several draws, its uncertainty
+    map (:func:`brasyn.inference.extras.extras_writer`). ``report`` is written
     (per shard, :func:`report_path_for`) with ``context`` merged in, also after a stop signal. Never
     raises for a problem of one case.
     """
@@ -309,7 +311,7 @@ def run_batch(
     if shard is None or shard.count == 1:
         # with several shards another process may be writing into the same folder right now
         remove_stale_temporaries(output)
-    preview = previewer(extras, *preview_settings(synthesizer)) if extras is not None else None
+    preview = extras_writer(extras, synthesizer) if extras is not None else None
     results: list[CaseResult] = []
     stream = prefetched(
         found,

@@ -145,8 +145,9 @@ def cpu_time_warning(plan: BatchPlan, predictor: DiffusionPredictor) -> str | No
         return None
     steps = predictor.steps(todo[0].target)
     text = (
-        f"on this CPU one BraTS-size case with {predictor.sampling.sampler}, {steps} steps takes about "
-        f"{duration(total / len(todo))}"
+        f"on this CPU one BraTS-size case with {predictor.sampling.sampler}, {steps} steps"
+        + (f", {predictor.draws} draws" if predictor.draws > 1 else "")
+        + f" takes about {duration(total / len(todo))}"
     )
     if len(todo) > 1:
         text += f", the {len(todo)} cases to synthesise about {duration(total)}"

@@ -26,8 +26,10 @@ from brasyn.common.errors import UsageError, WeightsError
 from brasyn.common.runtime import select_device
 from brasyn.data.modalities import Modality
 from brasyn.inference.baselines import BASELINES_NAME, Baselines, predict_linear, predict_nearest
+from brasyn.inference.draws import DrawBatch
 from brasyn.model.bands import bands_to_image, image_to_bands
 from brasyn.model.diffusion import Diffusion, DiffusionConfig, Sampling
+from brasyn.model.samplers import Generators
 from brasyn.weights.official import describe as describe_checkpoint
 from brasyn.weights.store import WeightStore
 
@@ -52,16 +54,20 @@ class Predictor(Protocol):
 
     device: torch.device
     """Where it computes (and where a case's random generator must live)."""
+    draws: int
+    """Samples per case whose mean is the output (1 for a deterministic method)."""
+    draw_batch: DrawBatch
+    """How many of them ``predict`` is given at once."""
 
     def predict(
         self,
         images: torch.Tensor,
         target: Modality,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         progress: Progress | None = None,
     ) -> torch.Tensor:
-        """(1, 3, D, H, W) [0, 1] conditions to the (1, 1, D, H, W) [0, 1] target; WeightsError when
-        what it needs for ``target`` is missing."""
+        """(B, 3, D, H, W) [0, 1] conditions to the (B, 1, D, H, W) [0, 1] target (B draws of one case,
+        ``generator`` one per draw); WeightsError when what it needs for ``target`` is missing."""
         ...
 
     def intensity_ratios(self, target: Modality) -> dict[Modality, float]:
@@ -119,10 +125,17 @@ class DiffusionPredictor:
         self.speed = speed or SpeedSettings()
         self.precision = resolve_precision(self.speed.precision, device)
         """The precision the denoiser runs in ("auto" resolved for the device)."""
+        self.draw_batch = DrawBatch(self.sampling.draws if device.type == "cuda" else 1)
+        """On a GPU all draws of a case at once (halved where they do not fit); on the CPU, which gains
+        nothing from a batch, one at a time."""
         self.fell_back_to_cpu = False
         """Whether ``--device auto`` found no usable GPU (the run then says what the CPU will cost)."""
         self._diffusions: dict[DiffusionConfig, Diffusion] = {}
         self._models: dict[Modality, torch.nn.Module] = {}
+
+    @property
+    def draws(self) -> int:
+        return self.sampling.draws
 
     def describe(self) -> str:
         return f"the weights ({self.weights.folder})"
@@ -149,6 +162,7 @@ class DiffusionPredictor:
             "precision": self.precision,
             "weights": self.weights.info(target).sha256,
             "seed": seed,
+            "draws": self.sampling.draws,
         }
         if self.sampling.algorithm.takes_eta:
             settings["eta"] = self.sampling.eta
@@ -186,7 +200,8 @@ class DiffusionPredictor:
         self, target: Modality, volume: tuple[int, int, int] = (224, 224, 160), fraction: int = 8
     ) -> float:
         """Seconds the sampling of one case of model size ``volume`` will take here, from one timed
-        forward at 1/``fraction`` of the volume (the network's cost grows with the voxel count)."""
+        forward at 1/``fraction`` of the volume (the network's cost grows with the voxel count), times
+        the steps and the draws."""
         model = self.model_for(target)
         info = self.weights.info(target)
         side, divisor = round(fraction ** (1 / 3)), info.config.divisor
@@ -201,14 +216,14 @@ class DiffusionPredictor:
             model(inputs, t)
             seconds = time.perf_counter() - start
         scale = np.prod([n // 2 for n in volume]) / np.prod(bands)
-        return float(seconds * scale * self.steps(target))
+        return float(seconds * scale * self.steps(target) * self.sampling.draws)
 
     @torch.inference_mode()
     def predict(
         self,
         images: torch.Tensor,
         target: Modality,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         progress: Progress | None = None,
     ) -> torch.Tensor:
         model = self.model_for(target)
@@ -236,10 +251,12 @@ class _Baseline:
     ``baselines.json``."""
 
     method = ""
+    draws = 1  # deterministic: a second draw would be the first again
 
     def __init__(self, baselines: Baselines | None = None) -> None:
         self.baselines = baselines or Baselines()
         self.device = torch.device("cpu")
+        self.draw_batch = DrawBatch(1)
 
     def describe(self) -> str:
         return f"the {self.method} baseline ({self.baselines.source})"
@@ -270,7 +287,7 @@ class _Baseline:
         self,
         images: torch.Tensor,
         target: Modality,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         progress: Progress | None = None,
     ) -> torch.Tensor:
         conditions = images[0].float().cpu().numpy()
@@ -365,6 +382,11 @@ def make_predictor(
     folder lacks what the method needs, or the device or precision cannot be used."""
     if method not in _BUILDERS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method != DiffusionPredictor.method and sampling is not None and sampling.draws > 1:
+        raise UsageError(
+            f"--draws {sampling.draws}: the {method} baseline is deterministic (every draw is the same "
+            "image); draws apply to --method diffusion"
+        )
     try:
         return _BUILDERS[method](Path(weights), device, sampling or Sampling(), speed or SpeedSettings())
     except (WeightsError, ValueError) as exc:

@@ -37,10 +37,9 @@ from brasyn.common.files import atomic_write
 from brasyn.data.cases import Case
 from brasyn.data.modalities import MODALITIES, Modality
 from brasyn.inference.predictors import DiffusionPredictor
-from brasyn.inference.synthesize import Preview, Synthesizer
+from brasyn.inference.synthesize import Preview, Synthesizer, Synthetic
 from brasyn.model.samplers import SAMPLERS
 from brasyn.transform.intensity import keep_signal
-from brasyn.transform.model_space import ModelSpace
 from brasyn.transform.preprocess import MODEL_AXES
 
 __all__ = [
@@ -49,6 +48,7 @@ __all__ = [
     "NOT_FOR_DIAGNOSIS",
     "PLANES",
     "Panel",
+    "Spread",
     "matplotlib_available",
     "notes",
     "panels",
@@ -56,6 +56,7 @@ __all__ = [
     "preview_settings",
     "previewer",
     "slice_centre",
+    "spread_window",
     "window",
     "write_preview",
 ]
@@ -69,6 +70,8 @@ BRIGHT_MADS = 3.0
 _BLOCK = 4
 """Connected regions are found on blocks of this many voxels a side (fast without scipy, fine enough)."""
 SYNTHETIC_COLOUR = "#ff8c00"
+SPREAD_COLOURS = "inferno"
+"""The uncertainty column's colour map: dark where the draws agree, bright where they differ."""
 PLANES = ("axial", "coronal", "sagittal")
 MATPLOTLIB_MISSING = (
     "--extras draws its previews with matplotlib, which is not installed here: "
@@ -204,6 +207,22 @@ def window(volume: np.ndarray, brain: np.ndarray | None = None) -> tuple[float, 
     return (low, high) if high > low else (low, low + 1.0)
 
 
+@dataclass(frozen=True)
+class Spread:
+    """The standard deviation of a case's draws, in model space, for the uncertainty column."""
+
+    image: np.ndarray
+    draws: int
+
+
+def spread_window(spread: np.ndarray, brain: np.ndarray | None = None) -> tuple[float, float]:
+    """The uncertainty column's range: from 0 (the draws agree) to the 99.5th percentile of the spread
+    inside ``brain``, so a few extreme voxels do not wash the rest out."""
+    values = spread[brain] if brain is not None and brain.any() else spread[spread != 0]
+    high = float(np.percentile(values, WINDOW_PERCENTILES[1])) if values.size else 0.0
+    return 0.0, high if high > 0 else 1.0
+
+
 def notes(quality: str | None) -> list[str]:
     """What a reader of a preview must know about the image: it is synthetic, and, for ``quality``
     "demo" or "random" weights, that they are."""
@@ -222,32 +241,42 @@ def preview_figure(
     axes: Sequence[str] = ("L", "P", "S"),
     brain: np.ndarray | None = None,
     footer: Sequence[str] = (),
+    spread: Spread | None = None,
 ) -> Any:
     """A matplotlib ``Figure`` (no pyplot: nothing global) of the four contrasts (columns t1n, t1c, t2w,
     t2f) in three planes (rows) through ``centre``, each contrast windowed on its own ``brain``
-    (:func:`window`); the lines of ``footer`` (:func:`notes`) below the panels."""
+    (:func:`window`); with ``spread``, a fifth column: the draws' standard deviation in a heat map from 0
+    to its 99.5th percentile in the brain (:func:`spread_window`); the lines of ``footer`` (:func:`notes`)
+    below the panels."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10.0, 8.4), dpi=100, facecolor="black")
-    grid = figure.subplots(len(PLANES), len(MODALITIES), squeeze=False)
+    columns: list[tuple[str, np.ndarray, tuple[float, float], bool]] = [
+        (_column_title(c, synthetic), volumes[c], window(volumes[c], brain), c is synthetic)
+        for c in MODALITIES
+    ]
+    if spread is not None:
+        title_of_spread = f"{synthetic.value} std ({spread.draws} draws)"
+        columns.append((title_of_spread, spread.image, spread_window(spread.image, brain), True))
+    figure = Figure(figsize=(10.0 * len(columns) / len(MODALITIES), 8.4), dpi=100, facecolor="black")
+    grid = figure.subplots(len(PLANES), len(columns), squeeze=False)
     figure.suptitle(title, color="white", fontsize=11)
-    for column, contrast in enumerate(MODALITIES):
-        volume = volumes[contrast]
-        low, high = window(volume, brain)
+    for column, (heading, volume, (low, high), marked) in enumerate(columns):
+        is_spread = spread is not None and column == len(MODALITIES)
         for row, panel in enumerate(panels(volume, centre, axes)):
             ax = grid[row][column]
-            ax.imshow(panel.image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+            colours = SPREAD_COLOURS if is_spread else "gray"
+            ax.imshow(panel.image, cmap=colours, vmin=low, vmax=high, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_facecolor("black")
             if row == 0:
-                colour = SYNTHETIC_COLOUR if contrast is synthetic else "white"
-                ax.set_title(_column_title(contrast, synthetic), color=colour, fontsize=10)
+                colour = SYNTHETIC_COLOUR if marked else "white"
+                ax.set_title(heading, color=colour, fontsize=10)
             if column == 0:
                 ax.set_ylabel(panel.plane, color="white", fontsize=10)
             for spine in ax.spines.values():
-                spine.set_color(SYNTHETIC_COLOUR if contrast is synthetic else "black")
-                spine.set_linewidth(3.0 if contrast is synthetic else 0.5)
+                spine.set_color(SYNTHETIC_COLOUR if marked else "black")
+                spine.set_linewidth(3.0 if marked else 0.5)
             letter = {"color": "yellow", "fontsize": 8, "transform": ax.transAxes}
             ax.text(0.02, 0.5, panel.left, ha="left", va="center", **letter)
             ax.text(0.98, 0.5, panel.right, ha="right", va="center", **letter)
@@ -286,11 +315,15 @@ def previewer(
     target's weights (``quality``: "demo", "random" ...) below the panels (:func:`notes`)."""
     folder.mkdir(parents=True, exist_ok=True)
 
-    def preview(case: Case, images: np.ndarray, record: ModelSpace, model_space: np.ndarray) -> None:
+    def preview(case: Case, synthetic: Synthetic) -> None:
+        images, record = synthetic.images, synthetic.record
         brain = record.model_brain()
         target = Modality(case.target)
         volumes = {Modality(m): image for m, image in zip(record.contrasts, images, strict=True)}
-        volumes[target] = keep_signal(model_space, brain)
+        volumes[target] = keep_signal(synthetic.mean, brain)
+        spread = None
+        if synthetic.spread is not None:
+            spread = Spread(np.where(brain, synthetic.spread, 0.0), int(synthetic.settings.get("draws", 2)))
         centre, where = slice_centre(volumes[Modality.T2F], brain)
         title = f"{case.id} \u2014 target {target.value}" + (f" \u2014 {settings}" if settings else "")
         footer = notes((quality or {}).get(target))
@@ -299,10 +332,17 @@ def previewer(
         description = (
             f"{title}; model grid {shape}; slices through the {where} at voxel {tuple(centre)}: axial slice "
             f"{z}, coronal slice {y}, sagittal slice {x}; each column windowed on its brain's "
-            f"{WINDOW_PERCENTILES[0]}-{WINDOW_PERCENTILES[1]}th percentiles; " + "; ".join(footer)
+            f"{WINDOW_PERCENTILES[0]}-{WINDOW_PERCENTILES[1]}th percentiles; "
+            + (
+                f"last column: per-voxel standard deviation of {spread.draws} draws, 0 to its "
+                f"{WINDOW_PERCENTILES[1]}th percentile in the brain; "
+                if spread is not None
+                else ""
+            )
+            + "; ".join(footer)
         )
         try:
-            figure = preview_figure(volumes, target, title, centre, MODEL_AXES, brain, footer)
+            figure = preview_figure(volumes, target, title, centre, MODEL_AXES, brain, footer, spread)
         except (ValueError, RuntimeError) as exc:  # an extra: the written case stands
             log.warning("%s: no preview: it could not be drawn (%s)", case.id, exc)
             return
@@ -321,6 +361,8 @@ def preview_settings(synthesizer: Synthesizer) -> tuple[str, dict[Modality, str 
     if "sampler" in settings:
         steps = SAMPLERS[settings["sampler"]].steps_for(settings["steps"])
         text += f", {settings['sampler']} {steps} step{'s' if steps != 1 else ''}, seed {synthesizer.seed}"
+        if settings.get("draws", 1) > 1:
+            text += f", mean of {settings['draws']} draws"
     quality: dict[Modality, str | None] = {}
     for target in MODALITIES:
         try:  # the baselines have no weights to be of any quality

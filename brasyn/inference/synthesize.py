@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,22 @@ from brasyn.data.cases import Case
 from brasyn.data.modalities import Modality, conditions_for
 from brasyn.data.provenance import Decision, decide, short_description
 from brasyn.data.volumes import Volume, load_volume, write_problem, write_volume
+from brasyn.inference.draws import DrawSummary, Welford, sample_draws
 from brasyn.inference.predictors import Predictor, Progress
 from brasyn.inference.progress import step_bar
+from brasyn.transform.intensity import OUTPUT_THRESHOLD
 from brasyn.transform.model_space import ModelSpace, from_model_space, to_model_space
 
-__all__ = ["EMPTY_IMAGE", "PHASES", "CaseResult", "Loaded", "Preview", "Synthesizer"]
+__all__ = [
+    "EMPTY_IMAGE",
+    "PHASES",
+    "CaseResult",
+    "Loaded",
+    "Preview",
+    "Synthesizer",
+    "Synthetic",
+    "predict_draws",
+]
 
 EMPTY_IMAGE = "the synthetic image is empty"
 """The start of a case's error when the model predicted nothing (an early or unfit model)."""
@@ -88,9 +99,88 @@ class Loaded:
     """Seconds of ``load`` and ``prepare``."""
 
 
-Preview = Callable[[Case, np.ndarray, ModelSpace, np.ndarray], None]
-"""Called after a write with the case, its model-space conditions, their record and the model-space
-[0, 1] result."""
+@dataclass(frozen=True)
+class Synthetic:
+    """One written case's prediction, for what ``--extras`` writes beside the output."""
+
+    images: np.ndarray
+    """(3, D, H, W) model-space conditions."""
+    record: ModelSpace
+    mean: np.ndarray
+    """(D, H, W) [0, 1] model-space result: the mean of the draws (the one draw where there is one)."""
+    spread: np.ndarray | None
+    """(D, H, W) model-space standard deviation of the draws; None for one draw."""
+    spread_on_grid: np.ndarray | None
+    """``spread`` on the output's grid and intensity scale; None for one draw."""
+    settings: dict[str, Any]
+    """The output's settings record."""
+
+
+Preview = Callable[[Case, Synthetic], None]
+"""Called after a write with the case and its :class:`Synthetic` (the ``--extras`` writer)."""
+
+
+def predict_draws(
+    predictor: Predictor,
+    seed: int,
+    images: np.ndarray,
+    target: Modality,
+    case_id: str,
+    progress: Progress | None = None,
+    after_draw: Callable[[Welford], None] | None = None,
+) -> DrawSummary:
+    """``predictor``'s draws of one case's model-space ``images``, each from its own noise (seeded by
+    ``seed``, ``case_id`` and the draw's index; :mod:`brasyn.inference.draws`), summarised; ``progress``
+    sees every sampling step of every batch of draws. CaseError where the target has no weights."""
+    device = predictor.device
+    conditions = torch.from_numpy(images)[None]
+
+    def sample(indices: Sequence[int]) -> np.ndarray:
+        generators = [case_generator(seed, case_id, device, k) for k in indices]
+        batch = conditions.expand(len(generators), *conditions.shape[1:])
+        # one draw: its generator alone, as a predictor written for one draw at a time expects
+        source = generators[0] if len(generators) == 1 else generators
+        out = predictor.predict(batch, target, source, progress)
+        return out[:, 0].float().cpu().numpy()
+
+    draws = getattr(predictor, "draws", 1)  # a predictor of its own may know nothing of draws
+    try:
+        return sample_draws(sample, draws, getattr(predictor, "draw_batch", None), after_draw)
+    except WeightsError as exc:
+        raise CaseError(case_id, str(exc)) from exc
+
+
+def _write_output(case: Case, data: np.ndarray, reference: Volume, output: Path, settings: dict) -> None:
+    """The case's output, atomically, with its settings record; CaseError where it cannot be written."""
+    try:
+        write_volume(data, reference, output, description=short_description(settings), record=settings)
+    except OSError as exc:  # disk full, folder gone, read-only: this case fails, the batch goes on
+        raise CaseError(case.id, write_problem(exc, output), case.files.values()) from exc
+
+
+def _draws_bar(case: Case, predictor: Predictor) -> Any:
+    """The step bar of a case over all its draws; None off a terminal or for a one-step method."""
+    assert case.target is not None
+    steps, draws = predictor.steps(case.target), getattr(predictor, "draws", 1)
+    if not steps:
+        return None
+    return step_bar(steps * draws, f"{case.id} {case.target}" + (f" x{draws}" if draws > 1 else ""))
+
+
+def _refuse_empty(case: Case, data: np.ndarray, predictor: Predictor) -> None:
+    if not np.any(data):
+        raise CaseError(
+            case.id,
+            f"{EMPTY_IMAGE} (all voxels 0); check the inputs and {predictor.describe()}",
+            case.files.values(),
+        )
+
+
+def _write_extras(preview: Preview, case: Case, synthetic: Synthetic) -> None:
+    try:
+        preview(case, synthetic)
+    except OSError as exc:  # the extras are extras: the written case stands
+        log.warning("%s: no extras: %s", case.id, exc)
 
 
 class Synthesizer:
@@ -168,21 +258,35 @@ class Synthesizer:
     def predict(
         self, images: np.ndarray, target: Modality, case_id: str, progress: Progress | None = None
     ) -> np.ndarray:
-        """The (D, H, W) [0, 1] model-space target of one case, with the case's own random draws."""
-        generator = case_generator(self.seed, case_id, self.predictor.device)
-        try:
-            out = self.predictor.predict(torch.from_numpy(images)[None], target, generator, progress)
-        except WeightsError as exc:
-            raise CaseError(case_id, str(exc)) from exc
-        return out[0, 0].float().cpu().numpy()
+        """The (D, H, W) [0, 1] model-space target of one case (the mean of its draws), with the case's
+        own random draws."""
+        return self.predict_draws(images, target, case_id, progress).mean
 
-    def restore(self, model_space: np.ndarray, record: ModelSpace, target: Modality) -> np.ndarray:
-        """A model-space target back on the grid and intensity scale of the inputs."""
+    def predict_draws(
+        self,
+        images: np.ndarray,
+        target: Modality,
+        case_id: str,
+        progress: Progress | None = None,
+        after_draw: Callable[[Welford], None] | None = None,
+    ) -> DrawSummary:
+        """The predictor's draws of one case, summarised (:func:`predict_draws`)."""
+        return predict_draws(self.predictor, self.seed, images, target, case_id, progress, after_draw)
+
+    def restore(
+        self,
+        model_space: np.ndarray,
+        record: ModelSpace,
+        target: Modality,
+        threshold: float = OUTPUT_THRESHOLD,
+    ) -> np.ndarray:
+        """A model-space target back on the grid and intensity scale of the inputs (``threshold`` 0 for a
+        spread map)."""
         try:
             ratios = self.predictor.intensity_ratios(target)
         except WeightsError as exc:
             raise CaseError(record.case, str(exc)) from exc
-        return from_model_space(model_space, record, ratios)
+        return from_model_space(model_space, record, ratios, threshold)
 
     def process(
         self,
@@ -226,23 +330,24 @@ class Synthesizer:
             result.model_shape = list(record.model_shape)
             if record.grid is not None:
                 result.resampled, result.grid_of = True, record.grid.reference.value
-            steps = self.predictor.steps(case.target)
-            if self.progress and steps:
-                bar = step_bar(steps, f"{case.id} {case.target}")  # None off a terminal
+            if self.progress:
+                bar = _draws_bar(case, self.predictor)
             clock = time.perf_counter()
-            model_space = self.predict(
-                ready.images, case.target, case.id, (lambda info: bar.update(1)) if bar else None
+            drawn = self.predict_draws(
+                ready.images,
+                case.target,
+                case.id,
+                (lambda info: bar.update(info["x"].shape[0])) if bar else None,
             )
+            model_space = drawn.mean
             result.phases["sample"] = time.perf_counter() - clock
             clock = time.perf_counter()
             data = self.restore(model_space, record, case.target)
+            spread_on_grid = None
+            if preview is not None and drawn.spread is not None:
+                spread_on_grid = self.restore(drawn.spread, record, case.target, threshold=0.0)
             result.phases["restore"] = time.perf_counter() - clock
-            if not np.any(data):
-                raise CaseError(
-                    case.id,
-                    f"{EMPTY_IMAGE} (all voxels 0); check the inputs and {self.predictor.describe()}",
-                    case.files.values(),
-                )
+            _refuse_empty(case, data, self.predictor)
             clock = time.perf_counter()
             settings = {
                 **self.output_settings(case.target, grid_of),
@@ -250,18 +355,14 @@ class Synthesizer:
                 "target": case.target.value,
                 "resampled": result.resampled,
             }
-            try:
-                write_volume(
-                    data, record.reference, output, description=short_description(settings), record=settings
-                )
-            except OSError as exc:  # disk full, folder gone, read-only: this case fails, the batch goes on
-                raise CaseError(case.id, write_problem(exc, output), case.files.values()) from exc
+            _write_output(case, data, record.reference, output, settings)
             result.phases["write"] = time.perf_counter() - clock
             if preview is not None:
-                try:
-                    preview(case, ready.images, record, model_space)
-                except OSError as exc:  # the preview is an extra: the written case stands
-                    log.warning("%s: no preview: %s", case.id, exc)
+                _write_extras(
+                    preview,
+                    case,
+                    Synthetic(ready.images, record, model_space, drawn.spread, spread_on_grid, settings),
+                )
         except CaseError as exc:
             result.message = exc.message
             result.files = [str(p) for p in (exc.files or case.files.values())]

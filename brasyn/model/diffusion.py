@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from brasyn.model.bands import clip_bands
-from brasyn.model.samplers import SAMPLERS, Callback, RunOptions, Sampler
+from brasyn.model.samplers import SAMPLERS, Callback, Generators, RunOptions, Sampler, standard_normal
 from brasyn.model.schedule import SCHEDULES, StepTables, at_step, beta_schedule, spaced_timesteps
 
-__all__ = ["MAX_STEPS", "PREDICTIONS", "Diffusion", "DiffusionConfig", "Sampling"]
+__all__ = ["MAX_DRAWS", "MAX_STEPS", "PREDICTIONS", "Diffusion", "DiffusionConfig", "Sampling"]
 
 PREDICTIONS = ("x0",)
 """What a denoiser may predict: cWDM predicts the clean sub-bands (``predict_xstart``), and every sampler
@@ -100,6 +100,10 @@ class DiffusionConfig:
         return cls(**settings)
 
 
+MAX_DRAWS = 64
+"""The most samples one case may be the mean of."""
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How the diffusion model is sampled; the defaults are the official cWDM inference."""
@@ -111,12 +115,17 @@ class Sampling:
     """Number of sampling steps (1000 is the full chain; fewer respaces it; "x0" always takes 1)."""
     eta: float = 0.0
     """DDIM noise (0: deterministic)."""
+    draws: int = 1
+    """Samples per case, each from its own noise; the output is their voxel-wise mean and their spread
+    the uncertainty map (:mod:`brasyn.inference.draws`)."""
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if not 1 <= self.steps <= 1000:
             raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
+        if not 1 <= self.draws <= MAX_DRAWS:
+            raise ValueError(f"draws must be between 1 and {MAX_DRAWS}, got {self.draws}")
 
     @property
     def algorithm(self) -> Sampler:
@@ -132,8 +141,10 @@ class Sampling:
         """The sampling in words, for logs: ``20 ddim steps``, or ``x0 (one prediction)``."""
         taken = self.steps_taken
         if self.sampler == "x0":
-            return "x0 (one prediction)"
-        return f"{taken} {self.sampler} step{'s' if taken != 1 else ''}"
+            text = "x0 (one prediction)"
+        else:
+            text = f"{taken} {self.sampler} step{'s' if taken != 1 else ''}"
+        return text + (f", mean of {self.draws} draws" if self.draws > 1 else "")
 
 
 class Diffusion:
@@ -278,7 +289,7 @@ class Diffusion:
         shape: tuple[int, ...] | torch.Size,
         sampler: str = "ddpm",
         steps: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         progress: Callback | None = None,
         eta: float = 0.0,
         clip: bool | None = None,
@@ -291,6 +302,7 @@ class Diffusion:
         "ddim" is deterministic for ``eta = 0``; "dpm++2m" is DPM-Solver++(2M) over ``steps`` evenly spaced
         timesteps; "x0" is one step whatever ``steps`` says. ``noise`` replaces the initial Gaussian draw.
         ``progress`` receives a dict (``i``, ``steps``, ``t``, ``x``, ``pred_xstart``) after every step.
+        ``generator`` may be one per batch element (:func:`brasyn.model.samplers.standard_normal`).
         ``clip`` (clamp the predicted x0 to [0, 1] in image space) defaults to ``config.clip``.
         """
         if sampler not in SAMPLERS:
@@ -299,15 +311,17 @@ class Diffusion:
         clip = self._config.clip if clip is None else clip
         steps = algorithm.steps_for(self.num_steps if steps is None else steps)
         device = cond.device
-        if generator is not None and generator.device.type != device.type:
-            raise ValueError(
-                f"the generator is on {generator.device} but sampling runs on {device}; "
-                f"create it with torch.Generator(device={str(device)!r})"
-            )
+        generators = [generator] if isinstance(generator, torch.Generator) else list(generator or ())
+        for one in generators:
+            if one.device.type != device.type:
+                raise ValueError(
+                    f"the generator is on {one.device} but sampling runs on {device}; "
+                    f"create it with torch.Generator(device={str(device)!r})"
+                )
         spaced = self.log_snr_spaced(steps) if algorithm.log_snr_spacing else self.respaced(steps)
         tables = spaced.to(device)
         if noise is None:
-            x = torch.randn(tuple(shape), generator=generator, device=device, dtype=torch.float32)
+            x = standard_normal(tuple(shape), generator, device)
         else:
             if tuple(noise.shape) != tuple(shape):
                 raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")

@@ -11,7 +11,7 @@ each (:class:`Sampler`), so that no caller tells samplers apart by their names.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,12 +24,14 @@ __all__ = [
     "VARIANCES",
     "Callback",
     "Denoise",
+    "Generators",
     "Sampler",
     "RunOptions",
     "SamplerRun",
     "sample_ancestral",
     "sample_ddim",
     "sample_dpmpp_2m",
+    "standard_normal",
 ]
 
 VARIANCES = ("fixed_large", "fixed_small")
@@ -40,8 +42,26 @@ Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""The random source of a sampling run: one generator for the whole batch, or one per batch element (each
+element's noise then depends on its own generator alone, not on the batch it is sampled in)."""
+
+
+def standard_normal(
+    shape: Sequence[int], generator: Generators, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Gaussian noise of ``shape``; with one generator per element of the first axis, element ``k`` is what
+    ``generator[k]`` alone draws for a batch of one, so a draw is the same in any batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    one = (1, *shape[1:])
+    return torch.cat([torch.randn(one, generator=g, device=device, dtype=dtype) for g in generator])
+
+
+def _randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
+    return standard_normal(x.shape, generator, x.device, x.dtype)
 
 
 @torch.no_grad()
@@ -50,7 +70,7 @@ def sample_ancestral(
     x: torch.Tensor,
     tables: StepTables,
     variance: str = "fixed_large",
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Ancestral sampling, DDPM Algorithm 2 with an x0-predicting model: x_{t-1} ~ N(mu_t, sigma_t^2)."""
@@ -79,7 +99,7 @@ def sample_ddim(
     x: torch.Tensor,
     tables: StepTables,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DDIM sampling, Song et al. (2021) eq. 12; ``eta = 0`` is deterministic, ``eta = 1`` is
@@ -166,7 +186,7 @@ class RunOptions:
 
     eta: float
     variance: str
-    generator: torch.Generator | None
+    generator: Generators
     callback: Callback | None
 
 

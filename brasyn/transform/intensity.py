@@ -65,14 +65,17 @@ def estimate_scale(condition_percentiles: Mapping[str, float], ratios: Mapping[s
     return float(np.median(estimates))
 
 
-def keep_signal(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """A [0, 1] synthetic image as it will be written, still in [0, 1]: values at or below
-    :data:`OUTPUT_THRESHOLD` and voxels outside ``brain`` (no input signal) are 0 (float32)."""
-    return np.where((image > OUTPUT_THRESHOLD) & brain, image, 0.0).astype(np.float32)
+def keep_signal(image: np.ndarray, brain: np.ndarray, threshold: float = OUTPUT_THRESHOLD) -> np.ndarray:
+    """A [0, 1] synthetic image as it will be written, still in [0, 1]: values at or below ``threshold``
+    (:data:`OUTPUT_THRESHOLD`) and voxels outside ``brain`` (no input signal) are 0 (float32)."""
+    return np.where((image > threshold) & brain, image, 0.0).astype(np.float32)
 
 
-def restore_intensity(image: np.ndarray, scale: float, brain: np.ndarray) -> np.ndarray:
-    """A [0, 1] synthetic image on the input scale: background (no input signal) is 0, nothing negative."""
-    out = keep_signal(image, brain) * np.float32(scale)
+def restore_intensity(
+    image: np.ndarray, scale: float, brain: np.ndarray, threshold: float = OUTPUT_THRESHOLD
+) -> np.ndarray:
+    """A [0, 1] synthetic image on the input scale: background (no input signal) is 0, nothing negative.
+    ``threshold`` 0 keeps every positive value (a spread map, which has no background noise to cut)."""
+    out = keep_signal(image, brain, threshold) * np.float32(scale)
     np.maximum(out, 0.0, out=out)
     return out

@@ -39,7 +39,7 @@ import numpy as np
 from brasyn.common.errors import CaseError
 from brasyn.data.modalities import Modality
 from brasyn.data.volumes import Volume, check_same_grid
-from brasyn.transform.intensity import estimate_scale, high_percentile, restore_intensity
+from brasyn.transform.intensity import OUTPUT_THRESHOLD, estimate_scale, high_percentile, restore_intensity
 from brasyn.transform.preprocess import Geometry, prepare, restore_geometry, to_model
 from brasyn.transform.resample import GridPlan, plan_grid, to_model_grid, to_reference_grid
 
@@ -103,12 +103,17 @@ def to_model_space(
 
 
 def from_model_space(
-    image: np.ndarray, record: ModelSpace, intensity_ratios: Mapping[Modality, float]
+    image: np.ndarray,
+    record: ModelSpace,
+    intensity_ratios: Mapping[Modality, float],
+    threshold: float = OUTPUT_THRESHOLD,
 ) -> np.ndarray:
     """A (D, H, W) [0, 1] model-space image back on the reference input's grid and intensity scale.
 
     ``intensity_ratios`` maps condition contrasts to p99.9(target) / p99.9(condition); the recorded
-    contrasts without a ratio (the target itself, in training) are not used for the scale.
+    contrasts without a ratio (the target itself, in training) are not used for the scale. ``threshold``:
+    model-space values at or below it become 0 (the official output threshold; 0 for a map of the
+    draws' spread, which is on the same scale but has no background noise to cut).
     """
     on_grid = restore_geometry(image, record.geometry)
     ratios = {m.value: r for m, r in intensity_ratios.items()}
@@ -119,7 +124,7 @@ def from_model_space(
             record.case,
             f"the intensity scale cannot be estimated: {exc} (are the inputs empty or all negative?)",
         ) from exc
-    data = restore_intensity(on_grid, scale, record.brain)
+    data = restore_intensity(on_grid, scale, record.brain, threshold)
     if record.grid is not None:
         data = to_reference_grid(data, record.brain, record.grid, record.reference)
     return data

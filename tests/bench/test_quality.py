@@ -82,3 +82,58 @@ def test_bad_variants_and_folders_without_complete_cases_exit_2(complete, tmp_pa
 def test_a_result_row_is_logged_as_words_not_a_python_dict():
     row = {"case": "A", "target": "t2f", "shape": [112, 112, 80], "ssim": 0.912345, "seconds": {"fp32": 1.5}}
     assert row_text(row) == "case=A target=t2f shape=112x112x80 ssim=0.9123 seconds=fp32:1.5"
+
+
+@pytest.mark.slow
+def test_draws_table_scores_what_a_run_with_that_many_draws_writes(complete, tmp_path, capsys):
+    args = ["draws", "--data", str(complete / "data"), "--weights", str(complete / "weights")]
+    args += ["--target", "t2f", "--device", "cpu", "--variant", "ddim:2", "--counts", "1", "3", "2"]
+    assert quality.main(args) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)["rows"]
+    assert [(r["variant"], r["draws"]) for r in rows] == [
+        ("ddim:2:fp32", 1),
+        ("ddim:2:fp32", 2),
+        ("ddim:2:fp32", 3),
+    ]
+    assert "spread_error_r" not in rows[0]  # one draw has no spread
+    for row in rows[1:]:
+        assert -1 <= row["spread_error_r"] <= 1 and row["error_top_spread"] >= 0 and row["error_rest"] >= 0
+    assert rows[0]["sample_seconds"] <= rows[1]["sample_seconds"] <= rows[2]["sample_seconds"]
+    assert "| r(std, error) |" in captured.err
+    # the two-draw row scores the file a --draws 2 run writes (the first two draws of the chain of three)
+    inputs = tmp_path / "without-t2f" / "BraTS-GLI-00009-000"
+    inputs.mkdir(parents=True)
+    for m in ("t1n", "t1c", "t2w"):
+        (inputs / f"BraTS-GLI-00009-000-{m}.nii.gz").symlink_to(
+            complete / "data" / "BraTS-GLI-00009-000" / f"BraTS-GLI-00009-000-{m}.nii.gz"
+        )
+    run = [
+        "--input",
+        str(inputs.parent),
+        "--output",
+        str(tmp_path / "out"),
+        "--weights",
+        str(complete / "weights"),
+    ]
+    assert cli_main([*run, "--sampler", "ddim", "--steps", "2", "--draws", "2", "--device", "cpu"]) == 0
+    written = nib.load(tmp_path / "out" / "BraTS-GLI-00009-000-t2f.nii.gz").get_fdata(dtype=np.float32)
+    truth = nib.load(complete / "data" / "BraTS-GLI-00009-000" / "BraTS-GLI-00009-000-t2f.nii.gz")
+    expected = score(written, truth.get_fdata(dtype=np.float32))
+    assert rows[1]["ssim"] == pytest.approx(expected["ssim"], abs=1e-6)
+    assert rows[1]["psnr"] == pytest.approx(expected["psnr"], abs=1e-4)
+
+
+def test_the_spread_against_error_follows_the_error():
+    from brasyn.bench.draws import spread_against_error
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((20, 20, 20))
+    truth[:10] = rng.random((10, 20, 20)) + 1.0  # a brain in half the volume, background 0
+    error = np.zeros_like(truth)
+    error[:1] = 0.5  # a tenth of the brain is too dark (the percentiles stay those of the truth)
+    prediction = truth - error
+    following = spread_against_error(error + 0.01 * rng.random(truth.shape), prediction, truth)
+    assert following["spread_error_r"] > 0.9 and following["error_top_spread"] > 5 * following["error_rest"]
+    elsewhere = spread_against_error(rng.random(truth.shape), prediction, truth)
+    assert abs(elsewhere["spread_error_r"]) < 0.1

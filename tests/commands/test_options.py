@@ -139,7 +139,18 @@ def test_parameters_are_converted_like_the_flags(tmp_path):
 
 
 def test_the_documented_parameter_keys_are_the_known_ones():
-    documented = {"sampler", "steps", "seed", "device", "eta", "naming", "target", "method", "grid_of"}
+    documented = {
+        "sampler",
+        "steps",
+        "seed",
+        "draws",
+        "device",
+        "eta",
+        "naming",
+        "target",
+        "method",
+        "grid_of",
+    }
     assert set(MLCUBE_PARAMETERS) == documented | {"precision", "map"}
 
 
@@ -177,7 +188,7 @@ def test_an_unknown_key_is_refused_with_the_known_keys(tmp_path):
     message = str(caught.value)
     assert str(path) in message and "'step'" in message and "did you mean steps" in message
     assert (
-        "the known keys are device, eta, grid_of, map, method, naming, precision, sampler, seed, steps"
+        "the known keys are device, draws, eta, grid_of, map, method, naming, precision, sampler, seed, steps"
         in message
     )
 

@@ -72,8 +72,9 @@ def test_brasyn_config_is_read_and_the_config_flag_beats_it(tmp_path):
 def test_the_config_file_takes_every_key_of_the_parameters_file(tmp_path):
     path = config(
         tmp_path,
-        "sampler: ddim\nsteps: 20\nseed: 7\ndevice: CPU\neta: 0.5\nnaming: brats2023\ntarget: flair\n"
-        "method: linear\nprecision: bf16\ngrid_of: t1ce\nmap:\n  t1c: '*post*'\nhotfix:\n  anything: 1\n",
+        "sampler: ddim\nsteps: 20\nseed: 7\ndraws: 3\ndevice: CPU\neta: 0.5\nnaming: brats2023\n"
+        "target: flair\nmethod: linear\nprecision: bf16\ngrid_of: t1ce\nmap:\n  t1c: '*post*'\n"
+        "hotfix:\n  anything: 1\n",
     )
     args = parse(["--config", str(path)])
     got = {key: getattr(args, key) for key in MLCUBE_PARAMETERS if key != "map"}
@@ -81,6 +82,7 @@ def test_the_config_file_takes_every_key_of_the_parameters_file(tmp_path):
         "sampler": "ddim",
         "steps": 20,
         "seed": 7,
+        "draws": 3,
         "device": "cpu",
         "eta": 0.5,
         "naming": "brats2023",

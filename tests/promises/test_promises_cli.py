@@ -94,6 +94,7 @@ PARAMETERS = {
     "sampler": ("ddim", "--sampler"),
     "steps": ("7", "--steps"),
     "seed": ("5", "--seed"),
+    "draws": ("3", "--draws"),
     "device": ("cpu", "--device"),
     "eta": ("0.5", "--eta"),
     "naming": ("brats2023", "--naming"),

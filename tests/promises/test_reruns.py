@@ -65,6 +65,7 @@ def test_a_preview_then_the_real_run_synthesises_again_and_a_third_run_keeps_it(
         "precision": "fp32",
         "weights": sha,
         "seed": 42,
+        "draws": 1,
         "grid_of": None,
         "version": record["version"],
         "target": "t2f",
@@ -108,7 +109,17 @@ def test_same_settings_write_the_same_bytes_with_no_time_or_machine_in_the_recor
     run(*REAL)
     assert (output / NAME).read_bytes() == first
     record = read_record(output / NAME)
-    assert set(record) == {"method", "sampler", "steps", "eta", "precision", "weights", "seed", "grid_of"} | {
+    assert set(record) == {
+        "method",
+        "sampler",
+        "steps",
+        "eta",
+        "precision",
+        "weights",
+        "seed",
+        "draws",
+        "grid_of",
+    } | {
         "version",
         "target",
         "resampled",
