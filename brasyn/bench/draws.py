@@ -9,7 +9,8 @@ smaller counts are those runs' images, and their seconds are the sampling time o
 Each image goes back onto the input grid and scale as a run writes it
 (:meth:`~brasyn.inference.synthesize.Synthesizer.restore`) before it is scored.
 
-Uncertainty against error, inside the brain (the real contrast's non-zero voxels): the Pearson correlation
+Uncertainty against error, inside the brain (the real contrast's non-zero voxels): the spread's mean as a
+share of the image's mean (how much the draws differ at all), the Pearson correlation
 of the spread map with the absolute error of the percentile-normalised mean (the challenge's
 normalisation, :func:`brasyn.evaluate.metrics.percentile_normalise`), and the mean absolute error in the
 tenth of the brain where the spread is highest against the rest.
@@ -52,18 +53,28 @@ TOP_FRACTION = 0.1
 
 
 def spread_against_error(spread: np.ndarray, prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """How the spread map (on the output's grid) follows the absolute error of ``prediction`` against
-    ``truth`` inside the truth's non-zero voxels: Pearson r, and the mean absolute error (normalised
+    """How large the spread map (on the output's grid) is and how it follows the absolute error of
+    ``prediction`` against ``truth``, inside the truth's non-zero voxels: its mean as a share of the
+    prediction's mean there (``spread_relative``), Pearson r, and the mean absolute error (normalised
     images) in the :data:`TOP_FRACTION` of voxels with the highest spread and in the rest."""
     brain = np.asarray(truth) != 0
     error = np.abs(percentile_normalise(prediction) - percentile_normalise(truth))[brain].astype(np.float64)
     values = np.asarray(spread, dtype=np.float64)[brain]
+    level = float(np.asarray(prediction, dtype=np.float64)[brain].mean()) if brain.any() else 0.0
+    relative = float(values.mean() / level) if level > 0 else float("nan")
     if values.size < 2 or values.std() == 0 or error.std() == 0:
-        return {"spread_error_r": float("nan"), "error_top_spread": float("nan"), "error_rest": float("nan")}
+        nan = float("nan")
+        return {
+            "spread_relative": relative,
+            "spread_error_r": nan,
+            "error_top_spread": nan,
+            "error_rest": nan,
+        }
     r = float(np.corrcoef(values, error)[0, 1])
     cut = np.quantile(values, 1 - TOP_FRACTION)
     top = values >= cut
     return {
+        "spread_relative": relative,
         "spread_error_r": r,
         "error_top_spread": float(error[top].mean()),
         "error_rest": float(error[~top].mean()) if (~top).any() else float("nan"),
@@ -144,14 +155,15 @@ def draws_table(rows: list[dict[str, Any]]) -> str:
 
     lines = [
         "| case | target | variant | draws | sample s | SSIM | PSNR | SSIM brain | PSNR brain | "
-        "SSIM tumour | r(std, error) | error top 10% std | error rest |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "SSIM tumour | std / mean | r(std, error) | error top 10% std | error rest |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['target']} | {r['variant']} | {r['draws']} | {r['sample_seconds']:.1f} | "
             f"{number(r, 'ssim', 4)} | {number(r, 'psnr', 2)} | {number(r, 'ssim_brain', 4)} | "
             f"{number(r, 'psnr_brain', 2)} | {number(r, 'ssim_tumor', 4)} | "
+            f"{number(r, 'spread_relative', 4)} | "
             f"{number(r, 'spread_error_r', 3)} | {number(r, 'error_top_spread', 4)} | "
             f"{number(r, 'error_rest', 4)} |"
         )

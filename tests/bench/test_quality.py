@@ -133,7 +133,10 @@ def test_the_spread_against_error_follows_the_error():
     error = np.zeros_like(truth)
     error[:1] = 0.5  # a tenth of the brain is too dark (the percentiles stay those of the truth)
     prediction = truth - error
-    following = spread_against_error(error + 0.01 * rng.random(truth.shape), prediction, truth)
+    spread = error + 0.01 * rng.random(truth.shape)
+    following = spread_against_error(spread, prediction, truth)
     assert following["spread_error_r"] > 0.9 and following["error_top_spread"] > 5 * following["error_rest"]
+    brain = truth != 0
+    assert following["spread_relative"] == pytest.approx(spread[brain].mean() / prediction[brain].mean())
     elsewhere = spread_against_error(rng.random(truth.shape), prediction, truth)
     assert abs(elsewhere["spread_error_r"]) < 0.1
