@@ -5,6 +5,11 @@
     python -m brasyn.bench loader --cache DIR [--workers N] [--patch D H W] [--json FILE]
                                                      (the training data loader: brasyn.commands.loader_bench)
     python -m brasyn.bench quantisation --data DIR [--json FILE]   (what the case cache's rounding does)
+    python -m brasyn.bench floor [--config C] [--shape D H W] [--precision P] [--top N] [--threads N]
+                                 [--json FILE]   (the processor's floor: brasyn.commands.floor)
+    python -m brasyn.bench backends [--config C] [--shape D H W] [--backend NAME ...] [--official DIR]
+                                    [--rounds N] [--cases N] [--steps N] [--threads N] [--json FILE]
+                                    (CPU backends side by side: brasyn.commands.backends)
     python -m brasyn.bench [--config official|small|tiny] [--shape D H W] [--device cpu|cuda[:N]]
                            [--precision fp32|bf16|auto] [--sampler ddpm|ddim|dpm++2m|x0] [--steps N]
                            [--no-channels-last] [--compile] [--no-tf32] [--no-cudnn-benchmark]
@@ -22,8 +27,10 @@ from pathlib import Path
 import torch
 
 from brasyn.bench.speed import BenchSettings, run
+from brasyn.commands.backends import main as backends_main
 from brasyn.commands.command import HelpFormatter, Subcommands, parse_arguments, print_json, run_command
 from brasyn.commands.converters import one_of, output_file, whole_number
+from brasyn.commands.floor import main as floor_main
 from brasyn.commands.gpu_check import main as gpu_main
 from brasyn.commands.loader_bench import loader_main, quantisation_main
 from brasyn.commands.options import (
@@ -120,7 +127,14 @@ def _measure(argv: list[str]) -> int:
 
 
 main = Subcommands(
-    {"gpu": gpu_main, "loader": loader_main, "quantisation": quantisation_main}, default=_measure
+    {
+        "gpu": gpu_main,
+        "floor": floor_main,
+        "backends": backends_main,
+        "loader": loader_main,
+        "quantisation": quantisation_main,
+    },
+    default=_measure,
 )
-"""``python -m brasyn.bench``: the speed of the maths and of one case, and its ``gpu``, ``loader`` and
-``quantisation`` checks."""
+"""``python -m brasyn.bench``: the speed of the maths and of one case, and its ``gpu``, ``floor``, ``loader``
+and ``quantisation`` checks."""
