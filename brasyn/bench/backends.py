@@ -14,10 +14,13 @@ with ``--precision fp32|bf16``), ``compile-bf16`` (``torch.compile`` with induct
 start-up, with the inference precision hint; only where the optional ``openvino`` package is installed,
 ``pip install 'brasyn[cpu]'``).
 
-Per backend: seconds per forward, the ratio to the reference, its start-up, the error against the
-reference output (largest absolute difference over the reference's largest magnitude; a backend passes at
-:data:`ERROR_BOUND`), and the seconds per forward over a batch of ``cases`` cases of ``steps`` forwards each
-with the start-up shared among them (``batch_seconds_per_forward``), which decides :func:`pick_winner`.
+Every backend asked for is held at once (the rounds alternate): at the official size an OpenVINO model
+holds several GB of its own, so a machine of 24 GB runs the OpenVINO backends in a process of their own
+(``--backend``). Per backend: seconds per forward, the ratio to the reference, its start-up, the error
+against the reference output (largest absolute difference over the reference's largest magnitude; a
+backend passes at :data:`ERROR_BOUND`), and the seconds per forward over a batch of ``cases`` cases of
+``steps`` forwards each with the start-up shared among them (``batch_seconds_per_forward``), which
+decides :func:`pick_winner`.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import torch
 from brasyn.bench.floor import cpu_features
 from brasyn.bench.speed import official_model
 from brasyn.common.acceleration import Precision, network_precision
-from brasyn.common.measure import environment
+from brasyn.common.measure import environment, peak_rss_mib
 from brasyn.model.unet import PRESETS, Denoiser
 
 __all__ = [
@@ -183,8 +186,11 @@ def compare_backends(
     x = torch.randn(1, model.config.in_channels, *(n // 2 for n in shape), generator=gen)
     t = torch.tensor([500])
     builders = _builders(model, x, t, official, config)
-    wanted = [n for n in (names or BACKENDS) if n in builders]
-    missing = [n for n in (names or BACKENDS) if n not in builders]
+    asked = list(names or BACKENDS)
+    if "official-fp32" not in asked and "eager-fp32" not in asked:
+        asked.insert(0, "eager-fp32")  # every error needs a reference
+    wanted = [n for n in asked if n in builders]
+    missing = [n for n in asked if n not in builders]
     results: dict[str, BackendResult] = {}
     forwards: dict[str, Forward] = {}
     for name in wanted:
@@ -230,6 +236,7 @@ def compare_backends(
         "not_available": missing,
         "backends": table,
         "winner": pick_winner(table),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
         "cpu": cpu_features(),
         **environment(torch.device("cpu")),
     }

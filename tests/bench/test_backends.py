@@ -55,6 +55,9 @@ def test_openvino_is_left_out_where_it_is_not_installed(monkeypatch):
     )
     assert set(figures["backends"]) == {"eager-fp32"}
     assert figures["not_available"] == ["openvino-fp32", "openvino-bf16"]
+    # without the official code or eager fp32 among those asked, eager fp32 joins as the reference
+    alone = compare_backends("tiny", (32, 32, 32), ["eager-bf16"], rounds=1)
+    assert alone["reference"] == "eager-fp32" and set(alone["backends"]) == {"eager-fp32", "eager-bf16"}
 
 
 @pytest.mark.slow
