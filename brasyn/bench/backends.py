@@ -38,7 +38,7 @@ import torch
 
 from brasyn.bench.floor import cpu_features
 from brasyn.bench.speed import official_model
-from brasyn.common.acceleration import Precision, network_precision
+from brasyn.common.acceleration import Precision, SpeedSettings, network_precision, optimise_model
 from brasyn.common.measure import environment, peak_rss_mib
 from brasyn.model.unet import PRESETS, Denoiser
 
@@ -91,24 +91,15 @@ def _brasyn_model(config: str, seed: int) -> Denoiser:
     return model
 
 
-def _eager(model: Denoiser, x: torch.Tensor, t: torch.Tensor, precision: Precision) -> Forward:
-    model = model.to(memory_format=torch.channels_last_3d)
+def _torch(model: Denoiser, x: torch.Tensor, t: torch.Tensor, speed: SpeedSettings) -> Forward:
+    """The denoiser as a run prepares it (:func:`optimise_model`: channels_last_3d, compiled where asked)."""
+    cpu = torch.device("cpu")
+    prepared = optimise_model(model, cpu, speed)
     x = x.contiguous(memory_format=torch.channels_last_3d)
 
     def forward() -> torch.Tensor:
-        with torch.inference_mode(), network_precision(torch.device("cpu"), precision):
-            return model(x, t).float()
-
-    return forward
-
-
-def _compiled(model: Denoiser, x: torch.Tensor, t: torch.Tensor) -> Forward:
-    compiled = torch.compile(model.to(memory_format=torch.channels_last_3d))
-    x = x.contiguous(memory_format=torch.channels_last_3d)
-
-    def forward() -> torch.Tensor:
-        with torch.inference_mode(), network_precision(torch.device("cpu"), Precision.BF16):
-            return compiled(x, t).float()
+        with torch.inference_mode(), network_precision(cpu, speed.precision):
+            return prepared(x, t).float()
 
     return forward
 
@@ -152,9 +143,11 @@ def _builders(
     builders: dict[str, Callable[[], Forward]] = {}
     if official is not None:
         builders["official-fp32"] = lambda: _official(official, config, state, x, t)
-    builders["eager-fp32"] = lambda: _eager(copy(), x, t, Precision.FP32)
-    builders["eager-bf16"] = lambda: _eager(copy(), x, t, Precision.BF16)
-    builders["compile-bf16"] = lambda: _compiled(copy(), x, t)
+    builders["eager-fp32"] = lambda: _torch(copy(), x, t, SpeedSettings(precision=Precision.FP32))
+    builders["eager-bf16"] = lambda: _torch(copy(), x, t, SpeedSettings(precision=Precision.BF16))
+    builders["compile-bf16"] = lambda: _torch(
+        copy(), x, t, SpeedSettings(precision=Precision.BF16, compile=True)
+    )
     if openvino_available():
         builders["openvino-bf16"] = lambda: _openvino(copy(), x, t, "bf16")
         builders["openvino-fp32"] = lambda: _openvino(copy(), x, t, "f32")

@@ -8,12 +8,11 @@ import argparse
 from pathlib import Path
 
 from brasyn.bench.backends import BACKENDS, compare_backends
+from brasyn.commands.bench_options import add_network_size_options, check_official_checkout, network_shape
 from brasyn.commands.command import HelpFormatter, parse_arguments, print_json, run_command
 from brasyn.commands.converters import one_of, output_file, whole_number
 from brasyn.commands.options import add_threads_option, add_verbosity_option, apply_threads
-from brasyn.common.errors import ExitCode, UsageError
-from brasyn.model.unet import PRESETS
-from brasyn.transform.preprocess import TRAINING_SHAPE
+from brasyn.common.errors import ExitCode
 
 __all__ = ["build_parser", "main"]
 
@@ -24,15 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--config", type=one_of(*sorted(PRESETS)), default="official", help="denoiser size")
-    parser.add_argument(
-        "--shape",
-        type=whole_number(1),
-        nargs=3,
-        metavar=("D", "H", "W"),
-        default=list(TRAINING_SHAPE),
-        help="image volume size (the network sees half of it); default 224 224 160",
-    )
+    add_network_size_options(parser)
     parser.add_argument(
         "--backend",
         action="append",
@@ -57,15 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     def body() -> ExitCode:
         args = parse_arguments(build_parser(), argv)
-        divisor = 2 * PRESETS[args.config].divisor
-        if any(s % divisor for s in args.shape):
-            raise UsageError(f"--shape must be multiples of {divisor} for the {args.config} config")
-        if args.official and not (args.official / "guided_diffusion" / "unet.py").is_file():
-            raise UsageError(f"--official {args.official}: not a checkout of github.com/pfriedri/cwdm")
+        shape = network_shape(args)
+        check_official_checkout(args.official)
         apply_threads(args.threads)
         figures = compare_backends(
             args.config,
-            tuple(args.shape),
+            shape,
             args.backend,
             args.official,
             args.rounds,

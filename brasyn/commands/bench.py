@@ -28,8 +28,9 @@ import torch
 
 from brasyn.bench.speed import BenchSettings, run
 from brasyn.commands.backends import main as backends_main
+from brasyn.commands.bench_options import add_network_size_options, check_official_checkout, network_shape
 from brasyn.commands.command import HelpFormatter, Subcommands, parse_arguments, print_json, run_command
-from brasyn.commands.converters import one_of, output_file, whole_number
+from brasyn.commands.converters import output_file, whole_number
 from brasyn.commands.floor import main as floor_main
 from brasyn.commands.gpu_check import main as gpu_main
 from brasyn.commands.loader_bench import loader_main, quantisation_main
@@ -42,9 +43,7 @@ from brasyn.commands.options import (
     apply_threads,
     speed_settings,
 )
-from brasyn.common.errors import ExitCode, UsageError
-from brasyn.model.unet import PRESETS
-from brasyn.transform.preprocess import TRAINING_SHAPE
+from brasyn.common.errors import ExitCode
 
 __all__ = ["build_parser", "main", "settings_from"]
 
@@ -55,15 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         formatter_class=HelpFormatter, prog="python -m brasyn.bench", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--config", type=one_of(*sorted(PRESETS)), default="official", help="denoiser size")
-    parser.add_argument(
-        "--shape",
-        type=whole_number(1),
-        nargs=3,
-        metavar=("D", "H", "W"),
-        default=list(TRAINING_SHAPE),
-        help="image volume size (the network sees half of it); default 224 224 160",
-    )
+    add_network_size_options(parser)
     add_device_option(parser, default="cuda" if torch.cuda.is_available() else "cpu")
     add_speed_options(parser)
     add_sampling_options(parser, sampler="ddim", steps=10, eta=False)
@@ -108,14 +99,8 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
 def _measure(argv: list[str]) -> int:
     def body() -> ExitCode:
         args = parse_arguments(build_parser(), argv)
-        divisor = 2 * PRESETS[args.config].divisor
-        if any(s % divisor for s in args.shape):
-            raise UsageError(f"--shape must be multiples of {divisor} for the {args.config} config")
-        if args.official and not (args.official / "guided_diffusion" / "unet.py").is_file():
-            raise UsageError(
-                f"--official {args.official}: not a checkout of github.com/pfriedri/cwdm "
-                "(git clone https://github.com/pfriedri/cwdm; it needs PyWavelets)"
-            )
+        network_shape(args)
+        check_official_checkout(args.official)
         settings = settings_from(args)
         device = torch.device(args.device)
         apply_threads(args.threads)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 
 from brasyn.bench.floor import measure_floor
+from brasyn.commands.bench_options import add_network_size_options, network_shape
 from brasyn.commands.command import HelpFormatter, parse_arguments, print_json, run_command
-from brasyn.commands.converters import one_of, output_file, whole_number
+from brasyn.commands.converters import output_file, whole_number
 from brasyn.commands.options import (
     add_speed_options,
     add_threads_option,
@@ -16,9 +17,7 @@ from brasyn.commands.options import (
     apply_threads,
     speed_settings,
 )
-from brasyn.common.errors import ExitCode, UsageError
-from brasyn.model.unet import PRESETS
-from brasyn.transform.preprocess import TRAINING_SHAPE
+from brasyn.common.errors import ExitCode
 
 __all__ = ["build_parser", "main"]
 
@@ -29,15 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--config", type=one_of(*sorted(PRESETS)), default="official", help="denoiser size")
-    parser.add_argument(
-        "--shape",
-        type=whole_number(1),
-        nargs=3,
-        metavar=("D", "H", "W"),
-        default=list(TRAINING_SHAPE),
-        help="image volume size (the network sees half of it); default 224 224 160",
-    )
+    add_network_size_options(parser)
     add_speed_options(parser)
     parser.set_defaults(precision="auto")  # the floor is asked of the fastest path this processor offers
     parser.add_argument("--top", type=whole_number(1), default=3, help="convolution shapes timed alone")
@@ -52,13 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     def body() -> ExitCode:
         args = parse_arguments(build_parser(), argv)
-        divisor = 2 * PRESETS[args.config].divisor
-        if any(s % divisor for s in args.shape):
-            raise UsageError(f"--shape must be multiples of {divisor} for the {args.config} config")
+        shape = network_shape(args)
         apply_threads(args.threads)
-        figures = measure_floor(
-            args.config, tuple(args.shape), speed_settings(args), args.repeats, args.warmup, args.top
-        )
+        figures = measure_floor(args.config, shape, speed_settings(args), args.repeats, args.warmup, args.top)
         print_json(figures, args.json)
         return ExitCode.OK
 

@@ -24,18 +24,8 @@ def complete(tmp_path_factory):
     return root
 
 
-def test_sampler_table_scores_each_variant_against_the_real_contrast(complete, tmp_path, capsys):
-    out = tmp_path / "samplers.json"
-    args = ["samplers", "--data", str(complete / "data"), "--weights", str(complete / "weights")]
-    args += ["--target", "t2f", "--device", "cpu", "--variant", "x0:1", "--variant", "dpm++2m:3"]
-    assert quality.main([*args, "--json", str(out)]) == 0
-    rows = json.loads(capsys.readouterr().out)["rows"]
-    assert rows == json.loads(out.read_text())["rows"]
-    assert [(r["variant"], r["steps"]) for r in rows] == [("x0:1:fp32", 1), ("dpm++2m:3:fp32", 3)]
-    for row in rows:
-        assert row["case"] == "BraTS-GLI-00009-000" and row["target"] == "t2f"
-        assert -1 <= row["ssim"] <= 1 and row["psnr"] > 0 and "ssim_brain" in row
-    # the x0 row scores what the main job writes for the case without its FLAIR, with the same seed
+def _scores_of_a_run(complete, tmp_path, *settings: str) -> dict:
+    """The scores of what the main job writes, with ``settings``, for the case without its FLAIR."""
     inputs = tmp_path / "without-t2f" / "BraTS-GLI-00009-000"
     inputs.mkdir(parents=True)
     for m in ("t1n", "t1c", "t2w"):
@@ -50,10 +40,25 @@ def test_sampler_table_scores_each_variant_against_the_real_contrast(complete, t
         "--weights",
         str(complete / "weights"),
     ]
-    assert cli_main([*run, "--sampler", "x0", "--steps", "1", "--device", "cpu", "--no-progress"]) == 0
+    assert cli_main([*run, *settings, "--device", "cpu"]) == 0
     written = nib.load(tmp_path / "out" / "BraTS-GLI-00009-000-t2f.nii.gz").get_fdata(dtype=np.float32)
     truth = nib.load(complete / "data" / "BraTS-GLI-00009-000" / "BraTS-GLI-00009-000-t2f.nii.gz")
-    expected = score(written, truth.get_fdata(dtype=np.float32))
+    return score(written, truth.get_fdata(dtype=np.float32))
+
+
+def test_sampler_table_scores_each_variant_against_the_real_contrast(complete, tmp_path, capsys):
+    out = tmp_path / "samplers.json"
+    args = ["samplers", "--data", str(complete / "data"), "--weights", str(complete / "weights")]
+    args += ["--target", "t2f", "--device", "cpu", "--variant", "x0:1", "--variant", "dpm++2m:3"]
+    assert quality.main([*args, "--json", str(out)]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rows == json.loads(out.read_text())["rows"]
+    assert [(r["variant"], r["steps"]) for r in rows] == [("x0:1:fp32", 1), ("dpm++2m:3:fp32", 3)]
+    for row in rows:
+        assert row["case"] == "BraTS-GLI-00009-000" and row["target"] == "t2f"
+        assert -1 <= row["ssim"] <= 1 and row["psnr"] > 0 and "ssim_brain" in row
+    # the x0 row scores what the main job writes for the case without its FLAIR, with the same seed
+    expected = _scores_of_a_run(complete, tmp_path, "--sampler", "x0", "--steps", "1", "--no-progress")
     assert rows[0]["ssim"] == pytest.approx(expected["ssim"], abs=1e-6)
     assert rows[0]["psnr"] == pytest.approx(expected["psnr"], abs=1e-4)
 
@@ -102,24 +107,7 @@ def test_draws_table_scores_what_a_run_with_that_many_draws_writes(complete, tmp
     assert rows[0]["sample_seconds"] <= rows[1]["sample_seconds"] <= rows[2]["sample_seconds"]
     assert "| r(std, error) |" in captured.err
     # the two-draw row scores the file a --draws 2 run writes (the first two draws of the chain of three)
-    inputs = tmp_path / "without-t2f" / "BraTS-GLI-00009-000"
-    inputs.mkdir(parents=True)
-    for m in ("t1n", "t1c", "t2w"):
-        (inputs / f"BraTS-GLI-00009-000-{m}.nii.gz").symlink_to(
-            complete / "data" / "BraTS-GLI-00009-000" / f"BraTS-GLI-00009-000-{m}.nii.gz"
-        )
-    run = [
-        "--input",
-        str(inputs.parent),
-        "--output",
-        str(tmp_path / "out"),
-        "--weights",
-        str(complete / "weights"),
-    ]
-    assert cli_main([*run, "--sampler", "ddim", "--steps", "2", "--draws", "2", "--device", "cpu"]) == 0
-    written = nib.load(tmp_path / "out" / "BraTS-GLI-00009-000-t2f.nii.gz").get_fdata(dtype=np.float32)
-    truth = nib.load(complete / "data" / "BraTS-GLI-00009-000" / "BraTS-GLI-00009-000-t2f.nii.gz")
-    expected = score(written, truth.get_fdata(dtype=np.float32))
+    expected = _scores_of_a_run(complete, tmp_path, "--sampler", "ddim", "--steps", "2", "--draws", "2")
     assert rows[1]["ssim"] == pytest.approx(expected["ssim"], abs=1e-6)
     assert rows[1]["psnr"] == pytest.approx(expected["psnr"], abs=1e-4)
 
