@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,3 +259,18 @@ def fill(folder: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+STACKS_ON_ABORT = {"PYTHONFAULTHANDLER": "1"}
+"""In a child's environment: SIGABRT makes it print every thread's Python stack before it dies."""
+
+
+def communicate_or_show_stacks(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """``proc.communicate(timeout)``; a child still running after ``timeout`` (started with
+    :data:`STACKS_ON_ABORT`) is aborted and the test fails with where each of its threads was."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"still running {timeout:.0f} s after the stop; its stacks:\n{err}") from None

@@ -328,6 +328,7 @@ def run_batch(
         try:
             with closing(stream):
                 for item, loaded in stream:
+                    stopper.check()
                     taken += 1
                     if isinstance(item, CaseError):
                         result = CaseResult(

@@ -35,6 +35,7 @@ from brasyn.data.volumes import Volume, load_volume, write_problem, write_volume
 from brasyn.inference.draws import DrawSummary, Welford, sample_draws
 from brasyn.inference.predictors import Predictor, Progress
 from brasyn.inference.progress import step_bar
+from brasyn.inference.stopping import raise_if_stopped
 from brasyn.transform.intensity import OUTPUT_THRESHOLD
 from brasyn.transform.model_space import ModelSpace, from_model_space, to_model_space
 
@@ -156,6 +157,18 @@ def _write_output(case: Case, data: np.ndarray, reference: Volume, output: Path,
         write_volume(data, reference, output, description=short_description(settings), record=settings)
     except OSError as exc:  # disk full, folder gone, read-only: this case fails, the batch goes on
         raise CaseError(case.id, write_problem(exc, output), case.files.values()) from exc
+
+
+def _stepper(bar: Any) -> Progress:
+    """Called at every sampling step: ends the case at once when a stop signal arrived (also one whose
+    exception a library swallowed) and moves the step bar."""
+
+    def step(info: dict[str, Any]) -> None:
+        raise_if_stopped()
+        if bar is not None:
+            bar.update(info["x"].shape[0])
+
+    return step
 
 
 def _draws_bar(case: Case, predictor: Predictor) -> Any:
@@ -333,12 +346,7 @@ class Synthesizer:
             if self.progress:
                 bar = _draws_bar(case, self.predictor)
             clock = time.perf_counter()
-            drawn = self.predict_draws(
-                ready.images,
-                case.target,
-                case.id,
-                (lambda info: bar.update(info["x"].shape[0])) if bar else None,
-            )
+            drawn = self.predict_draws(ready.images, case.target, case.id, _stepper(bar))
             model_space = drawn.mean
             result.phases["sample"] = time.perf_counter() - clock
             clock = time.perf_counter()

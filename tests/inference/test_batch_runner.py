@@ -12,14 +12,19 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from brasyn.common.errors import ExitCode
 from brasyn.data.cases import discover
+from brasyn.data.modalities import Modality
 from brasyn.data.volumes import HOST, TEMP_PREFIX
 from brasyn.inference import synthesize as synthesize_module
 from brasyn.inference.batch import run_batch
+from brasyn.inference.predictors import DiffusionPredictor
 from brasyn.inference.synthesize import Synthesizer
+from brasyn.model.diffusion import Sampling
 from brasyn.weights.manifest import DEFAULT_INTENSITY_RATIOS
+from brasyn.weights.store import WeightStore
 from tests.helpers import FirstCondition, make_case
 
 CASES = ("BraTS-GLI-00001-000", "BraTS-GLI-00002-000", "BraTS-GLI-00003-000")
@@ -145,3 +150,36 @@ def test_the_next_case_is_read_on_a_background_thread_while_this_one_is_synthesi
         assert threads == [threading.main_thread().name] * 3
     outputs = sorted((tmp_path / "out").iterdir())
     assert len(outputs) == 3 and all(np.isfinite(nib.load(p).get_fdata()).all() for p in outputs)
+
+
+class _SwallowsTheStop(torch.nn.Module):
+    """A denoiser whose third call receives SIGTERM inside a library's ``except BaseException`` (as a
+    ``__del__`` or a weakref callback would lose it): the handler's exception never reaches the batch."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 3:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):  # the handler runs between two bytecodes of this loop
+                    pass
+            except BaseException:  # what such a library does
+                pass
+        return self.model(x, t)
+
+
+def test_a_stop_whose_exception_a_library_swallowed_still_ends_the_case_at_the_next_step(
+    three_cases, tmp_path, tiny_weights
+):
+    predictor = DiffusionPredictor(WeightStore(tiny_weights), torch.device("cpu"), Sampling("ddim", 20))
+    wrapped = _SwallowsTheStop(predictor.model_for(Modality.T2F))
+    predictor._models[Modality.T2F] = wrapped
+    batch = run_batch(discover(three_cases), _synthesizer(predictor), tmp_path / "out")
+    assert batch.exit_code == ExitCode.TERMINATED
+    assert wrapped.calls == 3  # not the 20 steps of the case, nor the cases after it
+    assert list((tmp_path / "out").iterdir()) == []
+    assert [r.status for r in batch.results] == ["not run"] * 3

@@ -23,7 +23,7 @@ import brasyn.data.volumes
 from brasyn.commands.cli import DEFAULT_WEIGHTS, main
 from brasyn.data.phantom import BRATS_AFFINE, phantom
 from brasyn.weights.store import init_random
-from tests.helpers import make_case, save_nifti
+from tests.helpers import STACKS_ON_ABORT, communicate_or_show_stacks, make_case, save_nifti
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "docs" / "report.schema.json").read_text())
@@ -188,7 +188,7 @@ def _started(inputs: Path, weights: Path, output: Path, report: Path) -> subproc
     cmd += ["--weights", str(weights), "--sampler", "ddpm", "--steps", "1000", "--device", "cpu"]
     proc = subprocess.Popen(
         [*cmd, "--report", str(report)],
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **STACKS_ON_ABORT},
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -214,7 +214,7 @@ def test_a_second_stop_signal_is_ignored_and_the_report_is_written(
     if second is not None:
         time.sleep(gap)
         proc.send_signal(second)
-    _, err = proc.communicate(timeout=60)
+    _, err = communicate_or_show_stacks(proc, 60)
     assert proc.returncode == code, err
     assert "Traceback" not in err
     written = json.loads(report.read_text())

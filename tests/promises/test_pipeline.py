@@ -20,7 +20,15 @@ from brasyn.commands.cli import main
 from brasyn.data.modalities import conditions_for, modality_from_alias
 from brasyn.data.phantom import BRATS_AFFINE, phantom
 from brasyn.weights.store import WeightStore, init_random
-from tests.helpers import CONTAINER_UID, container_prefix, make_case, save_nifti, written_by_container_uid
+from tests.helpers import (
+    CONTAINER_UID,
+    STACKS_ON_ABORT,
+    communicate_or_show_stacks,
+    container_prefix,
+    make_case,
+    save_nifti,
+    written_by_container_uid,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--sampler", "ddim", "--steps", "2", "--device", "cpu", "--no-progress"]
@@ -427,7 +435,7 @@ def test_entrypoint_runs_as_an_unknown_uid_without_home_and_read_only_input(open
 def test_terminated_run_leaves_nothing_partial(tmp_path, tiny_weights):
     inputs, output = tmp_path / "in", tmp_path / "out"
     make_case(inputs, "slow", seed=1, shape=(96, 96, 64))
-    env = _entrypoint_env()
+    env = _entrypoint_env(**STACKS_ON_ABORT)
     cmd = [
         sys.executable,
         str(ROOT / "entrypoint.py"),
@@ -453,7 +461,7 @@ def test_terminated_run_leaves_nothing_partial(tmp_path, tiny_weights):
             seen += proc.stderr.read(1)
         time.sleep(1.0)  # into the sampling steps, where a stop lands in a long run
         proc.send_signal(sig)
-        proc.communicate(timeout=60)
+        communicate_or_show_stacks(proc, 60)
         assert proc.returncode == (143 if sig == signal.SIGTERM else -signal.SIGKILL)
         assert list(output.iterdir()) == [], sig
 
