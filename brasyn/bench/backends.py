@@ -25,7 +25,6 @@ decides :func:`pick_winner`.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import statistics
 import time
@@ -39,6 +38,7 @@ import torch
 from brasyn.bench.floor import cpu_features
 from brasyn.bench.speed import official_model
 from brasyn.common.acceleration import Precision, SpeedSettings, network_precision, optimise_model
+from brasyn.common.cpu_backends import Backend, openvino_available
 from brasyn.common.measure import environment, peak_rss_mib
 from brasyn.model.unet import PRESETS, Denoiser
 
@@ -60,11 +60,6 @@ largest magnitude."""
 WIN_RATIO = 1.3
 """How much faster than eager bf16 (start-up included, over a batch) a backend must be to be adopted."""
 BACKENDS = ("official-fp32", "eager-fp32", "eager-bf16", "compile-bf16", "openvino-bf16", "openvino-fp32")
-
-
-def openvino_available() -> bool:
-    """Whether the optional OpenVINO runtime is installed (``pip install 'brasyn[cpu]'``)."""
-    return importlib.util.find_spec("openvino") is not None
 
 
 Forward = Callable[[], torch.Tensor]
@@ -104,15 +99,15 @@ def _torch(model: Denoiser, x: torch.Tensor, t: torch.Tensor, speed: SpeedSettin
     return forward
 
 
-def _openvino(model: Denoiser, x: torch.Tensor, t: torch.Tensor, precision: str) -> Forward:
-    import openvino as ov
-
-    converted = ov.convert_model(model, example_input=(x, t))
-    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": precision})
-    inputs = [x.numpy(), t.numpy()]
+def _openvino(model: Denoiser, x: torch.Tensor, t: torch.Tensor, precision: Precision) -> Forward:
+    """The denoiser as ``--backend openvino`` runs it (:class:`~brasyn.common.cpu_backends.OpenVinoDenoiser`,
+    converted and compiled on its first call)."""
+    cpu = torch.device("cpu")
+    prepared = optimise_model(model, cpu, SpeedSettings(precision=precision, backend=Backend.OPENVINO))
 
     def forward() -> torch.Tensor:
-        return torch.from_numpy(compiled(inputs)[0].copy())
+        with torch.inference_mode(), network_precision(cpu, precision):
+            return prepared(x, t).float()
 
     return forward
 
@@ -143,14 +138,15 @@ def _builders(
     builders: dict[str, Callable[[], Forward]] = {}
     if official is not None:
         builders["official-fp32"] = lambda: _official(official, config, state, x, t)
-    builders["eager-fp32"] = lambda: _torch(copy(), x, t, SpeedSettings(precision=Precision.FP32))
-    builders["eager-bf16"] = lambda: _torch(copy(), x, t, SpeedSettings(precision=Precision.BF16))
+    torch_only = Backend.TORCH
+    builders["eager-fp32"] = lambda: _torch(copy(), x, t, SpeedSettings(Precision.FP32, backend=torch_only))
+    builders["eager-bf16"] = lambda: _torch(copy(), x, t, SpeedSettings(Precision.BF16, backend=torch_only))
     builders["compile-bf16"] = lambda: _torch(
-        copy(), x, t, SpeedSettings(precision=Precision.BF16, compile=True)
+        copy(), x, t, SpeedSettings(precision=Precision.BF16, compile=True, backend=torch_only)
     )
     if openvino_available():
-        builders["openvino-bf16"] = lambda: _openvino(copy(), x, t, "bf16")
-        builders["openvino-fp32"] = lambda: _openvino(copy(), x, t, "f32")
+        builders["openvino-bf16"] = lambda: _openvino(copy(), x, t, Precision.BF16)
+        builders["openvino-fp32"] = lambda: _openvino(copy(), x, t, Precision.FP32)
     return builders
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from brasyn.common.acceleration import PRECISIONS, SpeedSettings
+from brasyn.common.cpu_backends import BACKENDS
 from brasyn.common.errors import BrasynError
 from brasyn.data.cases import Case, complete_cases, discover
 from brasyn.data.modalities import Modality
@@ -63,23 +64,30 @@ class Variant:
     sampler: str
     steps: int
     precision: str = "fp32"
+    backend: str = "torch"
 
     @property
     def name(self) -> str:
-        return f"{self.sampler}:{self.steps}:{self.precision}"
+        engine = f":{self.backend}" if self.backend != "torch" else ""
+        return f"{self.sampler}:{self.steps}:{self.precision}{engine}"
 
 
 def parse_variant(text: str) -> Variant:
-    """``sampler:steps[:precision]``, e.g. ``ddim:50`` or ``dpm++2m:20:bf16``."""
+    """``sampler:steps[:precision[:backend]]``, e.g. ``ddim:50``, ``dpm++2m:20:bf16`` or
+    ``dpm++2m:10:bf16:openvino``."""
     parts = text.split(":")
-    if len(parts) not in (2, 3) or parts[0] not in SAMPLERS or not parts[1].isdigit():
+    if len(parts) not in (2, 3, 4) or parts[0] not in SAMPLERS or not parts[1].isdigit():
         raise ValueError(
-            f"variant {text!r}: expected sampler:steps[:precision] with a sampler of {tuple(SAMPLERS)}"
+            f"variant {text!r}: expected sampler:steps[:precision[:backend]] with a sampler of "
+            f"{tuple(SAMPLERS)}"
         )
-    precision = parts[2] if len(parts) == 3 else "fp32"
+    precision = parts[2] if len(parts) >= 3 else "fp32"
     if precision not in PRECISIONS:
         raise ValueError(f"variant {text!r}: precision must be one of {', '.join(PRECISIONS)}")
-    return Variant(parts[0], int(parts[1]), precision)
+    backend = parts[3] if len(parts) == 4 else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"variant {text!r}: backend must be one of {', '.join(BACKENDS)}")
+    return Variant(parts[0], int(parts[1]), precision, backend)
 
 
 def complete_cases_in(data: Path, ids: list[str] | None = None) -> list[Case]:
@@ -95,9 +103,8 @@ def complete_cases_in(data: Path, ids: list[str] | None = None) -> list[Case]:
 
 
 def _predictor(weights: WeightStore, device: torch.device, variant: Variant) -> DiffusionPredictor:
-    return DiffusionPredictor(
-        weights, device, Sampling(variant.sampler, variant.steps), SpeedSettings(precision=variant.precision)
-    )
+    speed = SpeedSettings(precision=variant.precision, backend=variant.backend)
+    return DiffusionPredictor(weights, device, Sampling(variant.sampler, variant.steps), speed)
 
 
 def compare_samplers(
@@ -109,12 +116,15 @@ def compare_samplers(
     seed: int = 42,
 ) -> list[dict[str, Any]]:
     """One row per case, target and variant: the seconds of the case as a run takes them (the batch
-    runner, seed and noise as a run draws them) and the written file's scores against the real contrast."""
+    runner, seed and noise as a run draws them) and the written file's scores against the real contrast;
+    from the second variant on also its SSIM and PSNR against the first variant's image (how far a
+    precision or a backend moves the result)."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="brasyn-quality-") as tmp:
         for case in cases:
             for target in targets:
                 truth = load_volume(case.files[target], case.id)
+                first: np.ndarray | None = None
                 inputs = withheld_inputs([case], target, Path(tmp) / f"{case.id}-without-{target.value}")
                 for number, variant in enumerate(variants):
                     log.info("%s %s: %s", case.id, target, variant.name)
@@ -128,6 +138,12 @@ def compare_samplers(
                         raise BrasynError(f"{case.id} {target}: {variant.name} failed: {result.message}")
                     data = load_volume(Path(result.output), case.id).data
                     scores = score(data, truth.data)
+                    against_first = {}
+                    if first is None:
+                        first = data
+                    else:
+                        moved = score(data, first)
+                        against_first = {"ssim_vs_first": moved["ssim"], "psnr_vs_first": moved["psnr"]}
                     rows.append(
                         {
                             "case": case.id,
@@ -136,6 +152,7 @@ def compare_samplers(
                             "steps": predictor.steps(target),
                             "seconds": round(result.seconds, 2),
                             **{k: v for k, v in scores.items() if v is not None},
+                            **against_first,
                         }
                     )
                     log.info("%s", row_text(rows[-1]))

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from brasyn.common.acceleration import SpeedSettings, network_precision, optimise_model
+from brasyn.common.acceleration import SpeedSettings, network_precision, optimise_model, resolve_precision
+from brasyn.common.cpu_backends import resolve_backend
 from brasyn.common.errors import BrasynError
 from brasyn.common.measure import (
     elapsed_ms,
@@ -189,6 +190,7 @@ def time_maths(settings: BenchSettings, device: torch.device) -> dict[str, Any]:
             p.normal_(0.0, 0.02, generator=gen)
     state = {k: v.detach().clone() for k, v in plain.state_dict().items()} if settings.official else None
     model = optimise_model(plain, device, speed)
+    precision = resolve_precision(speed.precision, device)  # "auto" as a run resolves it
     if speed.channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
         cond = cond.contiguous(memory_format=torch.channels_last_3d)
@@ -203,10 +205,10 @@ def time_maths(settings: BenchSettings, device: torch.device) -> dict[str, Any]:
         result["dwt3_ms"] = time_ms(lambda: dwt3(single), device, max(settings.repeats, 5), 1)
         result["idwt3_ms"] = time_ms(lambda: idwt3(bands), device, max(settings.repeats, 5), 1)
         inputs = torch.cat([x, cond], dim=1)
-        with network_precision(device, speed.precision):
+        with network_precision(device, precision):
             if speed.compile:
                 result["compile_ms"] = elapsed_ms(lambda: model(inputs, t), device)
-            log.info("timing the denoiser forward at %s (%s)", tuple(inputs.shape), speed.precision)
+            log.info("timing the denoiser forward at %s (%s)", tuple(inputs.shape), precision)
             result["forward_ms"] = time_ms(
                 lambda: model(inputs, t), device, settings.repeats, settings.warmup
             )
@@ -289,6 +291,9 @@ def run(settings: BenchSettings, device: torch.device) -> dict[str, Any]:
         "volume_shape": list(settings.shape),
         "memory_format": "channels_last_3d" if settings.speed.channels_last else "contiguous",
         "precision": settings.speed.precision,
+        # what "auto" became here: the default CPU path is what these figures describe
+        "precision_used": resolve_precision(settings.speed.precision, device),
+        "backend": resolve_backend(settings.speed.backend, device, settings.speed.compile),
         "sampler": settings.sampler,
         "repeats": settings.repeats,
         "warmup": settings.warmup,

@@ -10,6 +10,9 @@
     python -m brasyn.bench backends [--config C] [--shape D H W] [--backend NAME ...] [--official DIR]
                                     [--rounds N] [--cases N] [--steps N] [--threads N] [--json FILE]
                                     (CPU backends side by side: brasyn.commands.backends)
+    python -m brasyn.bench cpu --out DIR [--official DIR] [--data DIR] [--cases N] [--steps N] [--rounds N]
+                               [--part floor|backends|default_path|batch ...] [--threads N]
+                               (all of the CPU's figures in one JSON: brasyn.commands.cpu_bench)
     python -m brasyn.bench [--config official|small|tiny] [--shape D H W] [--device cpu|cuda[:N]]
                            [--precision fp32|bf16|auto] [--sampler ddpm|ddim|dpm++2m|x0] [--steps N]
                            [--no-channels-last] [--compile] [--no-tf32] [--no-cudnn-benchmark]
@@ -31,6 +34,7 @@ from brasyn.commands.backends import main as backends_main
 from brasyn.commands.bench_options import add_network_size_options, check_official_checkout, network_shape
 from brasyn.commands.command import HelpFormatter, Subcommands, parse_arguments, print_json, run_command
 from brasyn.commands.converters import output_file, whole_number
+from brasyn.commands.cpu_bench import main as cpu_main
 from brasyn.commands.floor import main as floor_main
 from brasyn.commands.gpu_check import main as gpu_main
 from brasyn.commands.loader_bench import loader_main, quantisation_main
@@ -116,10 +120,11 @@ main = Subcommands(
         "gpu": gpu_main,
         "floor": floor_main,
         "backends": backends_main,
+        "cpu": cpu_main,
         "loader": loader_main,
         "quantisation": quantisation_main,
     },
     default=_measure,
 )
-"""``python -m brasyn.bench``: the speed of the maths and of one case, and its ``gpu``, ``floor``, ``loader``
-and ``quantisation`` checks."""
+"""``python -m brasyn.bench``: the speed of the maths and of one case, and its ``gpu``, ``floor``,
+``backends``, ``cpu``, ``loader`` and ``quantisation`` checks."""

@@ -29,6 +29,7 @@ from brasyn.commands.converters import (
     whole_number,
 )
 from brasyn.common.acceleration import PRECISIONS, SpeedSettings
+from brasyn.common.cpu_backends import BACKENDS, Backend
 from brasyn.common.errors import UsageError
 from brasyn.common.version import __version__
 from brasyn.data.contrast_map import ContrastMap
@@ -218,6 +219,14 @@ def add_speed_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
         "--compile", action="store_true", help="compile the denoiser with torch.compile (first case slower)"
     )
     speed.add_argument(
+        "--backend",
+        type=one_of(*BACKENDS),
+        default=defaults.backend,
+        metavar="{" + ",".join(BACKENDS) + "}",
+        help="the engine of the denoiser: torch, openvino (CPU only, needs pip install 'brasyn[cpu]'; "
+        "converted when the first case starts), auto (default: torch; docs/benchmarks.md says why)",
+    )
+    speed.add_argument(
         "--no-channels-last",
         dest="channels_last",
         action="store_false",
@@ -252,6 +261,7 @@ def speed_settings(args: argparse.Namespace) -> SpeedSettings:
         tf32=bool(args.tf32),
         cudnn_benchmark=bool(args.cudnn_benchmark),
         compile=bool(args.compile),
+        backend=str(getattr(args, "backend", Backend.AUTO)),
     )
 
 
@@ -361,6 +371,7 @@ MLCUBE_PARAMETERS: dict[str, Converter] = {
     "target": contrast,
     "method": one_of(*METHODS),
     "precision": one_of(*PRECISIONS),
+    "backend": one_of(*BACKENDS),
     "grid_of": contrast,
     "map": map_spec,
 }

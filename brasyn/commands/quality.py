@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_verbosity_option(p, default=argparse.SUPPRESS)
     samplers = commands.choices["samplers"]
     samplers.add_argument(
-        "--variant", action="append", help=f"sampler:steps[:precision] (default {DEFAULT_VARIANTS})"
+        "--variant", action="append", help=f"sampler:steps[:precision[:backend]] (default {DEFAULT_VARIANTS})"
     )
     draws = commands.choices["draws"]
     draws.add_argument(

@@ -38,6 +38,7 @@ SETTING_VARIABLES: dict[str, str] = {
     "BRASYN_SAMPLER": "sampler",
     "BRASYN_STEPS": "steps",
     "BRASYN_PRECISION": "precision",
+    "BRASYN_BACKEND": "backend",
     "BRASYN_DEVICE": "device",
 }
 """Environment variable -> the setting (a key of the parameters file, the dest of its flag) it gives."""

@@ -17,6 +17,8 @@ beyond its stated tolerance (tests/common/test_acceleration.py):
   case of a batch has the same model shape, so this is paid once).
 - ``compile``: ``torch.compile`` with static shapes (fuses GroupNorm, SiLU and the additions; the first
   step of each new shape pays the compilation).
+- ``backend``: the engine of the forward, torch or (on a CPU, optional) OpenVINO
+  (:mod:`brasyn.common.cpu_backends`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from brasyn.common.cpu_backends import Backend, OpenVinoDenoiser, as_backend, resolve_backend
 
 __all__ = [
     "PRECISIONS",
@@ -83,9 +87,12 @@ class SpeedSettings:
     """Let cuDNN pick the fastest convolution algorithm per shape."""
     compile: bool = False
     """Compile the denoiser with torch.compile (static shapes)."""
+    backend: Backend = Backend.AUTO
+    """torch, openvino or auto (:func:`brasyn.common.cpu_backends.resolve_backend`); given as its word."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", as_precision(self.precision))
+        object.__setattr__(self, "backend", as_backend(self.backend))
 
     def configure_backends(self, device: torch.device) -> None:
         """Set this run's process-wide backend switches for ``device`` (:func:`configure_backends`); a
@@ -162,8 +169,11 @@ def configure_backends(device: torch.device, settings: SpeedSettings) -> None:
 
 
 def optimise_model(model: nn.Module, device: torch.device, settings: SpeedSettings) -> nn.Module:
-    """``model`` in the settings' memory format, compiled when asked (the returned module is then a
-    wrapper sharing the weights)."""
+    """``model`` in the settings' memory format, compiled when asked, or run by OpenVINO where the
+    settings' backend resolves to it (the returned module is then a wrapper sharing the weights)."""
+    if resolve_backend(settings.backend, device, settings.compile) is Backend.OPENVINO:
+        precision = resolve_precision(settings.precision, device)
+        return OpenVinoDenoiser(model.eval(), precision.value, torch.get_num_threads())
     if settings.channels_last:
         model.to(memory_format=torch.channels_last_3d)
     if settings.compile:

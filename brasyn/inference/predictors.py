@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from brasyn.common.acceleration import SpeedSettings, network_precision, optimise_model, resolve_precision
+from brasyn.common.cpu_backends import Backend, resolve_backend
 from brasyn.common.errors import UsageError, WeightsError
 from brasyn.common.runtime import select_device
 from brasyn.data.modalities import Modality
@@ -125,6 +126,8 @@ class DiffusionPredictor:
         self.speed = speed or SpeedSettings()
         self.precision = resolve_precision(self.speed.precision, device)
         """The precision the denoiser runs in ("auto" resolved for the device)."""
+        self.backend = resolve_backend(self.speed.backend, device, self.speed.compile)
+        """The engine of the denoiser's forward ("auto" resolved for the device and what is installed)."""
         self.draw_batch = DrawBatch(self.sampling.draws if device.type == "cuda" else 1)
         """On a GPU all draws of a case at once (halved where they do not fit); on the CPU, which gains
         nothing from a batch, one at a time."""
@@ -147,12 +150,14 @@ class DiffusionPredictor:
     def summary(self) -> str:
         return (
             f"weights {self.weights.folder}; {self.sampling.describe()}, on {self.device} in {self.precision}"
+            + (" with OpenVINO" if self.backend is Backend.OPENVINO else "")
         )
 
     def settings(self) -> dict[str, Any]:
         sampling = asdict(self.sampling)
         sampling["steps"] = self.sampling.steps_taken  # "x0": one prediction, whatever --steps said
-        return {"method": self.method, **sampling, "precision": self.precision, "speed": asdict(self.speed)}
+        speed = {**asdict(self.speed), "backend": self.backend}
+        return {"method": self.method, **sampling, "precision": self.precision, "speed": speed}
 
     def output_settings(self, target: Modality, seed: int) -> dict[str, Any]:
         settings = {

@@ -33,7 +33,13 @@ def test_without_variables_or_config_the_flags_parse_as_before():
 
 def test_the_variables_name_settings_of_the_parameters_file():
     assert set(SETTING_VARIABLES.values()) <= set(MLCUBE_PARAMETERS)
-    assert set(SETTING_VARIABLES) == {"BRASYN_SAMPLER", "BRASYN_STEPS", "BRASYN_PRECISION", "BRASYN_DEVICE"}
+    assert set(SETTING_VARIABLES) == {
+        "BRASYN_SAMPLER",
+        "BRASYN_STEPS",
+        "BRASYN_PRECISION",
+        "BRASYN_BACKEND",
+        "BRASYN_DEVICE",
+    }
 
 
 @pytest.mark.parametrize(
@@ -118,6 +124,7 @@ def test_an_empty_variable_is_no_setting(tmp_path):
         ("BRASYN_SAMPLER", "dpm", r"one of ddpm, ddim, dpm\+\+2m or x0"),
         ("BRASYN_STEPS", "2.7", "a whole number from 1 to 1000"),
         ("BRASYN_PRECISION", "fp16", "one of fp32, bf16 or auto"),
+        ("BRASYN_BACKEND", "onnx", "one of auto, torch or openvino"),
         ("BRASYN_DEVICE", "gpu", "auto, cpu, cuda or cuda:N"),
     ],
 )

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from brasyn.commands.cli import main
+from brasyn.commands.sources import SETTING_VARIABLES
 from brasyn.data.provenance import read_record
 from tests.helpers import make_case
 
@@ -17,7 +18,7 @@ OUTPUT = "BraTS-GLI-00007-000-t2f.nii.gz"
 def _no_argument_run(monkeypatch, inputs: Path, output: Path, weights: Path, **variables: str) -> dict:
     """``main([])`` as the container runs it, its folders and weights from the environment; the record of
     the one output."""
-    for name in ("BRASYN_SAMPLER", "BRASYN_STEPS", "BRASYN_PRECISION", "BRASYN_DEVICE", "BRASYN_CONFIG"):
+    for name in (*SETTING_VARIABLES, "BRASYN_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("BRASYN_INPUT", str(inputs))
     monkeypatch.setenv("BRASYN_OUTPUT", str(output))
