@@ -106,9 +106,9 @@ def resolve_backend(requested: str, device: torch.device, compile: bool = False)
 class OpenVinoDenoiser(nn.Module):
     """The denoiser's forward run by OpenVINO's CPU plugin; the torch module inside keeps the weights.
 
-    The network is converted on the first call (traced with that call's input, every dimension left
-    dynamic, so one compiled model serves every volume and batch size) outside autocast and inference
-    mode, and compiled once with ``precision`` (``bf16`` or ``fp32``) as its inference precision and
+    The network is converted on the first call (traced at the smallest volume it takes, every dimension
+    left dynamic, so one compiled model serves every volume and batch size) outside autocast and
+    inference mode, and compiled once with ``precision`` (``bf16`` or ``fp32``) as its inference precision and
     ``threads`` threads. Takes and returns float32 CPU tensors, as the torch module does under autocast
     once the sampler's ``.float()`` has been applied."""
 
@@ -124,14 +124,20 @@ class OpenVinoDenoiser(nn.Module):
 
         start = time.perf_counter()
         with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
-            example = (torch.zeros(x.shape), torch.zeros(t.shape))
+            example = self._example(x)
             with warnings.catch_warnings():
                 # the network's own shape checks become constants of the trace; every input of a run
                 # passes them, and the converted model keeps every dimension dynamic
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 converted = ov.convert_model(self.model, example_input=example)
         converting = time.perf_counter() - start
-        config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": self.threads}
+        config = {
+            "INFERENCE_PRECISION_HINT": self.precision,
+            "INFERENCE_NUM_THREADS": self.threads,
+            # torch shares these cores between forwards (the wavelets, the sampler); threads pinned to
+            # cores by OpenVINO slowed torch's work in the same process by 9-13 % (docs/benchmarks.md)
+            "ENABLE_CPU_PINNING": False,
+        }
         compiled = ov.Core().compile_model(converted, "CPU", config)
         log.info(
             "denoiser converted to OpenVINO in %.0f s and compiled in %.0f s (%s, %d threads)",
@@ -141,6 +147,14 @@ class OpenVinoDenoiser(nn.Module):
             self.threads,
         )
         return compiled
+
+    def _example(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input the conversion traces: one volume of the smallest side the network takes. Tracing
+        runs the network: traced at the official size the conversion took 228 s on 2 cores, at the
+        smallest size 6.5 s, and the converted model is the same (every dimension dynamic)."""
+        side = getattr(getattr(self.model, "config", None), "divisor", None)
+        spatial = (side,) * (x.dim() - 2) if side else tuple(x.shape[2:])
+        return torch.zeros(1, x.shape[1], *spatial), torch.zeros(1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":

@@ -32,16 +32,21 @@ def _group(**seconds: float) -> dict:
     }
 
 
-def test_the_winner_is_judged_against_eager_bf16_of_its_own_process():
-    # eager bf16 ran slower beside OpenVINO (2.6 s) than beside torch's backends (2.0 s): OpenVINO's gain
-    # is taken against the 2.6 s measured with it, side by side
+def test_the_winner_is_judged_against_eager_bf16_of_torchs_own_process():
+    # beside OpenVINO eager bf16 ran slower (2.6 s) than in torch's own process (2.2 s), which is what a
+    # run holding one engine gets: OpenVINO's gain is taken against 2.2 s, 1.69x; in its process 2.0x
     groups = [
-        _group(**{"eager-bf16": 2.0, "compile-bf16": 1.9}),
+        _group(**{"eager-bf16": 2.2, "compile-bf16": 2.4}),
         _group(**{"eager-bf16": 2.6, "openvino-bf16": 1.3}),
     ]
     winner = cpu_report._winner(groups)
-    assert winner["name"] == "openvino-bf16" and winner["gain_over_baseline"] == pytest.approx(2.0)
+    assert winner["name"] == "openvino-bf16" and winner["gain_over_baseline"] == pytest.approx(
+        2.2 / 1.3, 1e-3
+    )
     assert winner["adopt"]
+    assert [v["gain_over_baseline"] for v in winner["same_process"]] == [1.0, 2.0]
+    groups[1] = _group(**{"eager-bf16": 2.6, "openvino-bf16": 1.9})  # 1.37x beside it, 1.16x alone
+    assert cpu_report._winner(groups)["same_process"][1]["adopt"] and not cpu_report._winner(groups)["adopt"]
     assert cpu_report._winner([{"asked": ["eager-bf16"], "process": {"exit_code": -9}}])["name"] is None
 
 
@@ -78,6 +83,8 @@ def test_the_cpu_report_collects_its_parts_into_one_json(tmp_path, tiny_weights,
     assert batch["summary"] == {"written": 2, "skipped": 0, "failed": 0}
     assert batch["batch_seconds"] >= batch["phase_seconds"]["sample"] > 0
     assert batch["settings"]["sampler"] == "dpm++2m" and batch["settings"]["steps"] == 2
+    # each part's own peak, not the largest of the children before it
+    assert all(figures[part]["process"]["peak_rss_mib"] > 0 for part in ("floor", "default_path", "batch"))
     assert "backends" not in figures  # not asked
 
 

@@ -57,6 +57,9 @@ def test_sampler_table_scores_each_variant_against_the_real_contrast(complete, t
     for row in rows:
         assert row["case"] == "BraTS-GLI-00009-000" and row["target"] == "t2f"
         assert -1 <= row["ssim"] <= 1 and row["psnr"] > 0 and "ssim_brain" in row
+    # the second variant is also scored against the first one's image (what a setting moves)
+    assert "ssim_vs_first" not in rows[0] and -1 <= rows[1]["ssim_vs_first"] < 1
+    assert rows[1]["psnr_vs_first"] > 0
     # the x0 row scores what the main job writes for the case without its FLAIR, with the same seed
     expected = _scores_of_a_run(complete, tmp_path, "--sampler", "x0", "--steps", "1", "--no-progress")
     assert rows[0]["ssim"] == pytest.approx(expected["ssim"], abs=1e-6)
@@ -81,6 +84,10 @@ def test_bad_variants_and_folders_without_complete_cases_exit_2(complete, tmp_pa
         parse_variant("ddim")
     with pytest.raises(ValueError, match="precision"):
         parse_variant("ddim:5:fp16")
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, openvino"):
+        parse_variant("ddim:5:bf16:onnx")
+    assert parse_variant("dpm++2m:10:bf16:openvino").name == "dpm++2m:10:bf16:openvino"
+    assert parse_variant("dpm++2m:10:bf16:torch").name == "dpm++2m:10:bf16"  # the names of older tables
     assert quality.main(["samplers", "--data", str(tmp_path), "--weights", str(complete / "weights")]) == 2
 
 
