@@ -48,7 +48,6 @@ __all__ = [
     "WIN_RATIO",
     "BackendResult",
     "compare_backends",
-    "openvino_available",
     "pick_winner",
 ]
 

@@ -151,7 +151,7 @@ def test_the_documented_parameter_keys_are_the_known_ones():
         "method",
         "grid_of",
     }
-    assert set(MLCUBE_PARAMETERS) == documented | {"precision", "map"}
+    assert set(MLCUBE_PARAMETERS) == documented | {"precision", "backend", "map"}
 
 
 def test_the_shipped_parameters_file_is_valid():
@@ -188,8 +188,8 @@ def test_an_unknown_key_is_refused_with_the_known_keys(tmp_path):
     message = str(caught.value)
     assert str(path) in message and "'step'" in message and "did you mean steps" in message
     assert (
-        "the known keys are device, draws, eta, grid_of, map, method, naming, precision, sampler, seed, steps"
-        in message
+        "the known keys are backend, device, draws, eta, grid_of, map, method, naming, precision, sampler, seed, "
+        "steps" in message
     )
 
 

@@ -79,7 +79,7 @@ def test_the_config_file_takes_every_key_of_the_parameters_file(tmp_path):
     path = config(
         tmp_path,
         "sampler: ddim\nsteps: 20\nseed: 7\ndraws: 3\ndevice: CPU\neta: 0.5\nnaming: brats2023\n"
-        "target: flair\nmethod: linear\nprecision: bf16\ngrid_of: t1ce\nmap:\n  t1c: '*post*'\n"
+        "target: flair\nmethod: linear\nprecision: bf16\nbackend: torch\ngrid_of: t1ce\nmap:\n  t1c: '*post*'\n"
         "hotfix:\n  anything: 1\n",
     )
     args = parse(["--config", str(path)])
@@ -95,6 +95,7 @@ def test_the_config_file_takes_every_key_of_the_parameters_file(tmp_path):
         "target": "t2f",
         "method": "linear",
         "precision": "bf16",
+        "backend": "torch",
         "grid_of": "t1c",
     }
     assert isinstance(args.map, ContrastMap) and args.map.describe() == "t1c='*post*'"

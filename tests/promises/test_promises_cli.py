@@ -101,6 +101,7 @@ PARAMETERS = {
     "target": ("flair", "--target"),
     "method": ("linear", "--method"),
     "precision": ("bf16", "--precision"),
+    "backend": ("torch", "--backend"),
     "grid_of": ("t1ce", "--grid-of"),
     "map": ("t1c=T1_MPRAGE_post", "--map"),
 }
