@@ -14,6 +14,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A shell without job control starts a background command (``bash .ci/run &``) with SIGINT
+    ignored, and every process the tests start would inherit that: the tests of Ctrl-C would see a run
+    that cannot be stopped. Ctrl-C gets its usual meaning back for this process and its children."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--run-slow",
