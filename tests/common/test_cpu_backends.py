@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -79,19 +80,19 @@ def test_openvino_with_compile_is_refused(monkeypatch):
         resolve_backend("openvino", CPU, compile=True)
 
 
+def _cpu_run(tmp_path: Path, weights: Path, output: Path, *extra: str) -> list[str]:
+    """The main command's arguments for the cases in ``tmp_path / "in"``, on the CPU."""
+    return [
+        *("--input", str(tmp_path / "in"), "--output", str(output), "--weights", str(weights)),
+        *("--device", "cpu", *extra),
+    ]
+
+
 def test_a_run_asking_for_openvino_without_it_stops_with_exit_2_before_any_case(
     tmp_path, tiny_weights, without_openvino, capsys
 ):
     make_case(tmp_path / "in", "c0", shape=(32, 32, 32))
-    args = [
-        "--input",
-        str(tmp_path / "in"),
-        "--output",
-        str(tmp_path / "out"),
-        "--weights",
-        str(tiny_weights),
-    ]
-    assert main([*args, "--device", "cpu", "--backend", "openvino"]) == 2
+    assert main(_cpu_run(tmp_path, tiny_weights, tmp_path / "out", "--backend", "openvino")) == 2
     err = capsys.readouterr().err
     assert "pip install 'brasyn[cpu]'" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
@@ -99,17 +100,9 @@ def test_a_run_asking_for_openvino_without_it_stops_with_exit_2_before_any_case(
 
 def test_a_torch_run_records_its_backend_in_the_report(tmp_path, tiny_weights):
     make_case(tmp_path / "in", "c0", shape=(32, 32, 32))
-    args = [
-        "--input",
-        str(tmp_path / "in"),
-        "--output",
-        str(tmp_path / "out"),
-        "--weights",
-        str(tiny_weights),
-    ]
     report = tmp_path / "report.json"
-    extra = ["--sampler", "ddim", "--steps", "2", "--report", str(report)]
-    assert main([*args, "--device", "cpu", "--backend", "torch", *extra]) == 0
+    extra = ["--backend", "torch", "--sampler", "ddim", "--steps", "2", "--report", str(report)]
+    assert main(_cpu_run(tmp_path, tiny_weights, tmp_path / "out", *extra)) == 0
     assert json.loads(report.read_text())["settings"]["speed"]["backend"] == "torch"
 
 
@@ -154,9 +147,8 @@ def test_a_run_with_openvino_writes_torchs_image_and_records_its_backend(tmp_pat
     images = {}
     for backend in ("torch", "openvino"):
         out, report = tmp_path / backend, tmp_path / f"{backend}.json"
-        args = ["--input", str(tmp_path / "in"), "--output", str(out), "--weights", str(tiny_weights)]
-        args += ["--device", "cpu", "--backend", backend, "--sampler", "ddim", "--steps", "2"]
-        assert main([*args, "--report", str(report)]) == 0
+        extra = ["--backend", backend, "--sampler", "ddim", "--steps", "2", "--report", str(report)]
+        assert main(_cpu_run(tmp_path, tiny_weights, out, *extra)) == 0
         assert json.loads(report.read_text())["settings"]["speed"]["backend"] == backend
         images[backend] = nib.load(out / "c0-t2f.nii.gz").get_fdata()
     reference = images["torch"]
