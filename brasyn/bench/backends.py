@@ -85,27 +85,16 @@ def _brasyn_model(config: str, seed: int) -> Denoiser:
     return model
 
 
-def _torch(model: Denoiser, x: torch.Tensor, t: torch.Tensor, speed: SpeedSettings) -> Forward:
-    """The denoiser as a run prepares it (:func:`optimise_model`: channels_last_3d, compiled where asked)."""
+def _prepared(model: Denoiser, x: torch.Tensor, t: torch.Tensor, speed: SpeedSettings) -> Forward:
+    """The denoiser as a run prepares it (:func:`optimise_model`: channels_last_3d, compiled, or converted
+    to OpenVINO on its first call, as ``speed`` says), fed as a run feeds it."""
     cpu = torch.device("cpu")
     prepared = optimise_model(model, cpu, speed)
-    x = x.contiguous(memory_format=torch.channels_last_3d)
+    if speed.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
 
     def forward() -> torch.Tensor:
         with torch.inference_mode(), network_precision(cpu, speed.precision):
-            return prepared(x, t).float()
-
-    return forward
-
-
-def _openvino(model: Denoiser, x: torch.Tensor, t: torch.Tensor, precision: Precision) -> Forward:
-    """The denoiser as ``--backend openvino`` runs it (:class:`~brasyn.common.cpu_backends.OpenVinoDenoiser`,
-    converted and compiled on its first call)."""
-    cpu = torch.device("cpu")
-    prepared = optimise_model(model, cpu, SpeedSettings(precision=precision, backend=Backend.OPENVINO))
-
-    def forward() -> torch.Tensor:
-        with torch.inference_mode(), network_precision(cpu, precision):
             return prepared(x, t).float()
 
     return forward
@@ -137,15 +126,16 @@ def _builders(
     builders: dict[str, Callable[[], Forward]] = {}
     if official is not None:
         builders["official-fp32"] = lambda: _official(official, config, state, x, t)
-    torch_only = Backend.TORCH
-    builders["eager-fp32"] = lambda: _torch(copy(), x, t, SpeedSettings(Precision.FP32, backend=torch_only))
-    builders["eager-bf16"] = lambda: _torch(copy(), x, t, SpeedSettings(Precision.BF16, backend=torch_only))
-    builders["compile-bf16"] = lambda: _torch(
-        copy(), x, t, SpeedSettings(precision=Precision.BF16, compile=True, backend=torch_only)
-    )
+    engines = {  # each as the run's speed settings give it
+        "eager-fp32": SpeedSettings(Precision.FP32, backend=Backend.TORCH),
+        "eager-bf16": SpeedSettings(Precision.BF16, backend=Backend.TORCH),
+        "compile-bf16": SpeedSettings(Precision.BF16, compile=True, backend=Backend.TORCH),
+    }
     if openvino_available():
-        builders["openvino-bf16"] = lambda: _openvino(copy(), x, t, Precision.BF16)
-        builders["openvino-fp32"] = lambda: _openvino(copy(), x, t, Precision.FP32)
+        engines["openvino-bf16"] = SpeedSettings(Precision.BF16, backend=Backend.OPENVINO)
+        engines["openvino-fp32"] = SpeedSettings(Precision.FP32, backend=Backend.OPENVINO)
+    for name, speed in engines.items():
+        builders[name] = lambda speed=speed: _prepared(copy(), x, t, speed)
     return builders
 
 

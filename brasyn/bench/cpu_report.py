@@ -94,15 +94,15 @@ def _child(cmd: list[str], json_path: Path | None) -> tuple[dict[str, Any] | Non
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     # this child's own resource use (RUSAGE_CHILDREN would give the largest of all children so far)
     _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
+    code = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
     process = {
         "command": " ".join(cmd[1:]),
-        "exit_code": child.returncode,
+        "exit_code": code,
         "wall_seconds": round(seconds, 1),
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
     }
-    if child.returncode != 0 or json_path is None or not json_path.exists():
+    if code != 0 or json_path is None or not json_path.exists():
         return None, process
     return json.loads(json_path.read_text()), process
 
@@ -216,7 +216,7 @@ def cpu_report(settings: CpuReportSettings) -> dict[str, Any]:
 
 def _winner(groups: list[dict[str, Any]]) -> dict[str, Any]:
     """The best backend of all groups, each taken from the first group that measured it, so eager bf16
-    from torch's own group: beside a loaded OpenVINO model torch's forwards ran 7-13 % slower
+    from torch's own group: beside a loaded OpenVINO model torch's forwards ran 5-13 % slower
     (docs/benchmarks.md), which a run, holding one engine, never sees. Each group's own one-process
     verdict is kept under ``same_process``."""
     merged: dict[str, dict[str, Any]] = {}

@@ -58,8 +58,8 @@ BACKENDS = tuple(b.value for b in Backend)
 
 ADOPTED_CPU_BACKEND = Backend.TORCH
 """What ``auto`` uses on a CPU where OpenVINO is installed. Torch: on the machine of the measurement
-(docs/benchmarks.md, "The CPU's floor and the backends") OpenVINO bf16 took 18.3 s an official-size
-forward against eager bf16's 22.8 s, about 1.2x over a batch of ten 10-step cases with its start-up,
+(docs/benchmarks.md, "The CPU's floor and the backends") OpenVINO bf16 took 18.2 s an official-size
+forward against eager bf16's 22.7 s, about 1.2x over a batch of ten 10-step cases with its start-up,
 below the 1.3x adoption asks, and its error sat at the bound (4.9e-3 of the output's largest value
 against 5e-3); ``--backend openvino`` chooses it anyway."""
 
@@ -135,8 +135,8 @@ class OpenVinoDenoiser(nn.Module):
         config = {
             "INFERENCE_PRECISION_HINT": self.precision,
             "INFERENCE_NUM_THREADS": self.threads,
-            # torch shares these cores between forwards (the wavelets, the sampler); threads pinned to
-            # cores by OpenVINO slowed torch's work in the same process by 9-13 % (docs/benchmarks.md)
+            # torch works on the same cores between forwards (the wavelets, the sampler): OpenVINO's
+            # threads are left unpinned; its own forward took as long either way (docs/benchmarks.md)
             "ENABLE_CPU_PINNING": False,
         }
         compiled = ov.Core().compile_model(converted, "CPU", config)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -194,7 +194,9 @@ class DiffusionPredictor:
         """The denoiser for ``target`` as the speed settings want it (memory format, compiled); kept."""
         if target not in self._models:
             model = self.weights.load(target, self.device)
-            self._models[target] = optimise_model(model, self.device, self.speed)
+            # the resolved precision and backend: what settings() reports is what runs
+            resolved = replace(self.speed, precision=self.precision, backend=self.backend)
+            self._models[target] = optimise_model(model, self.device, resolved)
         return self._models[target]
 
     def intensity_ratios(self, target: Modality) -> dict[Modality, float]:
