@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from brasyn.data.phantom import BRATS_AFFINE, phantom
+from brasyn.model.unet import Denoiser, DenoiserConfig
 
 
 def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray = BRATS_AFFINE, dtype=None) -> Path:
@@ -274,3 +275,13 @@ def communicate_or_show_stacks(proc: subprocess.Popen, timeout: float) -> tuple[
         proc.send_signal(signal.SIGABRT)
         _, err = proc.communicate(timeout=30)
         raise AssertionError(f"still running {timeout:.0f} s after the stop; its stacks:\n{err}") from None
+
+
+def random_denoiser(config: DenoiserConfig, seed: int = 0) -> Denoiser:
+    """A denoiser of ``config`` with random weights: a fresh one outputs zeros, so every layer gets work."""
+    model = Denoiser.from_config(config).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.05, generator=gen)
+    return model

@@ -20,18 +20,10 @@ from brasyn.common.acceleration import (
     resolve_precision,
 )
 from brasyn.model.diffusion import Diffusion
-from brasyn.model.unet import PRESETS, Denoiser, DenoiserConfig
+from brasyn.model.unet import PRESETS, DenoiserConfig
+from tests.helpers import random_denoiser
 
 SMALLEST = DenoiserConfig(model_channels=4, channel_mult=(1, 2), num_res_blocks=1, num_groups=2)
-
-
-def _random_model(config: DenoiserConfig, seed: int = 0) -> Denoiser:
-    model = Denoiser.from_config(config).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():  # a fresh model outputs zeros: give every layer work
-            p.normal_(0.0, 0.05, generator=gen)
-    return model
 
 
 def _inputs(size: int = 32, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +37,7 @@ def _relative_rms(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.inference_mode()
 def test_bf16_autocast_forward_stays_within_two_percent_of_fp32():
-    model = _random_model(PRESETS["tiny"])
+    model = random_denoiser(PRESETS["tiny"])
     x, t = _inputs()
     reference = model(x, t)
     with network_precision(torch.device("cpu"), "bf16"):
@@ -57,7 +49,7 @@ def test_bf16_autocast_forward_stays_within_two_percent_of_fp32():
 
 @torch.inference_mode()
 def test_under_bf16_the_first_convolution_and_the_output_head_stay_float32():
-    model = _random_model(PRESETS["tiny"])
+    model = random_denoiser(PRESETS["tiny"])
     x, t = _inputs()
     seen = {}
     for name, conv in {
@@ -74,7 +66,7 @@ def test_under_bf16_the_first_convolution_and_the_output_head_stay_float32():
 
 @torch.inference_mode()
 def test_sampler_state_stays_float32_under_bf16():
-    model = _random_model(PRESETS["tiny"])
+    model = random_denoiser(PRESETS["tiny"])
     cond = torch.rand(1, 24, 16, 16, 16)
     seen = []
     with network_precision(torch.device("cpu"), "bf16"):
@@ -89,7 +81,7 @@ def test_sampler_state_stays_float32_under_bf16():
 
 @torch.inference_mode()
 def test_channels_last_gives_the_contiguous_result():
-    model = _random_model(PRESETS["tiny"])
+    model = random_denoiser(PRESETS["tiny"])
     x, t = _inputs()
     reference = model(x, t)
     fast = optimise_model(model, torch.device("cpu"), SpeedSettings(channels_last=True))
@@ -101,7 +93,7 @@ def test_channels_last_gives_the_contiguous_result():
 @torch.inference_mode()
 def test_compiled_denoiser_gives_the_eager_result():
     # the smallest U-Net keeps the compilation of a CPU test to tens of seconds
-    model = _random_model(SMALLEST)
+    model = random_denoiser(SMALLEST)
     x, t = _inputs(16)
     reference = model(x, t)
     compiled = optimise_model(model, torch.device("cpu"), SpeedSettings(channels_last=False, compile=True))

@@ -23,8 +23,8 @@ from brasyn.common.cpu_backends import (
     openvino_available,
     resolve_backend,
 )
-from brasyn.model.unet import PRESETS, Denoiser
-from tests.helpers import make_case
+from brasyn.model.unet import PRESETS
+from tests.helpers import make_case, random_denoiser
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
 ERROR_BOUND = 5e-3
@@ -109,19 +109,10 @@ def test_a_torch_run_records_its_backend_in_the_report(tmp_path, tiny_weights):
 # --- OpenVINO itself, where it is installed -----------------------------------------------------------
 
 
-def _random_tiny(seed: int = 0) -> Denoiser:
-    model = Denoiser.from_config(PRESETS["tiny"]).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():  # a fresh model outputs zeros: give every layer work
-            p.normal_(0.0, 0.05, generator=gen)
-    return model
-
-
 @pytest.mark.parametrize(("precision", "bound"), [("fp32", 1e-5), ("bf16", ERROR_BOUND)])
 def test_the_openvino_forward_gives_torchs_float32_result_within_its_bound(precision, bound):
     pytest.importorskip("openvino", reason="the optional OpenVINO runtime (pip install 'brasyn[cpu]')")
-    model = _random_tiny()
+    model = random_denoiser(PRESETS["tiny"])
     gen = torch.Generator().manual_seed(1)
     x, t = torch.randn(1, 32, 32, 32, 16, generator=gen), torch.tensor([417])
     second = torch.randn(2, 32, 16, 16, 32, generator=gen), torch.tensor([3, 900])
